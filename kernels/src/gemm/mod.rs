@@ -1,0 +1,98 @@
+//! Single-precision GEMM, BLAS-style and row-major: `C = alpha·op(A)·op(B) + beta·C`.
+//!
+//! This is the entry point every matrix product of the models goes through (forward NN/NT,
+//! backward TN/NT). [`sgemm_ref`] is the plain scalar reference the fast path is tested against.
+
+mod reference;
+
+pub use reference::sgemm_ref;
+
+/// Whether an operand is used as stored (`No`) or transposed (`Yes`), as in BLAS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transpose {
+    No,
+    Yes,
+}
+
+/// Panics unless `len` holds a `rows × cols` row-major matrix with leading dimension `ld`.
+#[track_caller]
+pub(crate) fn check_operand(name: &str, len: usize, rows: usize, cols: usize, ld: usize) {
+    assert!(
+        ld >= cols.max(1),
+        "sgemm: ld{name} = {ld} < {cols} columns of {name}"
+    );
+    if rows > 0 && cols > 0 {
+        let need = (rows - 1) * ld + cols;
+        assert!(
+            len >= need,
+            "sgemm: {name} has {len} elements, needs {need} ({rows}×{cols}, ld {ld})"
+        );
+    }
+}
+
+/// Checks every shape and length precondition of [`sgemm`]; shared with the reference.
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_args(
+    transa: Transpose,
+    transb: Transpose,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &[f32],
+    ldc: usize,
+) {
+    let (ar, ac) = if transa == Transpose::No {
+        (m, k)
+    } else {
+        (k, m)
+    };
+    let (br, bc) = if transb == Transpose::No {
+        (k, n)
+    } else {
+        (n, k)
+    };
+    check_operand("a", a.len(), ar, ac, lda);
+    check_operand("b", b.len(), br, bc, ldb);
+    check_operand("c", c.len(), m, n, ldc);
+}
+
+/// `C = alpha·op(A)·op(B) + beta·C`, row-major, single precision.
+///
+/// `op(A)` is m×k and `op(B)` is k×n; `A` is stored m×k (`transa = No`) or k×m (`Yes`) with
+/// leading dimension `lda` (elements between rows), likewise `B` and `C` (m×n, `ldc`). With
+/// `beta = 0`, `C` is never read, so it may hold garbage or NaN. Panics if a slice is too short
+/// or a leading dimension is smaller than its row length.
+///
+/// ```
+/// use kernels::{sgemm, Transpose};
+/// // (2×3) · (3×2)
+/// let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+/// let b = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+/// let mut c = [0.0; 4];
+/// sgemm(Transpose::No, Transpose::No, 2, 2, 3, 1.0, &a, 3, &b, 2, 0.0, &mut c, 2);
+/// assert_eq!(c, [4.0, 5.0, 10.0, 11.0]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    transa: Transpose,
+    transb: Transpose,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    // Placeholder until the packed, blocked kernel lands: same contract, scalar speed.
+    sgemm_ref(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}

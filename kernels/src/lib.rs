@@ -1,0 +1,41 @@
+//! # kernels — explicit-SIMD fp32 kernels for training language models on the CPU
+//!
+//! Hand-written with [`wide`] lanes and parallelized with [`rayon`]:
+//!
+//! - [`sgemm`]: BLAS-style row-major GEMM, `C = alpha·op(A)·op(B) + beta·C`.
+//! - [`attention`]: fused causal multi-head self-attention, forward and backward.
+//!
+//! ## Which SIMD path a build uses
+//!
+//! `wide` chooses the instruction set at compile time, from the target features. [`simd::PATH`]
+//! names the path this build took (AVX-512 with 16 lanes, AVX2 with 8, or 128-bit with 4).
+//! Build for the CPU you run on to get the widest path:
+//!
+//! ```text
+//! RUSTFLAGS="-C target-cpu=native" cargo build --release
+//! ```
+//!
+//! (Lanes' own workspace sets this in `.cargo/config.toml`; a crate depending on `kernels`
+//! should do the same.) A binary built for a newer CPU than it runs on would crash with an
+//! illegal instruction, so call [`cpu::check`] first: it returns an error naming the missing
+//! features instead.
+//!
+//! ## Conventions
+//!
+//! - Row-major buffers, shapes in comments as `(B, T, C)`; names from the papers (B, T, C, NH,
+//!   HS, V; H for the LSTM hidden size).
+//! - Outputs first in argument lists (`layernorm_forward(out, mean, rstd, inp, …)`).
+//! - Activation gradients are overwritten; parameter gradients are accumulated (`+=`), so
+//!   gradients can be summed over micro-batches.
+//! - A broken precondition (a slice of the wrong length) is a bug in the caller and panics
+//!   with a message naming the argument.
+//! - Results do not depend on the number of rayon threads: work is split so that every
+//!   output element is computed by the same sequence of operations on any pool size.
+
+pub mod attention;
+pub mod cpu;
+pub mod gemm;
+pub mod simd;
+pub mod testutil;
+
+pub use gemm::{Transpose, sgemm};
