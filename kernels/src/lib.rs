@@ -35,6 +35,7 @@
 pub mod attention;
 pub mod cpu;
 pub mod gemm;
+pub mod math;
 pub mod simd;
 pub mod testutil;
 

@@ -10,8 +10,8 @@
 mod path {
     /// The lane type every kernel computes with.
     pub type F32s = wide::f32x16;
-    /// Matching 32-bit integer lanes (exponent tricks in `exp`).
-    pub type I32s = wide::i32x16;
+    /// Matching unsigned 32-bit lanes (bit tricks on the float exponent, as in `exp`).
+    pub type U32s = wide::u32x16;
     /// Lanes per vector.
     pub const LANES: usize = 16;
     /// Human-readable name of the path this build uses.
@@ -21,7 +21,7 @@ mod path {
 #[cfg(all(target_feature = "avx2", not(target_feature = "avx512f")))]
 mod path {
     pub type F32s = wide::f32x8;
-    pub type I32s = wide::i32x8;
+    pub type U32s = wide::u32x8;
     pub const LANES: usize = 8;
     pub const PATH: &str = "AVX2 (wide::f32x8, 8 lanes)";
 }
@@ -29,12 +29,12 @@ mod path {
 #[cfg(not(any(target_feature = "avx2", target_feature = "avx512f")))]
 mod path {
     pub type F32s = wide::f32x4;
-    pub type I32s = wide::i32x4;
+    pub type U32s = wide::u32x4;
     pub const LANES: usize = 4;
     pub const PATH: &str = "portable 128-bit (wide::f32x4, 4 lanes)";
 }
 
-pub use path::{F32s, I32s, LANES, PATH};
+pub use path::{F32s, LANES, PATH, U32s};
 
 /// Whether this build fuses multiply-add into one instruction (`mul_add` is an FMA).
 pub const HAS_FMA: bool = cfg!(target_feature = "fma");
