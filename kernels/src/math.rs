@@ -8,6 +8,7 @@
 use crate::simd::{F32s, U32s};
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
+#[allow(clippy::excessive_precision)] // exactly representable; the digits are the point
 const LN2_HI: f32 = 0.693_359_375; // ln 2 rounded to 9 significant bits: n·LN2_HI is exact
 const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 − LN2_HI
 /// Below this e^x rounds to 0 (half the smallest subnormal is e^-103.972…).
@@ -41,12 +42,12 @@ pub fn exp(x: F32s) -> F32s {
     p = p.mul_add(r, F32s::splat(8.333_452e-3));
     p = p.mul_add(r, F32s::splat(4.166_579_6e-2));
     p = p.mul_add(r, F32s::splat(1.666_666_5e-1));
-    p = p.mul_add(r, F32s::splat(5.000_000_1e-1));
+    p = p.mul_add(r, F32s::splat(0.5));
     let er = p.mul_add(r * r, r) + F32s::ONE;
     // 2^n = 2^n1 · 2^n2 with both halves normal, even for n down to -150.
     let n1 = (n * F32s::splat(0.5)).floor();
     let y = er * pow2i(n1) * pow2i(n - n1);
-    x.is_nan().blend(x, y)
+    x.is_nan().select(x, y)
 }
 
 /// Scalar reference for [`exp`].
