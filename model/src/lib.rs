@@ -5,3 +5,10 @@
 //! crate), optimizers, sampling and checkpoints. No SIMD and no `unsafe` here, except the one
 //! audited memory-map function.
 #![deny(unsafe_code)]
+
+pub mod checkpoint;
+pub mod lm;
+pub mod params;
+
+pub use lm::{Decoder, LanguageModel, ModelKind};
+pub use params::{ParamLayout, TensorSpec};
