@@ -7,8 +7,10 @@
 #![deny(unsafe_code)]
 
 pub mod checkpoint;
+pub mod corpus;
 pub mod lm;
 pub mod params;
+pub mod rng;
 
 pub use lm::{Decoder, LanguageModel, ModelKind};
 pub use params::{ParamLayout, TensorSpec};
