@@ -3,14 +3,29 @@
 //! Tokenizers, llm.c-format token shards read through memory maps, a GPT-2-architecture
 //! transformer and a multi-layer LSTM (forward and hand-written backward on the `kernels`
 //! crate), optimizers, sampling and checkpoints. No SIMD and no `unsafe` here, except the one
-//! audited memory-map function.
+//! audited memory-map function (`data::shard::map_readonly`).
+//!
+//! ## The data path
+//!
+//! ```text
+//! text ──Tokenizer──▶ ids ──SplitWriter──▶ train_*.bin, val_*.bin, meta.json
+//!      ──Dataset::open──▶ TokenStream::train_batch / eval_batch ──▶ (B, T) inputs, targets
+//! ```
+//!
+//! - [`tokenizer`]: `byte` (V = 257) and `gpt2` (V = 50257), encode, decode, streaming decode.
+//! - [`data`]: shard format, writers, `meta.json`, the memory-mapped [`data::Dataset`].
+//! - [`rng`]: SplitMix64, the reproducible random source of batches, initialization and sampling.
 #![deny(unsafe_code)]
 
 pub mod checkpoint;
 pub mod corpus;
+pub mod data;
 pub mod lm;
 pub mod params;
 pub mod rng;
+pub mod tokenizer;
 
+pub use data::{DataError, Dataset, Split};
 pub use lm::{Decoder, LanguageModel, ModelKind};
 pub use params::{ParamLayout, TensorSpec};
+pub use tokenizer::{Tokenizer, TokenizerKind};
