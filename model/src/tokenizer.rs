@@ -254,21 +254,28 @@ impl Tokenizer {
             return bytes.len();
         }
         let mut end = bytes.len();
-        // A candidate newline at i needs a character before it (i >= 1) and after it.
         while let Some(i) = bytes[..end].iter().rposition(|&b| b == b'\n') {
-            if i >= 1 && i + 1 < bytes.len() {
-                let after = first_char(&bytes[i + 1..]);
-                let before = last_char(&bytes[..i]);
-                if let (Some(a), Some(b)) = (after, before)
-                    && !a.is_whitespace()
-                    && !b.is_whitespace()
-                {
-                    return i + 1;
-                }
+            if self.is_chunk_boundary(bytes, i + 1) {
+                return i + 1;
             }
             end = i;
         }
         0
+    }
+
+    /// Whether cutting `bytes` at `p` (0 < p < len) is safe in the sense of
+    /// [`chunk_boundary`](Self::chunk_boundary): anywhere for `byte`, `x\n|y` for `gpt2`.
+    pub fn is_chunk_boundary(&self, bytes: &[u8], p: usize) -> bool {
+        if p == 0 || p >= bytes.len() {
+            return false;
+        }
+        if self.gpt2.is_none() {
+            return true;
+        }
+        p >= 2
+            && bytes[p - 1] == b'\n'
+            && matches!(first_char(&bytes[p..]), Some(c) if !c.is_whitespace())
+            && matches!(last_char(&bytes[..p - 1]), Some(c) if !c.is_whitespace())
     }
 }
 

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod info;
+mod prepare;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Tokenize text files into llm.c-format shards (train_*.bin, val_*.bin) and meta.json.
+    Prepare(prepare::Args),
     /// Show the SIMD path of this build, this CPU's features and whether it can run this build.
     Info(info::Args),
 }
@@ -30,6 +33,7 @@ fn main() {
     }
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Prepare(args) => prepare::run(args),
         Command::Info(args) => info::run(args),
     };
     if let Err(e) = result {
