@@ -62,8 +62,13 @@ fn reads_a_shard_written_the_way_llmc_writes_it() {
     let shard = Shard::open(&path, ShardFormat::Llmc).unwrap();
     assert_eq!(shard.tokens(), &tokens[..]);
     // The same file through the loader, named explicitly with the tokenizer it was made with.
-    let ds =
-        Dataset::open_files(&[path.clone()], &[], ShardFormat::Llmc, TokenizerKind::Gpt2).unwrap();
+    let ds = Dataset::open_files(
+        std::slice::from_ref(&path),
+        &[],
+        ShardFormat::Llmc,
+        TokenizerKind::Gpt2,
+    )
+    .unwrap();
     assert_eq!(ds.train().len(), 7);
     assert!(ds.val().is_empty() && ds.meta().is_none());
     // 65535 is outside GPT-2's vocabulary: check_vocab names the file and the position.
