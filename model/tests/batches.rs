@@ -48,7 +48,7 @@ fn training_batches_are_windows_of_the_stream() {
             .unwrap()
             .collect();
         for (r, &start) in starts.iter().enumerate() {
-            assert!(start + t as u64 < 5000, "window of T+1 inside the split");
+            assert!(start + (t as u64) < 5000, "window of T+1 inside the split");
             for i in 0..t {
                 // Token at stream position p is p here; targets are inputs shifted by one.
                 assert_eq!(x[r * t + i] as u64, start + i as u64, "step {step} row {r}");
