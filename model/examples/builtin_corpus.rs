@@ -5,5 +5,8 @@ fn main() {
     let g = model::corpus::Grammar::english_like();
     let doc = &model::corpus::builtin_documents(1337, 1, 600)[0];
     println!("{doc}\n");
-    println!("entropy rate: {:.4} bits per byte", g.entropy_bits_per_byte());
+    println!(
+        "entropy rate: {:.4} bits per byte",
+        g.entropy_bits_per_byte()
+    );
 }

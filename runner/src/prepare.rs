@@ -38,6 +38,9 @@ use rayon::prelude::*;
 
 /// What `meta.json` records as a document.
 const DOCUMENT: &str = "one input file; eos appended after each";
+/// The same for a single input file, cut in two to make a validation split.
+const DOCUMENT_CUT: &str =
+    "one input file, cut at a line start into train then val; eos appended after it";
 /// Bytes read per chunk; a chunk is cut back to the last safe boundary before encoding.
 const CHUNK_BYTES: usize = 1 << 20;
 /// A chunk with no safe boundary is cut anyway (at a character boundary) past this size.
@@ -138,9 +141,14 @@ pub fn run(args: Args) -> Result<()> {
         s.tokens = w.tokens();
         s.shards = w.finish()?.len() as u64;
     }
-    let meta = Meta::new(args.tokenizer, DOCUMENT, stats[0], stats[1]);
+    let document = if segments.len() == 2 && !segments[0].eos_after {
+        DOCUMENT_CUT
+    } else {
+        DOCUMENT
+    };
+    let meta = Meta::new(args.tokenizer, document, stats[0], stats[1]);
     meta.write(&args.out)?;
-    report(&args, &meta, started.elapsed().as_secs_f64());
+    report(&args, &meta, docs.len(), started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -437,7 +445,7 @@ fn clear_out_folder(out: &Path, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
-fn report(args: &Args, meta: &Meta, seconds: f64) {
+fn report(args: &Args, meta: &Meta, documents: usize, seconds: f64) {
     let bytes = meta.train.text_bytes + meta.val.text_bytes;
     let mb_per_s = bytes as f64 / 1e6 / seconds;
     if args.json {
@@ -451,7 +459,7 @@ fn report(args: &Args, meta: &Meta, seconds: f64) {
         return;
     }
     let total = SplitStats {
-        documents: meta.train.documents + meta.val.documents,
+        documents: documents as u64, // a document cut in two counts once here
         text_bytes: bytes,
         tokens: meta.train.tokens + meta.val.tokens,
         shards: meta.train.shards + meta.val.shards,

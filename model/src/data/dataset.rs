@@ -297,7 +297,7 @@ impl Dataset {
     ) -> Result<Self, DataError> {
         let Some(first) = train.first() else {
             return Err(DataError::NoShards {
-                dir: PathBuf::new(),
+                dir: PathBuf::from("(no train files given)"),
                 split: Split::Train.name(),
             });
         };
