@@ -1,0 +1,680 @@
+//! Fused causal attention, FlashAttention-2 style: tiles of queries meet tiles of keys and
+//! values, the softmax is computed online, and no T×T matrix is ever stored.
+//!
+//! Plan of a call (both directions):
+//! 1. **Pack** (parallel over (batch, head, tile)): each head's q, k, v (and, backward, dO)
+//!    are copied out of the strided (B, T, 3C) layout into contiguous, zero-padded tiles of
+//!    `TILE` rows by HSp = HS rounded up to the lane width: Q pre-scaled by 1/√HS, K and V both
+//!    as rows (TILE, HSp) and transposed (HSp, TILE), whichever a product needs as its `B`
+//!    operand (see `tile.rs`: B's rows must be contiguous vectors).
+//! 2. **Tiles** (parallel, see below): products of TILE × TILE × HSp on L1/L2-resident tiles
+//!    through the one micro-kernel `gemm_tile`, with the softmax work between them.
+//! 3. **Scatter** (parallel over rows): results go back into the (B, T, C) / (B, T, 3C) layout.
+//!
+//! Forward, one task per (batch, head, query tile i): for key tiles j = 0..=i (tiles above the
+//! diagonal are fully masked and skipped), S = Q_i·K_jᵀ, mask the diagonal tile, update each
+//! row's running max m and sum l, rescale O by e^(m_old − m_new), O += P·V_j. At the end
+//! O /= l and lse = m + ln l is saved for the backward.
+//!
+//! Backward, one task per (batch, head, group of key tiles): for each key tile j of the group
+//! and each query tile i ≥ j, recompute P = e^(S − lse), then dP = dO_i·V_jᵀ,
+//! dS = P∘(dP − D) with D = rowsum(dO∘O), and dV_j += Pᵀ·dO_i, dK_j += dSᵀ·Q_i, dQ_i += dS·K_j.
+//! dK_j and dV_j are owned by their task. dQ_i gets contributions from every key tile, so each
+//! group sums into its own dQ buffer and the scatter adds the groups in a fixed order. Groups
+//! take key tiles in a snake order (g, 2G−1−g, 2G+g, …) so that early tiles (long query runs)
+//! pair with late ones (short runs) and the groups carry equal work.
+//!
+//! Every split depends only on the shapes, never on the thread count, and every sum runs in a
+//! fixed order, so results are bitwise identical on any pool size.
+//!
+//! Leaves out: non-causal attention, dropout, attention masks other than causal, mixed precision.
+
+use rayon::prelude::*;
+
+use super::tile::{Strided, gemm_tile};
+use crate::math::exp;
+use crate::simd::{F32s, LANES, load, store};
+
+/// Rows of a query tile and of a key/value tile (Br = Bc, so only diagonal tiles need a mask).
+pub(super) const TILE: usize = 64;
+/// Most dQ partial buffers per head in the backward (see [`Dims::groups`]).
+const MAX_GROUPS: usize = 4;
+
+/// The shapes of one call and everything derived from them.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Dims {
+    pub t: usize,
+    pub c: usize,
+    pub nh: usize,
+    /// Head size C / NH.
+    pub hs: usize,
+    /// HS rounded up to a multiple of the lane width (packed row length).
+    pub hsp: usize,
+    /// Number of tiles covering T.
+    pub nt: usize,
+    /// T rounded up to whole tiles.
+    pub tp: usize,
+    /// B·NH, the number of independent heads.
+    pub bh: usize,
+}
+
+impl Dims {
+    pub fn new(b: usize, t: usize, c: usize, nh: usize) -> Self {
+        let hs = c / nh;
+        let nt = t.div_ceil(TILE);
+        Dims {
+            t,
+            c,
+            nh,
+            hs,
+            hsp: hs.div_ceil(LANES) * LANES,
+            nt,
+            tp: nt * TILE,
+            bh: b * nh,
+        }
+    }
+
+    /// Floats in one packed tile (TILE × HSp, either orientation).
+    fn tile_len(&self) -> usize {
+        TILE * self.hsp
+    }
+
+    /// Floats in one packed buffer holding every head: (B·NH, Tp, HSp).
+    fn packed_len(&self) -> usize {
+        self.bh * self.tp * self.hsp
+    }
+
+    /// dQ partial buffers per head in the backward: enough groups of key tiles to give every
+    /// core work when B·NH is small, each group at least two tiles (one snake pair), at most
+    /// `MAX_GROUPS` (each group costs a (Tp, HSp) buffer). Depends on T only, so a sequence's
+    /// gradient does not depend on the batch it sits in either.
+    pub fn groups(&self) -> usize {
+        (self.nt / 2).clamp(1, MAX_GROUPS)
+    }
+
+    /// Key tiles one group holds at most.
+    fn slots(&self) -> usize {
+        2 * self.nt.div_ceil(2 * self.groups())
+    }
+
+    /// Floats the forward allocates: packed Q, Kᵀ, V and O, and the padded lse.
+    pub fn forward_workspace_floats(&self) -> usize {
+        4 * self.packed_len() + self.bh * self.tp
+    }
+
+    /// Floats the backward allocates: packed Q, Kᵀ, K, Vᵀ, dO; padded lse and D; per group the
+    /// dK and dV tiles it owns and its dQ partial sum.
+    pub fn backward_workspace_floats(&self) -> usize {
+        let g = self.groups();
+        5 * self.packed_len()
+            + 2 * self.bh * self.tp
+            + 2 * self.bh * g * self.slots() * self.tile_len()
+            + g * self.packed_len()
+    }
+
+    /// Floats of tile scratch each worker thread holds on its stack while a task runs.
+    pub fn per_thread_floats() -> usize {
+        2 * TILE * TILE + 3 * TILE
+    }
+}
+
+/// A TILE × TILE score tile, cache-line aligned.
+#[repr(C, align(64))]
+struct ScoreTile([f32; TILE * TILE]);
+
+impl ScoreTile {
+    fn new() -> Self {
+        ScoreTile([0.0; TILE * TILE])
+    }
+
+    fn row_mut(&mut self, r: usize) -> &mut [f32] {
+        &mut self.0[r * TILE..][..TILE]
+    }
+}
+
+/// A zeroed buffer of `n` floats aligned to the vector width (so packed rows, whose lengths are
+/// multiples of the lane width, start on vector boundaries).
+fn alloc(n: usize) -> Vec<F32s> {
+    vec![F32s::ZERO; n.div_ceil(LANES)]
+}
+
+fn floats(v: &[F32s]) -> &[f32] {
+    bytemuck::cast_slice(v)
+}
+
+fn floats_mut(v: &mut [F32s]) -> &mut [f32] {
+    bytemuck::cast_slice_mut(v)
+}
+
+/// Lane offsets 0, 1, …, LANES−1, for building masks by column index.
+fn iota() -> F32s {
+    F32s::from(std::array::from_fn::<f32, LANES, _>(|i| i as f32))
+}
+
+/// Where one head's vectors sit in a (B, T, width) buffer: row `t` of head `h` in batch `b`
+/// starts at `(b·T + t)·width + part·C + h·HS`.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    data: &'a [f32],
+    width: usize,
+    part: usize,
+}
+
+impl Source<'_> {
+    /// The `hs` floats of position `row` (0 ≤ row < T) of head `bh` (= b·NH + h).
+    fn row(&self, d: &Dims, bh: usize, row: usize) -> &[f32] {
+        let (b, h) = (bh / d.nh, bh % d.nh);
+        &self.data[(b * d.t + row) * self.width + self.part * d.c + h * d.hs..][..d.hs]
+    }
+}
+
+/// Packs rows `i·TILE ..` of head `bh` into a (TILE, HSp) tile scaled by `alpha`; padding
+/// (rows ≥ T, columns ≥ HS) is zero.
+fn pack_rows(dst: &mut [f32], src: Source, d: &Dims, bh: usize, i: usize, alpha: f32) {
+    dst.fill(0.0);
+    for (r, dst_row) in dst.chunks_exact_mut(d.hsp).enumerate() {
+        let row = i * TILE + r;
+        if row >= d.t {
+            break;
+        }
+        for (x, &y) in dst_row.iter_mut().zip(src.row(d, bh, row)) {
+            *x = alpha * y;
+        }
+    }
+}
+
+/// Packs rows `i·TILE ..` of head `bh` transposed, into an (HSp, TILE) tile; padding is zero.
+fn pack_cols(dst: &mut [f32], src: Source, d: &Dims, bh: usize, i: usize) {
+    dst.fill(0.0);
+    for r in 0..TILE.min(d.t - i * TILE) {
+        for (k, &y) in src.row(d, bh, i * TILE + r).iter().enumerate() {
+            dst[k * TILE + r] = y;
+        }
+    }
+}
+
+/// Forward: see the module doc. Shapes are checked by the caller.
+pub(super) fn forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: Dims) {
+    let tl = d.tile_len();
+    let scale = 1.0 / (d.hs as f32).sqrt();
+    let src = |part| Source {
+        data: qkv,
+        width: 3 * d.c,
+        part,
+    };
+    let mut qs = alloc(d.packed_len()); // (B·NH, Tp, HSp), pre-scaled by 1/√HS
+    let mut kt = alloc(d.packed_len()); // (B·NH, NT, HSp, TILE)
+    let mut vs = alloc(d.packed_len()); // (B·NH, Tp, HSp)
+    floats_mut(&mut qs)
+        .par_chunks_mut(tl)
+        .zip(floats_mut(&mut kt).par_chunks_mut(tl))
+        .zip(floats_mut(&mut vs).par_chunks_mut(tl))
+        .enumerate()
+        .for_each(|(idx, ((q, k), v))| {
+            let (bh, i) = (idx / d.nt, idx % d.nt);
+            pack_rows(q, src(0), &d, bh, i, scale);
+            pack_cols(k, src(1), &d, bh, i);
+            pack_rows(v, src(2), &d, bh, i, 1.0);
+        });
+
+    let mut o = alloc(d.packed_len()); // (B·NH, Tp, HSp)
+    let mut lp = alloc(d.bh * d.tp); // (B·NH, Tp)
+    let (qs, kt, vs) = (floats(&qs), floats(&kt), floats(&vs));
+    let head = d.tp * d.hsp;
+    floats_mut(&mut o)
+        .par_chunks_mut(tl)
+        .zip(floats_mut(&mut lp).par_chunks_mut(TILE))
+        .enumerate()
+        .for_each(|(idx, (o_i, lse_i))| {
+            let (bh, i) = (idx / d.nt, idx % d.nt);
+            let q_i = &qs[bh * head + i * tl..][..tl];
+            let kt_h = &kt[bh * head..][..head];
+            let v_h = &vs[bh * head..][..head];
+            forward_tile(o_i, lse_i, q_i, kt_h, v_h, i, d.hsp);
+        });
+
+    let o = floats(&o);
+    out.par_chunks_mut(d.c)
+        .with_min_len(16)
+        .enumerate()
+        .for_each(|(row, out_row)| {
+            let (b, t) = (row / d.t, row % d.t);
+            for (h, dst) in out_row.chunks_exact_mut(d.hs).enumerate() {
+                dst.copy_from_slice(&o[((b * d.nh + h) * d.tp + t) * d.hsp..][..d.hs]);
+            }
+        });
+    let lp = floats(&lp);
+    for (bh, dst) in lse.chunks_exact_mut(d.t).enumerate() {
+        dst.copy_from_slice(&lp[bh * d.tp..][..d.t]);
+    }
+}
+
+/// One query tile `i` of one head: `o_i` (TILE, HSp) and `lse_i` (TILE) from the pre-scaled
+/// queries `q_i` (TILE, HSp), the head's key tiles `kt_h` (NT, HSp, TILE) and values `v_h`
+/// (Tp, HSp).
+fn forward_tile(
+    o_i: &mut [f32],
+    lse_i: &mut [f32],
+    q_i: &[f32],
+    kt_h: &[f32],
+    v_h: &[f32],
+    i: usize,
+    hsp: usize,
+) {
+    let tl = TILE * hsp;
+    let mut s = ScoreTile::new(); // (TILE, TILE): scores, then probabilities
+    let mut m = [f32::NEG_INFINITY; TILE]; // running row max
+    let mut m_new = [0.0f32; TILE];
+    let mut l = [0.0f32; TILE]; // running row sum of e^(s − m)
+    let mut alpha = [0.0f32; TILE]; // e^(m_old − m_new), the rescale of O and l
+    for j in 0..=i {
+        // S = Q_i · K_jᵀ (already scaled through Q).
+        let kt_j = &kt_h[j * tl..][..tl];
+        gemm_tile(
+            false,
+            TILE,
+            TILE,
+            hsp,
+            Strided::rows(q_i, hsp),
+            kt_j,
+            TILE,
+            &mut s.0,
+            TILE,
+        );
+        for (r, m_new_r) in m_new.iter_mut().enumerate() {
+            let row = s.row_mut(r);
+            if j == i {
+                mask_above(row, r);
+            }
+            *m_new_r = m[r].max(row_max(row));
+        }
+        for ((a, mo), mn) in alpha
+            .chunks_exact_mut(LANES)
+            .zip(m.chunks_exact(LANES))
+            .zip(m_new.chunks_exact(LANES))
+        {
+            store(a, exp(load(mo) - load(mn)));
+        }
+        for r in 0..TILE {
+            let sum = exp_shifted(s.row_mut(r), m_new[r]);
+            l[r] = l[r] * alpha[r] + sum;
+            if j > 0 {
+                scale_row(&mut o_i[r * hsp..][..hsp], alpha[r]);
+            }
+        }
+        m = m_new;
+        // O (+)= P · V_j
+        let v_j = &v_h[j * tl..][..tl];
+        gemm_tile(
+            j > 0,
+            TILE,
+            hsp,
+            TILE,
+            Strided::rows(&s.0, TILE),
+            v_j,
+            hsp,
+            o_i,
+            hsp,
+        );
+    }
+    for r in 0..TILE {
+        scale_row(&mut o_i[r * hsp..][..hsp], 1.0 / l[r]);
+        lse_i[r] = m[r] + l[r].ln();
+    }
+}
+
+/// Sets the entries of diagonal-tile row `r` that lie after column `r` (future keys) to −∞.
+fn mask_above(row: &mut [f32], r: usize) {
+    let iota = iota();
+    let rv = F32s::splat(r as f32);
+    for (c0, chunk) in row.chunks_exact_mut(LANES).enumerate() {
+        let col = iota + F32s::splat((c0 * LANES) as f32);
+        let x = load(chunk);
+        store(
+            chunk,
+            col.simd_gt(rv).select(F32s::splat(f32::NEG_INFINITY), x),
+        );
+    }
+}
+
+/// Largest entry of a row (a multiple of the lane width long).
+fn row_max(row: &[f32]) -> f32 {
+    let mut mx = F32s::splat(f32::NEG_INFINITY);
+    for chunk in row.chunks_exact(LANES) {
+        mx = mx.fast_max(load(chunk));
+    }
+    mx.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Replaces each entry x by e^(x − shift) and returns their sum.
+fn exp_shifted(row: &mut [f32], shift: f32) -> f32 {
+    let sv = F32s::splat(shift);
+    let mut sum = F32s::ZERO;
+    for chunk in row.chunks_exact_mut(LANES) {
+        let p = exp(load(chunk) - sv);
+        store(chunk, p);
+        sum += p;
+    }
+    sum.reduce_add()
+}
+
+/// row *= alpha (a multiple of the lane width long).
+fn scale_row(row: &mut [f32], alpha: f32) {
+    let a = F32s::splat(alpha);
+    for chunk in row.chunks_exact_mut(LANES) {
+        store(chunk, load(chunk) * a);
+    }
+}
+
+/// Group and slot of key tile `j` in the snake order over `g` groups: tiles
+/// 0, 1, …, g−1 go to groups 0…g−1, tiles g…2g−1 to groups g−1…0, and so on.
+fn group_of(j: usize, g: usize) -> (usize, usize) {
+    let (p, r) = (j / (2 * g), j % (2 * g));
+    if r < g {
+        (r, 2 * p)
+    } else {
+        (2 * g - 1 - r, 2 * p + 1)
+    }
+}
+
+/// The key tiles of group `gi` (of `g`), ascending; their positions are their slots.
+fn group_tiles(gi: usize, g: usize, nt: usize) -> impl Iterator<Item = usize> {
+    (0..)
+        .flat_map(move |p| [p * 2 * g + gi, p * 2 * g + 2 * g - 1 - gi])
+        .take_while(move |&j| j < nt)
+}
+
+/// One head's packed operands for the backward.
+struct BackwardHead<'a> {
+    /// (Tp, HSp) queries pre-scaled by 1/√HS.
+    qs: &'a [f32],
+    /// (NT, HSp, TILE) keys transposed per tile.
+    kt: &'a [f32],
+    /// (Tp, HSp) keys.
+    kn: &'a [f32],
+    /// (NT, HSp, TILE) values transposed per tile.
+    vt: &'a [f32],
+    /// (Tp, HSp) output gradient.
+    dos: &'a [f32],
+    /// (Tp) D = rowsum(dO∘O), 0 on padding rows.
+    dd: &'a [f32],
+    /// (Tp) saved lse, +∞ on padding rows (so their probabilities are 0).
+    lp: &'a [f32],
+}
+
+/// Backward: see the module doc. Shapes are checked by the caller.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
+    dqkv: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    d: Dims,
+) {
+    let tl = d.tile_len();
+    let scale = 1.0 / (d.hs as f32).sqrt();
+    let src = |part| Source {
+        data: qkv,
+        width: 3 * d.c,
+        part,
+    };
+    let dout_src = Source {
+        data: dout,
+        width: d.c,
+        part: 0,
+    };
+    let out_src = Source {
+        data: out,
+        width: d.c,
+        part: 0,
+    };
+    let mut qs = alloc(d.packed_len());
+    let mut kt = alloc(d.packed_len());
+    let mut kn = alloc(d.packed_len());
+    let mut vt = alloc(d.packed_len());
+    let mut dos = alloc(d.packed_len());
+    let mut dd = alloc(d.bh * d.tp);
+    let mut lp = alloc(d.bh * d.tp);
+    floats_mut(&mut qs)
+        .par_chunks_mut(tl)
+        .zip(floats_mut(&mut kt).par_chunks_mut(tl))
+        .zip(floats_mut(&mut kn).par_chunks_mut(tl))
+        .zip(floats_mut(&mut vt).par_chunks_mut(tl))
+        .enumerate()
+        .for_each(|(idx, (((q, k), kr), v))| {
+            let (bh, i) = (idx / d.nt, idx % d.nt);
+            pack_rows(q, src(0), &d, bh, i, scale);
+            pack_cols(k, src(1), &d, bh, i);
+            pack_rows(kr, src(1), &d, bh, i, 1.0);
+            pack_cols(v, src(2), &d, bh, i);
+        });
+    floats_mut(&mut dos)
+        .par_chunks_mut(tl)
+        .zip(floats_mut(&mut dd).par_chunks_mut(TILE))
+        .zip(floats_mut(&mut lp).par_chunks_mut(TILE))
+        .enumerate()
+        .for_each(|(idx, ((dov, ddv), lpv))| {
+            let (bh, i) = (idx / d.nt, idx % d.nt);
+            pack_rows(dov, dout_src, &d, bh, i, 1.0);
+            for r in 0..TILE {
+                let row = i * TILE + r;
+                if row < d.t {
+                    let (go, o) = (dout_src.row(&d, bh, row), out_src.row(&d, bh, row));
+                    ddv[r] = go.iter().zip(o).map(|(x, y)| x * y).sum();
+                    lpv[r] = lse[bh * d.t + row];
+                } else {
+                    ddv[r] = 0.0;
+                    lpv[r] = f32::INFINITY;
+                }
+            }
+        });
+
+    let g = d.groups();
+    let slots = d.slots();
+    let mut dk = alloc(d.bh * g * slots * tl); // (B·NH, G, slots, TILE, HSp)
+    let mut dv = alloc(d.bh * g * slots * tl); // (B·NH, G, slots, TILE, HSp)
+    let mut dq = alloc(g * d.packed_len()); // (B·NH, G, Tp, HSp)
+    let head = d.tp * d.hsp;
+    let (qs, kt, kn, vt, dos, dd, lp) = (
+        floats(&qs),
+        floats(&kt),
+        floats(&kn),
+        floats(&vt),
+        floats(&dos),
+        floats(&dd),
+        floats(&lp),
+    );
+    floats_mut(&mut dk)
+        .par_chunks_mut(slots * tl)
+        .zip(floats_mut(&mut dv).par_chunks_mut(slots * tl))
+        .zip(floats_mut(&mut dq).par_chunks_mut(head))
+        .enumerate()
+        .for_each(|(idx, ((dk_g, dv_g), dq_g))| {
+            let (bh, gi) = (idx / g, idx % g);
+            let h = BackwardHead {
+                qs: &qs[bh * head..][..head],
+                kt: &kt[bh * head..][..head],
+                kn: &kn[bh * head..][..head],
+                vt: &vt[bh * head..][..head],
+                dos: &dos[bh * head..][..head],
+                dd: &dd[bh * d.tp..][..d.tp],
+                lp: &lp[bh * d.tp..][..d.tp],
+            };
+            backward_group(dk_g, dv_g, dq_g, &h, gi, g, d.nt, d.hsp);
+        });
+
+    let (dk, dv, dq) = (floats(&dk), floats(&dv), floats(&dq));
+    dqkv.par_chunks_mut(3 * d.c)
+        .with_min_len(16)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let (b, t) = (row / d.t, row % d.t);
+            let (i, r) = (t / TILE, t % TILE);
+            let (gj, slot) = group_of(i, g);
+            for h in 0..d.nh {
+                let bh = b * d.nh + h;
+                // dQ = (1/√HS) Σ_groups dS·K, summed in group order; group gi wrote rows of
+                // query tiles ≥ gi only.
+                let dq_row = &mut dst[h * d.hs..][..d.hs];
+                dq_row.fill(0.0);
+                for gi in 0..g.min(i + 1) {
+                    let part = &dq[(bh * g + gi) * head + t * d.hsp..][..d.hs];
+                    for (x, &y) in dq_row.iter_mut().zip(part) {
+                        *x += y;
+                    }
+                }
+                for x in dq_row.iter_mut() {
+                    *x *= scale;
+                }
+                let kv = ((bh * g + gj) * slots + slot) * tl + r * d.hsp;
+                dst[d.c + h * d.hs..][..d.hs].copy_from_slice(&dk[kv..][..d.hs]);
+                dst[2 * d.c + h * d.hs..][..d.hs].copy_from_slice(&dv[kv..][..d.hs]);
+            }
+        });
+}
+
+/// The backward of key-tile group `gi` (of `g`) of one head: writes the group's dK and dV
+/// tiles, `dk_g`/`dv_g` (slots, TILE, HSp), and its dQ partial sum `dq_g` (Tp, HSp; rows of
+/// query tiles < gi are left untouched).
+#[allow(clippy::too_many_arguments)]
+fn backward_group(
+    dk_g: &mut [f32],
+    dv_g: &mut [f32],
+    dq_g: &mut [f32],
+    h: &BackwardHead,
+    gi: usize,
+    g: usize,
+    nt: usize,
+    hsp: usize,
+) {
+    let tl = TILE * hsp;
+    let mut p = ScoreTile::new(); // (TILE, TILE): S, then P
+    let mut ds = ScoreTile::new(); // (TILE, TILE): dP, then dS
+    for (slot, j) in group_tiles(gi, g, nt).enumerate() {
+        let kt_j = &h.kt[j * tl..][..tl];
+        let vt_j = &h.vt[j * tl..][..tl];
+        let k_j = &h.kn[j * tl..][..tl];
+        let dk_j = &mut dk_g[slot * tl..][..tl];
+        let dv_j = &mut dv_g[slot * tl..][..tl];
+        for i in j..nt {
+            let q_i = &h.qs[i * tl..][..tl];
+            let do_i = &h.dos[i * tl..][..tl];
+            let lse_i = &h.lp[i * TILE..][..TILE];
+            let d_i = &h.dd[i * TILE..][..TILE];
+            // P = e^(Q_i·K_jᵀ − lse), causal entries only.
+            gemm_tile(
+                false,
+                TILE,
+                TILE,
+                hsp,
+                Strided::rows(q_i, hsp),
+                kt_j,
+                TILE,
+                &mut p.0,
+                TILE,
+            );
+            for (r, &lse_r) in lse_i.iter().enumerate() {
+                let row = p.row_mut(r);
+                if i == j {
+                    mask_above(row, r);
+                }
+                exp_shifted(row, lse_r);
+            }
+            // dS = P ∘ (dO_i·V_jᵀ − D)
+            gemm_tile(
+                false,
+                TILE,
+                TILE,
+                hsp,
+                Strided::rows(do_i, hsp),
+                vt_j,
+                TILE,
+                &mut ds.0,
+                TILE,
+            );
+            for (r, &d_r) in d_i.iter().enumerate() {
+                let dv = F32s::splat(d_r);
+                let prow = &p.0[r * TILE..][..TILE];
+                for (x, pc) in ds
+                    .row_mut(r)
+                    .chunks_exact_mut(LANES)
+                    .zip(prow.chunks_exact(LANES))
+                {
+                    store(x, load(pc) * (load(x) - dv));
+                }
+            }
+            let first = i == j;
+            // dV_j += Pᵀ·dO_i, dK_j += dSᵀ·Q_i (Q pre-scaled, so this is (1/√HS) dSᵀ·q).
+            gemm_tile(
+                !first,
+                TILE,
+                hsp,
+                TILE,
+                Strided::transposed(&p.0, TILE),
+                do_i,
+                hsp,
+                dv_j,
+                hsp,
+            );
+            gemm_tile(
+                !first,
+                TILE,
+                hsp,
+                TILE,
+                Strided::transposed(&ds.0, TILE),
+                q_i,
+                hsp,
+                dk_j,
+                hsp,
+            );
+            // dQ_i += dS·K_j (scaled by 1/√HS when the groups are summed). The group's first
+            // tile (j = gi) covers every query tile it will touch, so it overwrites.
+            let dq_i = &mut dq_g[i * tl..][..tl];
+            gemm_tile(
+                j != gi,
+                TILE,
+                hsp,
+                TILE,
+                Strided::rows(&ds.0, TILE),
+                k_j,
+                hsp,
+                dq_i,
+                hsp,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snake_groups_partition_the_tiles_and_balance_work() {
+        for nt in 1..40 {
+            let d = Dims::new(1, nt * TILE, 64, 1);
+            let g = d.groups();
+            let mut seen = vec![false; nt];
+            let mut work = vec![0usize; g];
+            for gi in 0..g {
+                for (slot, j) in group_tiles(gi, g, nt).enumerate() {
+                    assert!(!seen[j], "tile {j} in two groups");
+                    seen[j] = true;
+                    assert_eq!(group_of(j, g), (gi, slot));
+                    assert!(slot < d.slots());
+                    work[gi] += nt - j;
+                }
+                assert_eq!(
+                    group_tiles(gi, g, nt).next(),
+                    Some(gi),
+                    "first tile of group {gi}"
+                );
+            }
+            assert!(seen.iter().all(|&s| s), "nt = {nt}: a tile has no group");
+            let (lo, hi) = (work.iter().min().unwrap(), work.iter().max().unwrap());
+            // Equal up to one unpaired tile per group.
+            assert!(hi - lo <= nt, "nt = {nt}: work {work:?}");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Causal multi-head self-attention over the layout the model produces.
+//!
+//! Layout: `qkv` is (B, T, 3C) — for each position the query, key and value vectors of all NH
+//! heads, head `h` occupying columns `h·HS .. (h+1)·HS` of each C-wide part (HS = C / NH).
+//! `out` is (B, T, C) in the same head order; `lse` is (B, NH, T), the natural-log sum of
+//! exponentials of each query row's scaled scores, all that backward needs to recompute the
+//! probabilities.
+//!
+//! What is here:
+//! - [`attention_forward`] / [`attention_backward`]: the fused, tiled (flash) kernels used for
+//!   training, O(T) extra memory, parallel over heads and tiles (`flash.rs`, on the
+//!   micro-kernel in `tile.rs`).
+//! - [`attention_decode`] and [`kv_cache_write`]: one new position per sequence against a
+//!   key/value cache, for token-by-token generation.
+//! - [`attention_probs`]: one head's T×T probabilities, for plots.
+//! - [`attention_forward_naive`] / [`attention_backward_naive`]: llm.c's materialized
+//!   algorithm with (B, NH, T, T) buffers, the baseline the benches compare against.
+//! - [`attention_forward_ref`] / [`attention_backward_ref`]: the f64 scalar definition every
+//!   path is tested against.
+//!
+//! Leaves out: non-causal and padded-batch masks, dropout, grouped-query heads.
+
+mod decode;
+mod flash;
+mod naive;
+mod reference;
+mod tile;
+
+#[cfg(test)]
+mod tests;
+
+pub use decode::{attention_decode, kv_cache_write};
+pub use naive::{attention_backward_naive, attention_forward_naive};
+pub use reference::{attention_backward_ref, attention_forward_ref};
+
+use crate::math::exp;
+use crate::simd::{F32s, LANES, load, store};
+
+/// The checked shapes of a call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Shape {
+    pub b: usize,
+    pub t: usize,
+    pub c: usize,
+    pub nh: usize,
+    pub hs: usize,
+}
+
+impl Shape {
+    /// Panics unless `buf` is (B, T, width).
+    #[track_caller]
+    fn check(&self, name: &str, buf: &[f32], width: usize) {
+        let Shape { b, t, .. } = *self;
+        assert_eq!(
+            buf.len(),
+            b * t * width,
+            "attention: {name} has {} floats, (B, T, {width}) = ({b}, {t}, {width}) needs {}",
+            buf.len(),
+            b * t * width
+        );
+    }
+
+    /// Panics unless `lse` is (B, NH, T).
+    #[track_caller]
+    fn check_lse(&self, lse: &[f32]) {
+        let Shape { b, t, nh, .. } = *self;
+        assert_eq!(
+            lse.len(),
+            b * nh * t,
+            "attention: lse has {} floats, (B, NH, T) = ({b}, {nh}, {t}) needs {}",
+            lse.len(),
+            b * nh * t
+        );
+    }
+}
+
+/// Checks the dimensions shared by every attention entry point.
+#[track_caller]
+fn check_shapes(b: usize, t: usize, c: usize, nh: usize) -> Shape {
+    assert!(
+        nh > 0 && c > 0 && c.is_multiple_of(nh),
+        "attention: C = {c} must be a positive multiple of NH = {nh}"
+    );
+    Shape {
+        b,
+        t,
+        c,
+        nh,
+        hs: c / nh,
+    }
+}
+
+/// Causal self-attention forward, fused (FlashAttention-2 tiling, online softmax):
+///
+/// ```text
+/// s_tj   = q_t·k_j / √HS                        (per head, j ≤ t)
+/// out_t  = Σ_{j≤t} softmax_j(s_tj) · v_j
+/// lse_t  = ln Σ_{j≤t} e^(s_tj)                  (saved for the backward)
+/// ```
+///
+/// `out` (B, T, C) and `lse` (B, NH, T) are overwritten from `qkv` (B, T, 3C). Never stores a
+/// T×T matrix: the extra memory is a few packed copies of q, k, v (see
+/// [`attention_workspace`]). Parallel over (batch, head, query tile) in the current rayon pool;
+/// results are bitwise identical on any number of threads. Any T ≥ 0 and any HS.
+pub fn attention_forward(
+    out: &mut [f32],
+    lse: &mut [f32],
+    qkv: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) {
+    let sh = check_shapes(b, t, c, nh);
+    sh.check("qkv", qkv, 3 * c);
+    sh.check("out", out, c);
+    sh.check_lse(lse);
+    if b * t > 0 {
+        flash::forward(out, lse, qkv, flash::Dims::new(b, t, c, nh));
+    }
+}
+
+/// Gradient of [`attention_forward`], fused (FlashAttention-2 backward): given `dout`
+/// (B, T, C) and the forward's `qkv`, `out`, `lse`, overwrites `dqkv` (B, T, 3C) with
+///
+/// ```text
+/// P_tj  = e^(s_tj − lse_t),   D_t = Σ_d dout_td · out_td
+/// dS_tj = P_tj · (dout_t·v_j − D_t)
+/// dq_t  = Σ_{j≤t} dS_tj k_j / √HS,   dk_j = Σ_{t≥j} dS_tj q_t / √HS,   dv_j = Σ_{t≥j} P_tj dout_t
+/// ```
+///
+/// recomputing P tile by tile from q, k and lse (no T×T buffer). Parallel over (batch, head,
+/// group of key tiles); bitwise identical on any number of threads.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dqkv: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) {
+    let sh = check_shapes(b, t, c, nh);
+    sh.check("dqkv", dqkv, 3 * c);
+    sh.check("dout", dout, c);
+    sh.check("qkv", qkv, 3 * c);
+    sh.check("out", out, c);
+    sh.check_lse(lse);
+    if b * t > 0 {
+        flash::backward(dqkv, dout, qkv, out, lse, flash::Dims::new(b, t, c, nh));
+    }
+}
+
+/// Scratch memory the fused kernels allocate for one call, beyond their arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Workspace {
+    /// Heap bytes [`attention_forward`] allocates (packed Q, Kᵀ, V, O and lse): O(B·T·C).
+    pub forward_bytes: usize,
+    /// Heap bytes [`attention_backward`] allocates (packed operands, dK/dV tiles, dQ partial
+    /// sums): O(B·T·C).
+    pub backward_bytes: usize,
+    /// Stack bytes of tile scratch per worker thread (two 64×64 score tiles), independent of T.
+    pub per_thread_bytes: usize,
+}
+
+/// The memory [`attention_forward`] and [`attention_backward`] allocate for these shapes,
+/// computed by the same code that sizes their buffers. Grows linearly in T, where a
+/// materialized attention needs B·NH·T² floats per matrix.
+pub fn attention_workspace(b: usize, t: usize, c: usize, nh: usize) -> Workspace {
+    check_shapes(b, t, c, nh);
+    let d = flash::Dims::new(b, t, c, nh);
+    let f = std::mem::size_of::<f32>();
+    Workspace {
+        forward_bytes: d.forward_workspace_floats() * f,
+        backward_bytes: d.backward_workspace_floats() * f,
+        per_thread_bytes: flash::Dims::per_thread_floats() * f,
+    }
+}
+
+/// Writes the (T, T) causal attention probabilities of head `h` of batch row `bi` into `probs`,
+/// row-major: `probs[i·T + j]` = softmax_j(q_i·k_j/√HS) for j ≤ i, 0 for j > i. For plotting
+/// (`runner score --plot-attention`); computed by the f64 reference, O(T²·HS).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_probs(
+    probs: &mut [f32],
+    qkv: &[f32],
+    bi: usize,
+    h: usize,
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) {
+    let sh = check_shapes(b, t, c, nh);
+    sh.check("qkv", qkv, 3 * c);
+    assert!(
+        bi < b && h < nh,
+        "attention_probs: batch row {bi} / head {h} out of range (B = {b}, NH = {nh})"
+    );
+    assert_eq!(
+        probs.len(),
+        t * t,
+        "attention_probs: probs must be (T, T) = ({t}, {t})"
+    );
+    reference::probs(probs, qkv, &sh, bi, h);
+}
+
+// Row helpers shared by the decode and naive paths: any length, lanes plus a masked tail.
+
+/// Σ x_i·y_i over equal-length rows.
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = F32s::ZERO;
+    let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        acc = load(a).mul_add(load(b), acc);
+    }
+    acc.reduce_add() + xr.iter().zip(yr).map(|(a, b)| a * b).sum::<f32>()
+}
+
+/// y += a·x over equal-length rows.
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    let av = F32s::splat(a);
+    let mut yc = y.chunks_exact_mut(LANES);
+    let mut xc = x.chunks_exact(LANES);
+    for (yv, xv) in (&mut yc).zip(&mut xc) {
+        store(yv, av.mul_add(load(xv), load(yv)));
+    }
+    for (yv, &xv) in yc.into_remainder().iter_mut().zip(xc.remainder()) {
+        *yv += a * xv;
+    }
+}
+
+/// Replaces each x by e^(x − shift) and returns the sum, any length (the tail goes through the
+/// same vector `exp`, padded with −∞).
+fn exp_shift_sum(row: &mut [f32], shift: f32) -> f32 {
+    let sv = F32s::splat(shift);
+    let mut sum = F32s::ZERO;
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for x in &mut chunks {
+        let p = exp(load(x) - sv);
+        store(x, p);
+        sum += p;
+    }
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        let mut buf = [f32::NEG_INFINITY; LANES];
+        buf[..tail.len()].copy_from_slice(tail);
+        let p = exp(F32s::from(buf) - sv);
+        tail.copy_from_slice(&p.to_array()[..tail.len()]);
+        sum += p;
+    }
+    sum.reduce_add()
+}

@@ -1,0 +1,319 @@
+//! The register-blocked micro-kernel behind every product inside an attention tile.
+//!
+//! Flash attention does six small dense products per pair of tiles (S = Q·Kᵀ and O += P·V
+//! forward; S, dP = dO·Vᵀ, dV += Pᵀ·dO, dK += dSᵀ·Q, dQ += dS·K backward). All of them have the
+//! same shape class: m, k ≤ a few tiles, n a multiple of the lane width, operands in L1/L2.
+//! So they share one kernel, [`gemm_tile`], in the form
+//!
+//! ```text
+//! C (m × n)  =  [C +]  A (m × k) · B (k × n)
+//! A[r, p] = a[r·a_rs + p·a_cs]   (any strides: A or Aᵀ stored row-major)
+//! B[p, :] = b[p·ldb ..][..n]     (rows of n contiguous floats, n a multiple of LANES)
+//! C[r, :] = c[r·ldc ..][..n]
+//! ```
+//!
+//! Micro-kernel contract (BLIS style): a register block is `R ≤ MR` rows of C by `V ≤ NV`
+//! vectors of `LANES` columns, held in `R·V` accumulators for the whole k loop. Each step p
+//! loads the V vectors of B's row p once and, for each of the R rows, broadcasts A[r, p] and
+//! does V fused multiply-adds. With MR = 6 and NV = 4 that is 24 accumulators + 4 B vectors
+//! + 1 broadcast of AVX-512's 32 registers, and 10 loads per 24 FMAs, so the FMA pipes bound it.
+//! Edges: m is covered by blocks of 6 and one block of `m mod 6` rows; n by blocks of 4 vectors
+//! and one of `n/LANES mod 4`. There is no k edge (k is any length, including 0).
+//!
+//! Leaves out: packing (the callers keep their operands packed: tiles of Kᵀ, V, … in the
+//! `flash` module) and cache blocking over k (k ≤ a tile, all operands are L1/L2 resident).
+
+use crate::simd::{F32s, LANES};
+
+/// Rows of C per register block.
+pub(super) const MR: usize = 6;
+/// Vectors (of `LANES` columns) of C per register block.
+pub(super) const NV: usize = 4;
+
+/// An operand `A` seen through strides: element (r, p) is `data[r·rs + p·cs]`.
+#[derive(Clone, Copy)]
+pub(super) struct Strided<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// A stored row-major with leading dimension `ld`.
+    pub fn rows(data: &'a [f32], ld: usize) -> Self {
+        Strided {
+            data,
+            rs: ld,
+            cs: 1,
+        }
+    }
+
+    /// A whose transpose is stored row-major with leading dimension `ld` (A = Xᵀ).
+    pub fn transposed(data: &'a [f32], ld: usize) -> Self {
+        Strided {
+            data,
+            rs: 1,
+            cs: ld,
+        }
+    }
+}
+
+/// `C = A·B` (`accumulate = false`, C is never read) or `C += A·B` (`accumulate = true`), with
+/// the layouts of the module doc. Panics if `n` is not a multiple of `LANES` or a slice is too
+/// short for the shapes and strides it is given.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm_tile(
+    accumulate: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert!(
+        n.is_multiple_of(LANES),
+        "gemm_tile: n = {n} is not a multiple of {LANES}"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Every index the blocks touch is below these bounds; checked once here so the inner loops
+    // can use unchecked pointer arithmetic.
+    assert!(
+        ldc >= n && c.len() >= (m - 1) * ldc + n,
+        "gemm_tile: C too short"
+    );
+    if k > 0 {
+        assert!(
+            ldb >= n && b.len() >= (k - 1) * ldb + n,
+            "gemm_tile: B too short"
+        );
+        assert!(
+            a.data.len() > (m - 1) * a.rs + (k - 1) * a.cs,
+            "gemm_tile: A too short"
+        );
+    }
+    let nv_total = n / LANES;
+    let mut r0 = 0;
+    while r0 < m {
+        let rows = (m - r0).min(MR);
+        let mut v0 = 0;
+        while v0 < nv_total {
+            let vecs = (nv_total - v0).min(NV);
+            // SAFETY: rows r0..r0+rows < m and columns v0·LANES..(v0+vecs)·LANES ≤ n, so every
+            // access of the block lies within the bounds asserted above.
+            unsafe {
+                let a_ptr = a.data.as_ptr().add(r0 * a.rs);
+                let b_ptr = b.as_ptr().add(v0 * LANES);
+                let c_ptr = c.as_mut_ptr().add(r0 * ldc + v0 * LANES);
+                dispatch(
+                    accumulate, rows, vecs, k, a_ptr, a.rs, a.cs, b_ptr, ldb, c_ptr, ldc,
+                );
+            }
+            v0 += vecs;
+        }
+        r0 += rows;
+    }
+}
+
+/// Picks the monomorphized block for `rows × vecs`.
+///
+/// # Safety
+/// The caller guarantees the block's accesses are in bounds (see [`block`]).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn dispatch(
+    accumulate: bool,
+    rows: usize,
+    vecs: usize,
+    k: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    macro_rules! go {
+        ($r:literal, $v:literal) => {
+            // SAFETY: forwarded from this function's contract.
+            unsafe {
+                if accumulate {
+                    block::<$r, $v, true>(k, a, a_rs, a_cs, b, ldb, c, ldc)
+                } else {
+                    block::<$r, $v, false>(k, a, a_rs, a_cs, b, ldb, c, ldc)
+                }
+            }
+        };
+    }
+    macro_rules! rows {
+        ($v:literal) => {
+            match rows {
+                6 => go!(6, $v),
+                5 => go!(5, $v),
+                4 => go!(4, $v),
+                3 => go!(3, $v),
+                2 => go!(2, $v),
+                _ => go!(1, $v),
+            }
+        };
+    }
+    match vecs {
+        4 => rows!(4),
+        3 => rows!(3),
+        2 => rows!(2),
+        _ => rows!(1),
+    }
+}
+
+/// One `R × V`-vector register block: `C[r, v] (+)= Σ_p A[r, p]·B[p, v]`.
+///
+/// # Safety
+/// For r < R, p < k, v < V: `a + r·a_rs + p·a_cs`, `b + p·ldb + v·LANES .. + LANES` and
+/// `c + r·ldc + v·LANES .. + LANES` must be valid (C for writes; read too when `ACC`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn block<const R: usize, const V: usize, const ACC: bool>(
+    k: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY (whole body): every pointer below stays within the ranges of the contract.
+    unsafe {
+        let mut acc = [[F32s::ZERO; V]; R];
+        if ACC {
+            for (r, row) in acc.iter_mut().enumerate() {
+                for (v, x) in row.iter_mut().enumerate() {
+                    *x = loadu(c.add(r * ldc + v * LANES));
+                }
+            }
+        }
+        let mut ap = a;
+        let mut bp = b;
+        for _ in 0..k {
+            let bv: [F32s; V] = std::array::from_fn(|v| loadu(bp.add(v * LANES)));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let ar = F32s::splat(*ap.add(r * a_rs));
+                for (x, &bvv) in row.iter_mut().zip(&bv) {
+                    *x = ar.mul_add(bvv, *x);
+                }
+            }
+            ap = ap.add(a_cs);
+            bp = bp.add(ldb);
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (v, &x) in row.iter().enumerate() {
+                storeu(c.add(r * ldc + v * LANES), x);
+            }
+        }
+    }
+}
+
+/// Unaligned load of one vector.
+///
+/// # Safety
+/// `p .. p + LANES` must be readable.
+#[inline(always)]
+unsafe fn loadu(p: *const f32) -> F32s {
+    // SAFETY: caller's contract; F32s is plain old data, so any bits are a valid value.
+    unsafe { p.cast::<F32s>().read_unaligned() }
+}
+
+/// Unaligned store of one vector.
+///
+/// # Safety
+/// `p .. p + LANES` must be writable.
+#[inline(always)]
+unsafe fn storeu(p: *mut f32, x: F32s) {
+    // SAFETY: caller's contract.
+    unsafe { p.cast::<F32s>().write_unaligned(x) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{TestRng, assert_close};
+
+    fn naive(m: usize, n: usize, k: usize, a: Strided, b: &[f32], ldb: usize) -> Vec<f32> {
+        let mut c = vec![0.0f32; m * n];
+        for r in 0..m {
+            for col in 0..n {
+                let s: f64 = (0..k)
+                    .map(|p| a.data[r * a.rs + p * a.cs] as f64 * b[p * ldb + col] as f64)
+                    .sum();
+                c[r * n + col] = s as f32;
+            }
+        }
+        c
+    }
+
+    /// Every block shape (rows 1..=MR+1 edges, 1..=NV+1 vectors), both A layouts, k including
+    /// 0, padded leading dimensions, C poisoned with NaN when it must not be read.
+    #[test]
+    fn matches_naive_for_every_edge() {
+        let mut rng = TestRng::new(11);
+        for m in [1, 2, 5, 6, 7, 13, 64] {
+            for nv in [1, 2, 3, 4, 5, 8] {
+                let n = nv * LANES;
+                for k in [0, 1, 3, 16, 64, 65] {
+                    for transposed in [false, true] {
+                        let (lda, ldb, ldc) = if transposed {
+                            (m + 3, n + LANES, n)
+                        } else {
+                            (k + 2, n, n + LANES)
+                        };
+                        let a_len = if transposed { k.max(1) * lda } else { m * lda };
+                        let a_data = rng.vec(a_len, 1.0);
+                        let a = if transposed {
+                            Strided::transposed(&a_data, lda)
+                        } else {
+                            Strided::rows(&a_data, lda)
+                        };
+                        let b = rng.vec(k.max(1) * ldb, 1.0);
+                        let want = naive(m, n, k, a, &b, ldb);
+                        let mut c = vec![f32::NAN; m * ldc];
+                        gemm_tile(false, m, n, k, a, &b, ldb, &mut c, ldc);
+                        let got: Vec<f32> =
+                            (0..m).flat_map(|r| c[r * ldc..][..n].to_vec()).collect();
+                        let what = format!("C = A·B m={m} n={n} k={k} transposed={transposed}");
+                        assert_close(&got, &want, 1e-5, 1e-5, &what);
+                        // Accumulate on top: C += A·B doubles the product.
+                        gemm_tile(true, m, n, k, a, &b, ldb, &mut c, ldc);
+                        let got: Vec<f32> =
+                            (0..m).flat_map(|r| c[r * ldc..][..n].to_vec()).collect();
+                        let twice: Vec<f32> = want.iter().map(|x| 2.0 * x).collect();
+                        assert_close(&got, &twice, 1e-5, 1e-5, &format!("{what} accumulate"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "B too short")]
+    fn short_operand_panics() {
+        let a = vec![0.0; 4];
+        let b = vec![0.0; LANES];
+        let mut c = vec![0.0; 2 * LANES];
+        gemm_tile(
+            false,
+            2,
+            LANES,
+            2,
+            Strided::rows(&a, 2),
+            &b,
+            LANES,
+            &mut c,
+            LANES,
+        );
+    }
+}
