@@ -29,16 +29,19 @@
 //!
 //! Leaves out: non-causal attention, dropout, attention masks other than causal, mixed precision.
 
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
+use super::exp::exp_nonpositive;
 use super::tile::{Strided, gemm_tile};
-use crate::math::exp;
-use crate::simd::{F32s, LANES, load, store};
+use crate::simd::{F32s, LANES, U32s, load, store};
+use wide::ShuffleExt;
 
 /// Rows of a query tile and of a key/value tile (Br = Bc, so only diagonal tiles need a mask).
 pub(super) const TILE: usize = 64;
-/// Most dQ partial buffers per head in the backward (see [`Dims::groups`]).
-const MAX_GROUPS: usize = 4;
+/// Backward tasks to aim for when B·NH is small (see [`Dims::groups`]).
+const TARGET_TASKS: usize = 16;
 
 /// The shapes of one call and everything derived from them.
 #[derive(Clone, Copy, Debug)]
@@ -84,12 +87,12 @@ impl Dims {
         self.bh * self.tp * self.hsp
     }
 
-    /// dQ partial buffers per head in the backward: enough groups of key tiles to give every
-    /// core work when B·NH is small, each group at least two tiles (one snake pair), at most
-    /// `MAX_GROUPS` (each group costs a (Tp, HSp) buffer). Depends on T only, so a sequence's
-    /// gradient does not depend on the batch it sits in either.
+    /// Groups of key tiles per head in the backward, each with its own dQ partial sum (a
+    /// (Tp, HSp) buffer): enough for `TARGET_TASKS` tasks in all when B·NH is small, one when
+    /// the heads alone give every core work, and never fewer than two tiles (one snake pair)
+    /// per group. A function of the shapes only, never of the thread count.
     pub fn groups(&self) -> usize {
-        (self.nt / 2).clamp(1, MAX_GROUPS)
+        TARGET_TASKS.div_ceil(self.bh).min(self.nt / 2).max(1)
     }
 
     /// Key tiles one group holds at most.
@@ -132,18 +135,88 @@ impl ScoreTile {
     }
 }
 
-/// A zeroed buffer of `n` floats aligned to the vector width (so packed rows, whose lengths are
-/// multiples of the lane width, start on vector boundaries).
-fn alloc(n: usize) -> Vec<F32s> {
-    vec![F32s::ZERO; n.div_ceil(LANES)]
+/// The one spare workspace buffer kept between calls. Tens of MiB allocated and freed per call
+/// go back to the kernel each time, and faulting their pages in again cost a quarter of a
+/// backward at T = 1024; a training step calls attention with the same shapes every layer, so
+/// the buffer of the previous call is reused. A call that finds it taken (concurrent
+/// attention calls) allocates its own.
+static SPARE: Mutex<Vec<F32s>> = Mutex::new(Vec::new());
+
+/// Scratch for one call, vector-aligned (packed rows, whose lengths are multiples of the lane
+/// width, start on vector boundaries). Its contents are stale: every float is written before
+/// it is read. Returned to [`SPARE`] on drop.
+struct Workspace(Vec<F32s>);
+
+impl Workspace {
+    fn take(floats: usize) -> Self {
+        let need = floats.div_ceil(LANES);
+        let spare = SPARE.try_lock().map(|mut s| std::mem::take(&mut *s));
+        match spare {
+            Ok(buf) if buf.len() >= need => Workspace(buf),
+            _ => Workspace(vec![F32s::ZERO; need]),
+        }
+    }
+
+    fn floats(&mut self) -> &mut [f32] {
+        bytemuck::cast_slice_mut(&mut self.0)
+    }
 }
 
-fn floats(v: &[F32s]) -> &[f32] {
-    bytemuck::cast_slice(v)
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if let Ok(mut spare) = SPARE.try_lock()
+            && spare.len() < self.0.len()
+        {
+            *spare = std::mem::take(&mut self.0);
+        }
+    }
 }
 
-fn floats_mut(v: &mut [F32s]) -> &mut [f32] {
-    bytemuck::cast_slice_mut(v)
+/// Splits the first `n` floats off `rest`.
+fn carve<'a>(rest: &mut &'a mut [f32], n: usize) -> &'a mut [f32] {
+    let (head, tail) = std::mem::take(rest).split_at_mut(n);
+    *rest = tail;
+    head
+}
+
+/// Transposes a LANES × LANES block held as LANES row vectors, in log2(LANES) rounds of
+/// two-input lane shuffles: the round with block size h swaps, in every pair of rows
+/// (i, i + h) with bit h of i clear, the lanes with bit h set in row i with the lanes with bit h
+/// clear in row i + h (the off-diagonal h × h blocks), so after the round with h = 1 the block
+/// is transposed.
+#[inline(always)]
+fn transpose(mut rows: [F32s; LANES]) -> [F32s; LANES] {
+    let mut h = LANES / 2;
+    while h > 0 {
+        // Lanes 0..LANES index the first row of the pair, LANES..2·LANES the second.
+        let lo = U32s::from(std::array::from_fn::<u32, LANES, _>(|l| {
+            (if l & h == 0 { l } else { LANES + l - h }) as u32
+        }));
+        let hi = U32s::from(std::array::from_fn::<u32, LANES, _>(|l| {
+            (if l & h == 0 { l + h } else { LANES + l }) as u32
+        }));
+        for i in (0..LANES).filter(|i| i & h == 0) {
+            let pair = [rows[i], rows[i + h]];
+            rows[i] = pair.shuffle(lo);
+            rows[i + h] = pair.shuffle(hi);
+        }
+        h /= 2;
+    }
+    rows
+}
+
+/// Largest lane of `v`, by log2(LANES) rounds of max with a rotated copy.
+#[inline(always)]
+fn hmax(mut v: F32s) -> f32 {
+    let mut h = LANES / 2;
+    while h > 0 {
+        let rot = U32s::from(std::array::from_fn::<u32, LANES, _>(|l| {
+            ((l + h) % LANES) as u32
+        }));
+        v = v.fast_max(v.shuffle(rot));
+        h /= 2;
+    }
+    v.to_array()[0]
 }
 
 /// Lane offsets 0, 1, …, LANES−1, for building masks by column index.
@@ -184,11 +257,31 @@ fn pack_rows(dst: &mut [f32], src: Source, d: &Dims, bh: usize, i: usize, alpha:
 }
 
 /// Packs rows `i·TILE ..` of head `bh` transposed, into an (HSp, TILE) tile; padding is zero.
+/// Full LANES × LANES blocks go through a register transpose; ragged edges element by element.
 fn pack_cols(dst: &mut [f32], src: Source, d: &Dims, bh: usize, i: usize) {
+    let rows = TILE.min(d.t - i * TILE);
+    let full_k = d.hs / LANES * LANES;
     dst.fill(0.0);
-    for r in 0..TILE.min(d.t - i * TILE) {
-        for (k, &y) in src.row(d, bh, i * TILE + r).iter().enumerate() {
-            dst[k * TILE + r] = y;
+    for r0 in (0..rows).step_by(LANES) {
+        if r0 + LANES <= rows {
+            let block: [&[f32]; LANES] = std::array::from_fn(|l| src.row(d, bh, i * TILE + r0 + l));
+            for k0 in (0..full_k).step_by(LANES) {
+                let cols = transpose(std::array::from_fn(|l| load(&block[l][k0..])));
+                for (kk, col) in cols.iter().enumerate() {
+                    store(&mut dst[(k0 + kk) * TILE + r0..], *col);
+                }
+            }
+            for (l, row) in block.iter().enumerate() {
+                for k in full_k..d.hs {
+                    dst[k * TILE + r0 + l] = row[k];
+                }
+            }
+        } else {
+            for r in r0..rows {
+                for (k, &y) in src.row(d, bh, i * TILE + r).iter().enumerate() {
+                    dst[k * TILE + r] = y;
+                }
+            }
         }
     }
 }
@@ -202,13 +295,16 @@ pub(super) fn forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: Dims) {
         width: 3 * d.c,
         part,
     };
-    let mut qs = alloc(d.packed_len()); // (B·NH, Tp, HSp), pre-scaled by 1/√HS
-    let mut kt = alloc(d.packed_len()); // (B·NH, NT, HSp, TILE)
-    let mut vs = alloc(d.packed_len()); // (B·NH, Tp, HSp)
-    floats_mut(&mut qs)
-        .par_chunks_mut(tl)
-        .zip(floats_mut(&mut kt).par_chunks_mut(tl))
-        .zip(floats_mut(&mut vs).par_chunks_mut(tl))
+    let mut ws = Workspace::take(d.forward_workspace_floats());
+    let mut rest = ws.floats();
+    let qs = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp), pre-scaled by 1/√HS
+    let kt = carve(&mut rest, d.packed_len()); // (B·NH, NT, HSp, TILE)
+    let vs = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp)
+    let o = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp)
+    let lp = carve(&mut rest, d.bh * d.tp); // (B·NH, Tp)
+    qs.par_chunks_mut(tl)
+        .zip(kt.par_chunks_mut(tl))
+        .zip(vs.par_chunks_mut(tl))
         .enumerate()
         .for_each(|(idx, ((q, k), v))| {
             let (bh, i) = (idx / d.nt, idx % d.nt);
@@ -217,13 +313,10 @@ pub(super) fn forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: Dims) {
             pack_rows(v, src(2), &d, bh, i, 1.0);
         });
 
-    let mut o = alloc(d.packed_len()); // (B·NH, Tp, HSp)
-    let mut lp = alloc(d.bh * d.tp); // (B·NH, Tp)
-    let (qs, kt, vs) = (floats(&qs), floats(&kt), floats(&vs));
+    let (qs, kt, vs) = (&*qs, &*kt, &*vs);
     let head = d.tp * d.hsp;
-    floats_mut(&mut o)
-        .par_chunks_mut(tl)
-        .zip(floats_mut(&mut lp).par_chunks_mut(TILE))
+    o.par_chunks_mut(tl)
+        .zip(lp.par_chunks_mut(TILE))
         .enumerate()
         .for_each(|(idx, (o_i, lse_i))| {
             let (bh, i) = (idx / d.nt, idx % d.nt);
@@ -233,7 +326,7 @@ pub(super) fn forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: Dims) {
             forward_tile(o_i, lse_i, q_i, kt_h, v_h, i, d.hsp);
         });
 
-    let o = floats(&o);
+    let o = &*o;
     out.par_chunks_mut(d.c)
         .with_min_len(16)
         .enumerate()
@@ -243,7 +336,6 @@ pub(super) fn forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: Dims) {
                 dst.copy_from_slice(&o[((b * d.nh + h) * d.tp + t) * d.hsp..][..d.hs]);
             }
         });
-    let lp = floats(&lp);
     for (bh, dst) in lse.chunks_exact_mut(d.t).enumerate() {
         dst.copy_from_slice(&lp[bh * d.tp..][..d.t]);
     }
@@ -293,7 +385,7 @@ fn forward_tile(
             .zip(m.chunks_exact(LANES))
             .zip(m_new.chunks_exact(LANES))
         {
-            store(a, exp(load(mo) - load(mn)));
+            store(a, exp_nonpositive(load(mo) - load(mn)));
         }
         for r in 0..TILE {
             let sum = exp_shifted(s.row_mut(r), m_new[r]);
@@ -343,7 +435,7 @@ fn row_max(row: &[f32]) -> f32 {
     for chunk in row.chunks_exact(LANES) {
         mx = mx.fast_max(load(chunk));
     }
-    mx.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max)
+    hmax(mx)
 }
 
 /// Replaces each entry x by e^(x − shift) and returns their sum.
@@ -351,7 +443,7 @@ fn exp_shifted(row: &mut [f32], shift: f32) -> f32 {
     let sv = F32s::splat(shift);
     let mut sum = F32s::ZERO;
     for chunk in row.chunks_exact_mut(LANES) {
-        let p = exp(load(chunk) - sv);
+        let p = exp_nonpositive(load(chunk) - sv);
         store(chunk, p);
         sum += p;
     }
@@ -429,18 +521,24 @@ pub(super) fn backward(
         width: d.c,
         part: 0,
     };
-    let mut qs = alloc(d.packed_len());
-    let mut kt = alloc(d.packed_len());
-    let mut kn = alloc(d.packed_len());
-    let mut vt = alloc(d.packed_len());
-    let mut dos = alloc(d.packed_len());
-    let mut dd = alloc(d.bh * d.tp);
-    let mut lp = alloc(d.bh * d.tp);
-    floats_mut(&mut qs)
-        .par_chunks_mut(tl)
-        .zip(floats_mut(&mut kt).par_chunks_mut(tl))
-        .zip(floats_mut(&mut kn).par_chunks_mut(tl))
-        .zip(floats_mut(&mut vt).par_chunks_mut(tl))
+    let g = d.groups();
+    let slots = d.slots();
+    let mut ws = Workspace::take(d.backward_workspace_floats());
+    let mut rest = ws.floats();
+    let qs = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp), pre-scaled by 1/√HS
+    let kt = carve(&mut rest, d.packed_len()); // (B·NH, NT, HSp, TILE)
+    let kn = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp)
+    let vt = carve(&mut rest, d.packed_len()); // (B·NH, NT, HSp, TILE)
+    let dos = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp)
+    let dd = carve(&mut rest, d.bh * d.tp); // (B·NH, Tp)
+    let lp = carve(&mut rest, d.bh * d.tp); // (B·NH, Tp)
+    let dk = carve(&mut rest, d.bh * g * slots * tl); // (B·NH, G, slots, TILE, HSp)
+    let dv = carve(&mut rest, d.bh * g * slots * tl); // (B·NH, G, slots, TILE, HSp)
+    let dq = carve(&mut rest, g * d.packed_len()); // (B·NH, G, Tp, HSp)
+    qs.par_chunks_mut(tl)
+        .zip(kt.par_chunks_mut(tl))
+        .zip(kn.par_chunks_mut(tl))
+        .zip(vt.par_chunks_mut(tl))
         .enumerate()
         .for_each(|(idx, (((q, k), kr), v))| {
             let (bh, i) = (idx / d.nt, idx % d.nt);
@@ -449,10 +547,9 @@ pub(super) fn backward(
             pack_rows(kr, src(1), &d, bh, i, 1.0);
             pack_cols(v, src(2), &d, bh, i);
         });
-    floats_mut(&mut dos)
-        .par_chunks_mut(tl)
-        .zip(floats_mut(&mut dd).par_chunks_mut(TILE))
-        .zip(floats_mut(&mut lp).par_chunks_mut(TILE))
+    dos.par_chunks_mut(tl)
+        .zip(dd.par_chunks_mut(TILE))
+        .zip(lp.par_chunks_mut(TILE))
         .enumerate()
         .for_each(|(idx, ((dov, ddv), lpv))| {
             let (bh, i) = (idx / d.nt, idx % d.nt);
@@ -470,25 +567,11 @@ pub(super) fn backward(
             }
         });
 
-    let g = d.groups();
-    let slots = d.slots();
-    let mut dk = alloc(d.bh * g * slots * tl); // (B·NH, G, slots, TILE, HSp)
-    let mut dv = alloc(d.bh * g * slots * tl); // (B·NH, G, slots, TILE, HSp)
-    let mut dq = alloc(g * d.packed_len()); // (B·NH, G, Tp, HSp)
     let head = d.tp * d.hsp;
-    let (qs, kt, kn, vt, dos, dd, lp) = (
-        floats(&qs),
-        floats(&kt),
-        floats(&kn),
-        floats(&vt),
-        floats(&dos),
-        floats(&dd),
-        floats(&lp),
-    );
-    floats_mut(&mut dk)
-        .par_chunks_mut(slots * tl)
-        .zip(floats_mut(&mut dv).par_chunks_mut(slots * tl))
-        .zip(floats_mut(&mut dq).par_chunks_mut(head))
+    let (qs, kt, kn, vt, dos, dd, lp) = (&*qs, &*kt, &*kn, &*vt, &*dos, &*dd, &*lp);
+    dk.par_chunks_mut(slots * tl)
+        .zip(dv.par_chunks_mut(slots * tl))
+        .zip(dq.par_chunks_mut(head))
         .enumerate()
         .for_each(|(idx, ((dk_g, dv_g), dq_g))| {
             let (bh, gi) = (idx / g, idx % g);
@@ -504,7 +587,7 @@ pub(super) fn backward(
             backward_group(dk_g, dv_g, dq_g, &h, gi, g, d.nt, d.hsp);
         });
 
-    let (dk, dv, dq) = (floats(&dk), floats(&dv), floats(&dq));
+    let (dk, dv, dq) = (&*dk, &*dv, &*dq);
     dqkv.par_chunks_mut(3 * d.c)
         .with_min_len(16)
         .enumerate()
@@ -651,19 +734,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn transpose_and_hmax_match_scalar() {
+        let rows: [F32s; LANES] = std::array::from_fn(|r| {
+            F32s::from(std::array::from_fn::<f32, LANES, _>(|c| {
+                (r * LANES + c) as f32
+            }))
+        });
+        let t = transpose(rows);
+        for (c, col) in t.iter().enumerate() {
+            for (r, &x) in col.to_array().iter().enumerate() {
+                assert_eq!(x, (r * LANES + c) as f32, "transpose[{c}][{r}]");
+            }
+        }
+        for peak in 0..LANES {
+            let v = F32s::from(std::array::from_fn::<f32, LANES, _>(|l| {
+                if l == peak { 5.0 } else { -(l as f32) }
+            }));
+            assert_eq!(hmax(v), 5.0, "peak in lane {peak}");
+        }
+    }
+
+    #[test]
     fn snake_groups_partition_the_tiles_and_balance_work() {
         for nt in 1..40 {
             let d = Dims::new(1, nt * TILE, 64, 1);
             let g = d.groups();
             let mut seen = vec![false; nt];
             let mut work = vec![0usize; g];
-            for gi in 0..g {
+            for (gi, w) in work.iter_mut().enumerate() {
                 for (slot, j) in group_tiles(gi, g, nt).enumerate() {
                     assert!(!seen[j], "tile {j} in two groups");
                     seen[j] = true;
                     assert_eq!(group_of(j, g), (gi, slot));
                     assert!(slot < d.slots());
-                    work[gi] += nt - j;
+                    *w += nt - j;
                 }
                 assert_eq!(
                     group_tiles(gi, g, nt).next(),

@@ -21,6 +21,7 @@
 //! Leaves out: non-causal and padded-batch masks, dropout, grouped-query heads.
 
 mod decode;
+mod exp;
 mod flash;
 mod naive;
 mod reference;
@@ -33,8 +34,8 @@ pub use decode::{attention_decode, kv_cache_write};
 pub use naive::{attention_backward_naive, attention_forward_naive};
 pub use reference::{attention_backward_ref, attention_forward_ref};
 
-use crate::math::exp;
 use crate::simd::{F32s, LANES, load, store};
+use exp::exp_nonpositive;
 
 /// The checked shapes of a call.
 #[derive(Clone, Copy, Debug)]
@@ -241,7 +242,7 @@ fn exp_shift_sum(row: &mut [f32], shift: f32) -> f32 {
     let mut sum = F32s::ZERO;
     let mut chunks = row.chunks_exact_mut(LANES);
     for x in &mut chunks {
-        let p = exp(load(x) - sv);
+        let p = exp_nonpositive(load(x) - sv);
         store(x, p);
         sum += p;
     }
@@ -249,7 +250,7 @@ fn exp_shift_sum(row: &mut [f32], shift: f32) -> f32 {
     if !tail.is_empty() {
         let mut buf = [f32::NEG_INFINITY; LANES];
         buf[..tail.len()].copy_from_slice(tail);
-        let p = exp(F32s::from(buf) - sv);
+        let p = exp_nonpositive(F32s::from(buf) - sv);
         tail.copy_from_slice(&p.to_array()[..tail.len()]);
         sum += p;
     }

@@ -15,8 +15,9 @@
 //! Micro-kernel contract (BLIS style): a register block is `R ≤ MR` rows of C by `V ≤ NV`
 //! vectors of `LANES` columns, held in `R·V` accumulators for the whole k loop. Each step p
 //! loads the V vectors of B's row p once and, for each of the R rows, broadcasts A[r, p] and
-//! does V fused multiply-adds. With MR = 6 and NV = 4 that is 24 accumulators + 4 B vectors
-//! + 1 broadcast of AVX-512's 32 registers, and 10 loads per 24 FMAs, so the FMA pipes bound it.
+//! does V fused multiply-adds. With MR = 6 and NV = 4 that is 24 accumulators, 4 B vectors
+//! and 1 broadcast of AVX-512's 32 registers, and 10 loads per 24 FMAs, so the FMA pipes bound
+//! it.
 //! Edges: m is covered by blocks of 6 and one block of `m mod 6` rows; n by blocks of 4 vectors
 //! and one of `n/LANES mod 4`. There is no k edge (k is any length, including 0).
 //!
