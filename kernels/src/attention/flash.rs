@@ -33,8 +33,9 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
+use super::dot;
 use super::exp::exp_nonpositive;
-use super::tile::{Strided, gemm_tile};
+use super::tile::{MR, Strided, gemm_tile};
 use crate::simd::{F32s, LANES, U32s, load, store};
 use wide::ShuffleExt;
 
@@ -362,7 +363,9 @@ fn forward_tile(
     for j in 0..=i {
         // S = Q_i · K_jᵀ (already scaled through Q).
         let kt_j = &kt_h[j * tl..][..tl];
-        gemm_tile(
+        let diag = j == i;
+        product(
+            if diag { Part::LowerC } else { Part::Full },
             false,
             TILE,
             TILE,
@@ -375,7 +378,7 @@ fn forward_tile(
         );
         for (r, m_new_r) in m_new.iter_mut().enumerate() {
             let row = s.row_mut(r);
-            if j == i {
+            if diag {
                 mask_above(row, r);
             }
             *m_new_r = m[r].max(row_max(row));
@@ -397,7 +400,8 @@ fn forward_tile(
         m = m_new;
         // O (+)= P · V_j
         let v_j = &v_h[j * tl..][..tl];
-        gemm_tile(
+        product(
+            if diag { Part::LowerA } else { Part::Full },
             j > 0,
             TILE,
             hsp,
@@ -412,6 +416,74 @@ fn forward_tile(
     for r in 0..TILE {
         scale_row(&mut o_i[r * hsp..][..hsp], 1.0 / l[r]);
         lse_i[r] = m[r] + l[r].ln();
+    }
+}
+
+/// The part of a TILE × TILE product that a tile needs. On the diagonal the causal mask
+/// zeroes P[r, c] (and dS[r, c]) for c > r, so about half of each product is known zeros.
+#[derive(Clone, Copy)]
+enum Part {
+    /// Off the diagonal: the whole product.
+    Full,
+    /// C[r, c] only for c ≤ r, up to the lane width: S and dP, masked right after.
+    LowerC,
+    /// A[r, p] = 0 for p > r, so k stops at r: O += P·V, dQ += dS·K.
+    LowerA,
+    /// A[r, p] = 0 for p < r (A = Pᵀ or dSᵀ), so k starts at r: dV += Pᵀ·dO, dK += dSᵀ·Q.
+    UpperA,
+}
+
+/// [`gemm_tile`] restricted to `part`: on the diagonal it runs one register block of rows at
+/// a time, each with only the columns (`LowerC`) or the k range (`LowerA`, `UpperA`) that can
+/// be nonzero. Entries of C outside a `LowerC` part keep stale values.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    part: Part,
+    accumulate: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if let Part::Full = part {
+        return gemm_tile(accumulate, m, n, k, a, b, ldb, c, ldc);
+    }
+    for r0 in (0..m).step_by(MR) {
+        let end = (r0 + MR).min(m);
+        let (n_s, p0, p1) = match part {
+            Part::LowerC => (end.next_multiple_of(LANES).min(n), 0, k),
+            Part::LowerA => (n, 0, end.min(k)),
+            Part::UpperA => (n, r0.min(k), k),
+            Part::Full => unreachable!("handled above"),
+        };
+        let c_s = &mut c[r0 * ldc..];
+        if p1 == p0 {
+            if !accumulate {
+                for row in c_s.chunks_mut(ldc).take(end - r0) {
+                    row[..n_s].fill(0.0);
+                }
+            }
+            continue;
+        }
+        let a_s = Strided {
+            data: &a.data[r0 * a.rs + p0 * a.cs..],
+            ..a
+        };
+        gemm_tile(
+            accumulate,
+            end - r0,
+            n_s,
+            p1 - p0,
+            a_s,
+            &b[p0 * ldb..],
+            ldb,
+            c_s,
+            ldc,
+        );
     }
 }
 
@@ -558,7 +630,7 @@ pub(super) fn backward(
                 let row = i * TILE + r;
                 if row < d.t {
                     let (go, o) = (dout_src.row(&d, bh, row), out_src.row(&d, bh, row));
-                    ddv[r] = go.iter().zip(o).map(|(x, y)| x * y).sum();
+                    ddv[r] = dot(go, o);
                     lpv[r] = lse[bh * d.t + row];
                 } else {
                     ddv[r] = 0.0;
@@ -600,15 +672,14 @@ pub(super) fn backward(
                 // dQ = (1/√HS) Σ_groups dS·K, summed in group order; group gi wrote rows of
                 // query tiles ≥ gi only.
                 let dq_row = &mut dst[h * d.hs..][..d.hs];
-                dq_row.fill(0.0);
-                for gi in 0..g.min(i + 1) {
-                    let part = &dq[(bh * g + gi) * head + t * d.hsp..][..d.hs];
-                    for (x, &y) in dq_row.iter_mut().zip(part) {
-                        *x += y;
+                let part = |gi: usize| &dq[(bh * g + gi) * head + t * d.hsp..][..d.hsp];
+                for c0 in (0..d.hs).step_by(LANES) {
+                    let mut acc = load(&part(0)[c0..]);
+                    for gi in 1..g.min(i + 1) {
+                        acc += load(&part(gi)[c0..]);
                     }
-                }
-                for x in dq_row.iter_mut() {
-                    *x *= scale;
+                    let n = LANES.min(d.hs - c0);
+                    dq_row[c0..][..n].copy_from_slice(&(acc * F32s::splat(scale)).to_array()[..n]);
                 }
                 let kv = ((bh * g + gj) * slots + slot) * tl + r * d.hsp;
                 dst[d.c + h * d.hs..][..d.hs].copy_from_slice(&dk[kv..][..d.hs]);
@@ -645,8 +716,15 @@ fn backward_group(
             let do_i = &h.dos[i * tl..][..tl];
             let lse_i = &h.lp[i * TILE..][..TILE];
             let d_i = &h.dd[i * TILE..][..TILE];
+            let diag = i == j;
+            let (lower_c, lower_a, upper_a) = if diag {
+                (Part::LowerC, Part::LowerA, Part::UpperA)
+            } else {
+                (Part::Full, Part::Full, Part::Full)
+            };
             // P = e^(Q_i·K_jᵀ − lse), causal entries only.
-            gemm_tile(
+            product(
+                lower_c,
                 false,
                 TILE,
                 TILE,
@@ -659,13 +737,15 @@ fn backward_group(
             );
             for (r, &lse_r) in lse_i.iter().enumerate() {
                 let row = p.row_mut(r);
-                if i == j {
+                if diag {
                     mask_above(row, r);
                 }
                 exp_shifted(row, lse_r);
             }
-            // dS = P ∘ (dO_i·V_jᵀ − D)
-            gemm_tile(
+            // dS = P ∘ (dO_i·V_jᵀ − D); where P = 0 (masked, or not computed on the
+            // diagonal) so is dS, whatever stale dP the tile holds there.
+            product(
+                lower_c,
                 false,
                 TILE,
                 TILE,
@@ -687,10 +767,11 @@ fn backward_group(
                     store(x, load(pc) * (load(x) - dv));
                 }
             }
-            let first = i == j;
-            // dV_j += Pᵀ·dO_i, dK_j += dSᵀ·Q_i (Q pre-scaled, so this is (1/√HS) dSᵀ·q).
-            gemm_tile(
-                !first,
+            // dV_j += Pᵀ·dO_i, dK_j += dSᵀ·Q_i (Q pre-scaled, so this is (1/√HS) dSᵀ·q);
+            // the diagonal tile comes first and overwrites.
+            product(
+                upper_a,
+                !diag,
                 TILE,
                 hsp,
                 TILE,
@@ -700,8 +781,9 @@ fn backward_group(
                 dv_j,
                 hsp,
             );
-            gemm_tile(
-                !first,
+            product(
+                upper_a,
+                !diag,
                 TILE,
                 hsp,
                 TILE,
@@ -714,7 +796,8 @@ fn backward_group(
             // dQ_i += dS·K_j (scaled by 1/√HS when the groups are summed). The group's first
             // tile (j = gi) covers every query tile it will touch, so it overwrites.
             let dq_i = &mut dq_g[i * tl..][..tl];
-            gemm_tile(
+            product(
+                lower_a,
                 j != gi,
                 TILE,
                 hsp,
