@@ -289,6 +289,13 @@ fn pack_cols(dst: &mut [f32], src: Source, d: &Dims, bh: usize, i: usize) {
 
 /// Forward: see the module doc. Shapes are checked by the caller.
 pub(super) fn forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: Dims) {
+    let mut ws = Workspace::take(d.forward_workspace_floats());
+    forward_in(ws.floats(), out, lse, qkv, d);
+}
+
+/// [`forward`] in the scratch `ws` (vector-aligned, at least `forward_workspace_floats`
+/// long, any contents).
+fn forward_in(ws: &mut [f32], out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: Dims) {
     let tl = d.tile_len();
     let scale = 1.0 / (d.hs as f32).sqrt();
     let src = |part| Source {
@@ -296,8 +303,7 @@ pub(super) fn forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: Dims) {
         width: 3 * d.c,
         part,
     };
-    let mut ws = Workspace::take(d.forward_workspace_floats());
-    let mut rest = ws.floats();
+    let mut rest = ws;
     let qs = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp), pre-scaled by 1/√HS
     let kt = carve(&mut rest, d.packed_len()); // (B·NH, NT, HSp, TILE)
     let vs = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp)
@@ -576,6 +582,22 @@ pub(super) fn backward(
     lse: &[f32],
     d: Dims,
 ) {
+    let mut ws = Workspace::take(d.backward_workspace_floats());
+    backward_in(ws.floats(), dqkv, dout, qkv, out, lse, d);
+}
+
+/// [`backward`] in the scratch `ws` (vector-aligned, at least `backward_workspace_floats`
+/// long, any contents).
+#[allow(clippy::too_many_arguments)]
+fn backward_in(
+    ws: &mut [f32],
+    dqkv: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    d: Dims,
+) {
     let tl = d.tile_len();
     let scale = 1.0 / (d.hs as f32).sqrt();
     let src = |part| Source {
@@ -595,8 +617,7 @@ pub(super) fn backward(
     };
     let g = d.groups();
     let slots = d.slots();
-    let mut ws = Workspace::take(d.backward_workspace_floats());
-    let mut rest = ws.floats();
+    let mut rest = ws;
     let qs = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp), pre-scaled by 1/√HS
     let kt = carve(&mut rest, d.packed_len()); // (B·NH, NT, HSp, TILE)
     let kn = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp)
@@ -834,6 +855,42 @@ mod tests {
                 if l == peak { 5.0 } else { -(l as f32) }
             }));
             assert_eq!(hmax(v), 5.0, "peak in lane {peak}");
+        }
+    }
+
+    /// The workspace is reused between calls with whatever the last call left in it: a NaN in
+    /// any float that is read before it is written would show in the results.
+    #[test]
+    fn stale_workspace_is_never_read() {
+        use crate::attention::{attention_backward_ref, attention_forward_ref};
+        use crate::testutil::{TestRng, assert_close};
+        for (b, t, nh, hs) in [(2, 130, 2, 16), (1, 300, 3, 24)] {
+            let c = nh * hs;
+            let d = Dims::new(b, t, c, nh);
+            let mut rng = TestRng::new(t as u64);
+            let qkv = rng.vec(b * t * 3 * c, 1.0);
+            let dout = rng.vec(b * t * c, 1.0);
+            let (mut out_ref, mut lse_ref) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
+            attention_forward_ref(&mut out_ref, &mut lse_ref, &qkv, b, t, c, nh);
+            let mut dqkv_ref = vec![0.0; b * t * 3 * c];
+            attention_backward_ref(&mut dqkv_ref, &dout, &qkv, &out_ref, &lse_ref, b, t, c, nh);
+
+            let poisoned = |n: usize| vec![F32s::splat(f32::NAN); n.div_ceil(LANES)];
+            let mut ws = poisoned(d.forward_workspace_floats());
+            let (mut out, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
+            forward_in(
+                bytemuck::cast_slice_mut(&mut ws),
+                &mut out,
+                &mut lse,
+                &qkv,
+                d,
+            );
+            assert_close(&out, &out_ref, 1e-4, 2e-6, "out");
+            let mut ws = poisoned(d.backward_workspace_floats());
+            let mut dqkv = vec![0.0; b * t * 3 * c];
+            let ws = bytemuck::cast_slice_mut(&mut ws);
+            backward_in(ws, &mut dqkv, &dout, &qkv, &out, &lse, d);
+            assert_close(&dqkv, &dqkv_ref, 1e-3, 2e-5, "dqkv");
         }
     }
 
