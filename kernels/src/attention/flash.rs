@@ -632,20 +632,16 @@ fn backward_in(
         .zip(kt.par_chunks_mut(tl))
         .zip(kn.par_chunks_mut(tl))
         .zip(vt.par_chunks_mut(tl))
+        .zip(dos.par_chunks_mut(tl))
+        .zip(dd.par_chunks_mut(TILE))
+        .zip(lp.par_chunks_mut(TILE))
         .enumerate()
-        .for_each(|(idx, (((q, k), kr), v))| {
+        .for_each(|(idx, ((((((q, k), kr), v), dov), ddv), lpv))| {
             let (bh, i) = (idx / d.nt, idx % d.nt);
             pack_rows(q, src(0), &d, bh, i, scale);
             pack_cols(k, src(1), &d, bh, i);
             pack_rows(kr, src(1), &d, bh, i, 1.0);
             pack_cols(v, src(2), &d, bh, i);
-        });
-    dos.par_chunks_mut(tl)
-        .zip(dd.par_chunks_mut(TILE))
-        .zip(lp.par_chunks_mut(TILE))
-        .enumerate()
-        .for_each(|(idx, ((dov, ddv), lpv))| {
-            let (bh, i) = (idx / d.nt, idx % d.nt);
             pack_rows(dov, dout_src, &d, bh, i, 1.0);
             for r in 0..TILE {
                 let row = i * TILE + r;
