@@ -8,7 +8,8 @@
 //!    as rows (TILE, HSp) and transposed (HSp, TILE), whichever a product needs as its `B`
 //!    operand (see `tile.rs`: B's rows must be contiguous vectors).
 //! 2. **Tiles** (parallel, see below): products of TILE × TILE × HSp on L1/L2-resident tiles
-//!    through the one micro-kernel `gemm_tile`, with the softmax work between them.
+//!    through the one micro-kernel `gemm_tile`, with the softmax work between them. Tiles on
+//!    the diagonal compute only their causal half ([`Part`]).
 //! 3. **Scatter** (parallel over rows): results go back into the (B, T, C) / (B, T, 3C) layout.
 //!
 //! Forward, one task per (batch, head, query tile i): for key tiles j = 0..=i (tiles above the
@@ -26,6 +27,10 @@
 //!
 //! Every split depends only on the shapes, never on the thread count, and every sum runs in a
 //! fixed order, so results are bitwise identical on any pool size.
+//!
+//! Memory: the packed copies, the dK/dV tiles and the dQ partial sums live in one workspace
+//! of O(B·T·C) floats ([`Dims::forward_workspace_floats`], [`Dims::backward_workspace_floats`]),
+//! kept between calls ([`SPARE`]); each worker thread adds two 64×64 score tiles on its stack.
 //!
 //! Leaves out: non-causal attention, dropout, attention masks other than causal, mixed precision.
 
@@ -116,9 +121,10 @@ impl Dims {
             + g * self.packed_len()
     }
 
-    /// Floats of tile scratch each worker thread holds on its stack while a task runs.
+    /// Floats of tile scratch a worker thread holds on its stack while a task runs: the
+    /// backward's two score tiles (the forward's one tile and four row vectors are fewer).
     pub fn per_thread_floats() -> usize {
-        2 * TILE * TILE + 3 * TILE
+        2 * TILE * TILE
     }
 }
 
@@ -146,15 +152,15 @@ static SPARE: Mutex<Vec<F32s>> = Mutex::new(Vec::new());
 /// Scratch for one call, vector-aligned (packed rows, whose lengths are multiples of the lane
 /// width, start on vector boundaries). Its contents are stale: every float is written before
 /// it is read. Returned to [`SPARE`] on drop.
-struct Workspace(Vec<F32s>);
+struct Scratch(Vec<F32s>);
 
-impl Workspace {
+impl Scratch {
     fn take(floats: usize) -> Self {
         let need = floats.div_ceil(LANES);
         let spare = SPARE.try_lock().map(|mut s| std::mem::take(&mut *s));
         match spare {
-            Ok(buf) if buf.len() >= need => Workspace(buf),
-            _ => Workspace(vec![F32s::ZERO; need]),
+            Ok(buf) if buf.len() >= need => Scratch(buf),
+            _ => Scratch(vec![F32s::ZERO; need]),
         }
     }
 
@@ -163,7 +169,7 @@ impl Workspace {
     }
 }
 
-impl Drop for Workspace {
+impl Drop for Scratch {
     fn drop(&mut self) {
         if let Ok(mut spare) = SPARE.try_lock()
             && spare.len() < self.0.len()
@@ -289,7 +295,7 @@ fn pack_cols(dst: &mut [f32], src: Source, d: &Dims, bh: usize, i: usize) {
 
 /// Forward: see the module doc. Shapes are checked by the caller.
 pub(super) fn forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: Dims) {
-    let mut ws = Workspace::take(d.forward_workspace_floats());
+    let mut ws = Scratch::take(d.forward_workspace_floats());
     forward_in(ws.floats(), out, lse, qkv, d);
 }
 
@@ -582,7 +588,7 @@ pub(super) fn backward(
     lse: &[f32],
     d: Dims,
 ) {
-    let mut ws = Workspace::take(d.backward_workspace_floats());
+    let mut ws = Scratch::take(d.backward_workspace_floats());
     backward_in(ws.floats(), dqkv, dout, qkv, out, lse, d);
 }
 

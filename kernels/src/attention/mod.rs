@@ -157,7 +157,7 @@ pub fn attention_backward(
 
 /// Scratch memory the fused kernels allocate for one call, beyond their arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Workspace {
+pub struct WorkspaceBytes {
     /// Heap bytes [`attention_forward`] allocates (packed Q, Kᵀ, V, O and lse): O(B·T·C).
     pub forward_bytes: usize,
     /// Heap bytes [`attention_backward`] allocates (packed operands, dK/dV tiles, dQ partial
@@ -169,12 +169,14 @@ pub struct Workspace {
 
 /// The memory [`attention_forward`] and [`attention_backward`] allocate for these shapes,
 /// computed by the same code that sizes their buffers. Grows linearly in T, where a
-/// materialized attention needs B·NH·T² floats per matrix.
-pub fn attention_workspace(b: usize, t: usize, c: usize, nh: usize) -> Workspace {
+/// materialized attention needs B·NH·T² floats per matrix. One buffer of the largest size
+/// used so far is kept between calls (a training step calls attention with the same shapes in
+/// every layer, and re-faulting fresh pages each time cost a quarter of the backward).
+pub fn attention_workspace(b: usize, t: usize, c: usize, nh: usize) -> WorkspaceBytes {
     check_shapes(b, t, c, nh);
     let d = flash::Dims::new(b, t, c, nh);
     let f = std::mem::size_of::<f32>();
-    Workspace {
+    WorkspaceBytes {
         forward_bytes: d.forward_workspace_floats() * f,
         backward_bytes: d.backward_workspace_floats() * f,
         per_thread_bytes: flash::Dims::per_thread_floats() * f,
