@@ -74,6 +74,14 @@ impl Buffers {
             NH,
         );
     }
+
+    /// The forward, and the backward too when `passes` counts the backward's products.
+    fn step(&mut self, passes: u64) {
+        self.forward();
+        if passes == 7 {
+            self.backward();
+        }
+    }
 }
 
 fn mib(bytes: usize) -> f64 {
@@ -121,12 +129,7 @@ fn flash(c: &mut Criterion) {
                 let id = BenchmarkId::new(format!("flash/{threads}t"), t);
                 g.bench_function(id, |bench| {
                     bench.iter(|| {
-                        p.install(|| {
-                            bufs.forward();
-                            if passes == 7 {
-                                bufs.backward();
-                            }
-                        });
+                        p.install(|| bufs.step(passes));
                         black_box(&bufs.out);
                     })
                 });
@@ -181,12 +184,7 @@ fn naive_vs_flash(c: &mut Criterion) {
         });
         g.bench_function(BenchmarkId::new(format!("flash/1t/{name}"), t), |bench| {
             bench.iter(|| {
-                p.install(|| {
-                    bufs.forward();
-                    if passes == 7 {
-                        bufs.backward();
-                    }
-                });
+                p.install(|| bufs.step(passes));
                 black_box(&bufs.out);
             })
         });

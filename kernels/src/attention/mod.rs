@@ -91,6 +91,46 @@ fn check_shapes(b: usize, t: usize, c: usize, nh: usize) -> Shape {
     }
 }
 
+/// Checks the arguments of a forward (fused or reference): qkv (B, T, 3C), out (B, T, C),
+/// lse (B, NH, T).
+#[track_caller]
+fn check_forward(
+    out: &[f32],
+    lse: &[f32],
+    qkv: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) -> Shape {
+    let sh = check_shapes(b, t, c, nh);
+    sh.check("qkv", qkv, 3 * c);
+    sh.check("out", out, c);
+    sh.check_lse(lse);
+    sh
+}
+
+/// Checks the arguments of a backward (fused or reference): the forward's, plus dqkv
+/// (B, T, 3C) and dout (B, T, C).
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+fn check_backward(
+    dqkv: &[f32],
+    dout: &[f32],
+    qkv: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) -> Shape {
+    let sh = check_forward(out, lse, qkv, b, t, c, nh);
+    sh.check("dqkv", dqkv, 3 * c);
+    sh.check("dout", dout, c);
+    sh
+}
+
 /// Causal self-attention forward, fused (FlashAttention-2 tiling, online softmax):
 ///
 /// ```text
@@ -112,10 +152,7 @@ pub fn attention_forward(
     c: usize,
     nh: usize,
 ) {
-    let sh = check_shapes(b, t, c, nh);
-    sh.check("qkv", qkv, 3 * c);
-    sh.check("out", out, c);
-    sh.check_lse(lse);
+    check_forward(out, lse, qkv, b, t, c, nh);
     if b * t > 0 {
         flash::forward(out, lse, qkv, flash::Dims::new(b, t, c, nh));
     }
@@ -144,12 +181,7 @@ pub fn attention_backward(
     c: usize,
     nh: usize,
 ) {
-    let sh = check_shapes(b, t, c, nh);
-    sh.check("dqkv", dqkv, 3 * c);
-    sh.check("dout", dout, c);
-    sh.check("qkv", qkv, 3 * c);
-    sh.check("out", out, c);
-    sh.check_lse(lse);
+    check_backward(dqkv, dout, qkv, out, lse, b, t, c, nh);
     if b * t > 0 {
         flash::backward(dqkv, dout, qkv, out, lse, flash::Dims::new(b, t, c, nh));
     }

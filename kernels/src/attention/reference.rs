@@ -3,7 +3,7 @@
 //! against, and the path behind [`attention_probs`](super::attention_probs). Leaves out: speed
 //! (O(T²·HS) scalar work per head, no threads).
 
-use super::{Shape, check_shapes};
+use super::{Shape, check_backward, check_forward};
 
 fn dot(x: &[f32], y: &[f32]) -> f64 {
     x.iter().zip(y).map(|(&u, &v)| u as f64 * v as f64).sum()
@@ -33,10 +33,7 @@ pub fn attention_forward_ref(
     c: usize,
     nh: usize,
 ) {
-    let sh = check_shapes(b, t, c, nh);
-    sh.check("qkv", qkv, 3 * c);
-    sh.check("out", out, c);
-    sh.check_lse(lse);
+    let sh = check_forward(out, lse, qkv, b, t, c, nh);
     let hs = sh.hs;
     let mut s = vec![0.0f64; t];
     for bi in 0..b {
@@ -74,13 +71,7 @@ pub fn attention_backward_ref(
     c: usize,
     nh: usize,
 ) {
-    let sh = check_shapes(b, t, c, nh);
-    sh.check("dqkv", dqkv, 3 * c);
-    sh.check("dout", dout, c);
-    sh.check("qkv", qkv, 3 * c);
-    sh.check("out", out, c);
-    sh.check_lse(lse);
-    let hs = sh.hs;
+    let hs = check_backward(dqkv, dout, qkv, out, lse, b, t, c, nh).hs;
     let scale = 1.0 / (hs as f64).sqrt();
     let mut g = vec![0.0f64; dqkv.len()];
     for bi in 0..b {
