@@ -4,6 +4,17 @@
 //!
 //! - [`sgemm`]: BLAS-style row-major GEMM, `C = alpha·op(A)·op(B) + beta·C`.
 //! - [`attention`]: fused causal multi-head self-attention, forward and backward.
+//! - [`math`]: vectorized `exp`, `sigmoid`, `tanh` with stated ulp bounds.
+//! - [`softmax`]: row-wise softmax and log-softmax (online softmax), forward and backward.
+//! - [`cross_entropy`]: the classifier loss fused with its softmax, forward and backward in
+//!   one sweep per row, optionally writing the gradient over the logits.
+//! - [`layernorm`], [`gelu`] (tanh approximation), [`elementwise`] (residual add, bias and its
+//!   gradient), [`embedding`] (lookup, deterministic scatter-add, GPT's token + position
+//!   encoder): the transformer's pointwise layers.
+//! - [`lstm_cell`]: one LSTM step's gate activations and cell update, forward and backward.
+//! - [`attention_pool`]: attention pooling against a learned vector (the lecture's first
+//!   attention).
+//! - [`optim`]: AdamW and SGD with momentum (PyTorch semantics), global gradient norm, clipping.
 //!
 //! ## Which SIMD path a build uses
 //!
@@ -33,10 +44,20 @@
 //!   output element is computed by the same sequence of operations on any pool size.
 
 pub mod attention;
+pub mod attention_pool;
 pub mod cpu;
+pub mod cross_entropy;
+pub mod elementwise;
+pub mod embedding;
+pub mod gelu;
 pub mod gemm;
+mod lanes;
+pub mod layernorm;
+pub mod lstm_cell;
 pub mod math;
+pub mod optim;
 pub mod simd;
+pub mod softmax;
 pub mod testutil;
 
 pub use gemm::{Transpose, sgemm};

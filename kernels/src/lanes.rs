@@ -1,0 +1,503 @@
+//! Lane loops and fixed-chunk parallel helpers shared by the pointwise kernels (crate-private).
+//!
+//! Every element of a slice goes through the same vector code: the last `len % LANES` elements
+//! are loaded into a padded vector ([`load_tail`]) rather than handled by a scalar loop, so an
+//! element's result never depends on where it sits in the slice, and hence not on how work is
+//! split between threads. Parallel work is cut in chunks whose size depends only on the shape
+//! ([`rows_per_task`], [`ELEMS_PER_TASK`]), and partial sums are combined in chunk order
+//! ([`accumulate_chunks`]), so results are bitwise the same on any rayon pool size.
+//!
+//! Leaves out: run-time ISA dispatch (see `simd.rs`); the masked tail loads below are the only
+//! `unsafe` here, each with its `SAFETY` line.
+
+use crate::simd::{F32s, LANES, load, store};
+use rayon::prelude::*;
+
+/// Elements one rayon task handles in a streaming kernel: large enough that the task overhead
+/// (about a microsecond) is noise, small enough to balance many threads on big tensors.
+pub(crate) const ELEMS_PER_TASK: usize = 1 << 15;
+
+/// Rows of length `row_len` per rayon task (at least one), from [`ELEMS_PER_TASK`].
+pub(crate) fn rows_per_task(row_len: usize) -> usize {
+    (ELEMS_PER_TASK / row_len.max(1)).max(1)
+}
+
+/// Loads `s` (shorter than `LANES`) into the low lanes; the other lanes hold `fill`.
+#[inline(always)]
+pub(crate) fn load_tail(s: &[f32], fill: f32) -> F32s {
+    debug_assert!(s.len() < LANES);
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        use std::arch::x86_64::{_mm512_mask_loadu_ps, _mm512_set1_ps};
+        let mask = ((1u32 << s.len()) - 1) as u16;
+        // SAFETY: only the first `s.len()` lanes are read (masked-off lanes neither load nor
+        // fault), and those are in bounds of `s`.
+        let v = unsafe { _mm512_mask_loadu_ps(_mm512_set1_ps(fill), mask, s.as_ptr()) };
+        bytemuck::cast(v)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    {
+        let mut a = [fill; LANES];
+        a[..s.len()].copy_from_slice(s);
+        F32s::from(a)
+    }
+}
+
+/// Stores the low `s.len()` (< `LANES`) lanes of `v` into `s`.
+#[inline(always)]
+pub(crate) fn store_tail(s: &mut [f32], v: F32s) {
+    debug_assert!(s.len() < LANES);
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        use std::arch::x86_64::_mm512_mask_storeu_ps;
+        let mask = ((1u32 << s.len()) - 1) as u16;
+        // SAFETY: only the first `s.len()` lanes are written (masked-off lanes neither store
+        // nor fault), and those are in bounds of `s`.
+        unsafe { _mm512_mask_storeu_ps(s.as_mut_ptr(), mask, bytemuck::cast(v)) }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    {
+        let n = s.len();
+        s.copy_from_slice(&v.to_array()[..n]);
+    }
+}
+
+/// `dst.copy_from_slice(src)` with non-temporal (streaming) stores for the whole cache lines:
+/// they go to memory without first being read for ownership, which saves a third of the
+/// memory traffic when writing a large output that will not be read again soon. The
+/// unaligned head and the tail use ordinary masked stores. Ends with a store fence.
+pub(crate) fn copy_streaming(dst: &mut [f32], src: &[f32]) {
+    debug_assert_eq!(dst.len(), src.len());
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        use std::arch::x86_64::{_mm_sfence, _mm512_stream_ps};
+        let misaligned = (dst.as_ptr() as usize / 4) % LANES;
+        let head = ((LANES - misaligned) % LANES).min(dst.len());
+        let (dh, db) = dst.split_at_mut(head);
+        let (sh, sb) = src.split_at(head);
+        if head > 0 {
+            store_tail(dh, load_tail(sh, 0.0));
+        }
+        let mut d = db.chunks_exact_mut(LANES);
+        let mut s = sb.chunks_exact(LANES);
+        for (d, s) in (&mut d).zip(&mut s) {
+            // SAFETY: `d` is LANES floats of `dst`, and after the head it starts on a 64-byte
+            // boundary (4-byte floats, `misaligned` counted in floats), as the instruction needs.
+            unsafe { _mm512_stream_ps(d.as_mut_ptr(), bytemuck::cast(load(s))) };
+        }
+        let (d, s) = (d.into_remainder(), s.remainder());
+        if !d.is_empty() {
+            store_tail(d, load_tail(s, 0.0));
+        }
+        // SAFETY: SFENCE is part of SSE, which every x86_64 CPU has. It orders the weakly
+        // ordered streaming stores before any later store.
+        unsafe { _mm_sfence() };
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    dst.copy_from_slice(src);
+}
+
+/// Asks the CPU to start loading `s` into L2 (one prefetch per 64-byte line) without waiting
+/// for it: a kernel about to stream through data it will read next issues this while it is
+/// busy writing, so that reads and writes overlap. A hint only; never faults.
+#[inline(always)]
+pub(crate) fn prefetch_l2(s: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in s.chunks(16) {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        // SAFETY: PREFETCH (SSE) is a hint: it neither faults nor changes memory, and the
+        // address is inside `s` anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
+    }
+}
+
+/// Panics unless `got == want`, naming the kernel and the argument.
+#[track_caller]
+pub(crate) fn check_len(kernel: &str, arg: &str, got: usize, want: usize, shape: &str) {
+    assert!(
+        got == want,
+        "{kernel}: {arg} has {got} elements, expected {want} {shape}"
+    );
+}
+
+/// One vector's worth of a slice walk: offset `i` and width `n` (`LANES`, or less for the
+/// tail). [`for_blocks`] hands these out; kernels that touch several slices at the same
+/// offsets (the LSTM cell, the optimizers) load and store through them.
+#[derive(Clone, Copy)]
+pub(crate) struct Block {
+    pub i: usize,
+    pub n: usize,
+}
+
+impl Block {
+    /// Lanes `i..i+n` of `s`; missing tail lanes read 0.
+    #[inline(always)]
+    pub fn load(self, s: &[f32]) -> F32s {
+        self.load_or(s, 0.0)
+    }
+
+    /// Lanes `i..i+n` of `s`; missing tail lanes read `fill`.
+    #[inline(always)]
+    pub fn load_or(self, s: &[f32], fill: f32) -> F32s {
+        if self.n == LANES {
+            load(&s[self.i..])
+        } else {
+            load_tail(&s[self.i..self.i + self.n], fill)
+        }
+    }
+
+    /// Writes the block's `n` lanes of `v` into `s[i..i+n]`.
+    #[inline(always)]
+    pub fn store(self, s: &mut [f32], v: F32s) {
+        if self.n == LANES {
+            store(&mut s[self.i..], v)
+        } else {
+            store_tail(&mut s[self.i..self.i + self.n], v)
+        }
+    }
+}
+
+/// Calls `f` for each vector-wide block of `0..len` in order, then once for the tail.
+#[inline(always)]
+pub(crate) fn for_blocks(len: usize, mut f: impl FnMut(Block)) {
+    let full = len - len % LANES;
+    for i in (0..full).step_by(LANES) {
+        f(Block { i, n: LANES });
+    }
+    if full < len {
+        f(Block {
+            i: full,
+            n: len - full,
+        });
+    }
+}
+
+/// `out[i] = f(a[i])`; returns the lane-wise sum of what was stored. The tail's missing lanes
+/// read `fill`, and `f(fill)` must be 0 (e.g. fill = -inf for e^(x−m)).
+#[inline(always)]
+pub(crate) fn map1_sum(out: &mut [f32], a: &[f32], fill: f32, f: impl Fn(F32s) -> F32s) -> F32s {
+    debug_assert_eq!(out.len(), a.len());
+    let mut acc = F32s::ZERO;
+    let mut o = out.chunks_exact_mut(LANES);
+    let mut x = a.chunks_exact(LANES);
+    for (o, x) in (&mut o).zip(&mut x) {
+        let y = f(load(x));
+        store(o, y);
+        acc += y;
+    }
+    let (o, x) = (o.into_remainder(), x.remainder());
+    if !o.is_empty() {
+        let y = f(load_tail(x, fill));
+        store_tail(o, y);
+        acc += y;
+    }
+    acc
+}
+
+/// `x[i] = f(x[i])`; returns the lane-wise sum of what was stored (as [`map1_sum`]).
+#[inline(always)]
+pub(crate) fn map1_sum_inplace(x: &mut [f32], fill: f32, f: impl Fn(F32s) -> F32s) -> F32s {
+    let mut acc = F32s::ZERO;
+    let mut c = x.chunks_exact_mut(LANES);
+    for v in &mut c {
+        let y = f(load(v));
+        store(v, y);
+        acc += y;
+    }
+    let t = c.into_remainder();
+    if !t.is_empty() {
+        let y = f(load_tail(t, fill));
+        store_tail(t, y);
+        acc += y;
+    }
+    acc
+}
+
+/// `out[i] = f(a[i])`.
+#[inline(always)]
+pub(crate) fn map1(out: &mut [f32], a: &[f32], f: impl Fn(F32s) -> F32s) {
+    debug_assert_eq!(out.len(), a.len());
+    let mut o = out.chunks_exact_mut(LANES);
+    let mut x = a.chunks_exact(LANES);
+    for (o, x) in (&mut o).zip(&mut x) {
+        store(o, f(load(x)));
+    }
+    let (o, x) = (o.into_remainder(), x.remainder());
+    if !o.is_empty() {
+        store_tail(o, f(load_tail(x, 0.0)));
+    }
+}
+
+/// `x[i] = f(x[i])`.
+#[inline(always)]
+pub(crate) fn map1_inplace(x: &mut [f32], f: impl Fn(F32s) -> F32s) {
+    let mut c = x.chunks_exact_mut(LANES);
+    for v in &mut c {
+        store(v, f(load(v)));
+    }
+    let t = c.into_remainder();
+    if !t.is_empty() {
+        store_tail(t, f(load_tail(t, 0.0)));
+    }
+}
+
+/// `out[i] = f(a[i], b[i])`.
+#[inline(always)]
+pub(crate) fn map2(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(F32s, F32s) -> F32s) {
+    debug_assert!(out.len() == a.len() && out.len() == b.len());
+    let mut o = out.chunks_exact_mut(LANES);
+    let mut x = a.chunks_exact(LANES);
+    let mut y = b.chunks_exact(LANES);
+    for ((o, x), y) in (&mut o).zip(&mut x).zip(&mut y) {
+        store(o, f(load(x), load(y)));
+    }
+    let (o, x, y) = (o.into_remainder(), x.remainder(), y.remainder());
+    if !o.is_empty() {
+        store_tail(o, f(load_tail(x, 0.0), load_tail(y, 0.0)));
+    }
+}
+
+/// `x[i] = f(x[i], b[i])`.
+#[inline(always)]
+pub(crate) fn map2_inplace(x: &mut [f32], b: &[f32], f: impl Fn(F32s, F32s) -> F32s) {
+    debug_assert_eq!(x.len(), b.len());
+    let mut c = x.chunks_exact_mut(LANES);
+    let mut y = b.chunks_exact(LANES);
+    for (v, y) in (&mut c).zip(&mut y) {
+        store(v, f(load(v), load(y)));
+    }
+    let (t, y) = (c.into_remainder(), y.remainder());
+    if !t.is_empty() {
+        store_tail(t, f(load_tail(t, 0.0), load_tail(y, 0.0)));
+    }
+}
+
+/// Lane-wise fold of `f(acc, a[i])` from `init`; the tail's missing lanes hold `fill`, which
+/// must leave `acc` unchanged (0 for sums, -inf for maxima). Returns the per-lane accumulator.
+#[inline(always)]
+pub(crate) fn fold1(a: &[f32], fill: f32, init: F32s, f: impl Fn(F32s, F32s) -> F32s) -> F32s {
+    let mut acc = init;
+    let mut x = a.chunks_exact(LANES);
+    for x in &mut x {
+        acc = f(acc, load(x));
+    }
+    if !x.remainder().is_empty() {
+        acc = f(acc, load_tail(x.remainder(), fill));
+    }
+    acc
+}
+
+/// Lane-wise fold of `f(acc, a[i], b[i])`; the tail's missing lanes hold 0 in both inputs,
+/// which must leave `acc` unchanged (true for sums of products).
+#[inline(always)]
+pub(crate) fn fold2(
+    a: &[f32],
+    b: &[f32],
+    init: F32s,
+    f: impl Fn(F32s, F32s, F32s) -> F32s,
+) -> F32s {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = init;
+    let mut x = a.chunks_exact(LANES);
+    let mut y = b.chunks_exact(LANES);
+    for (x, y) in (&mut x).zip(&mut y) {
+        acc = f(acc, load(x), load(y));
+    }
+    if !x.remainder().is_empty() {
+        acc = f(
+            acc,
+            load_tail(x.remainder(), 0.0),
+            load_tail(y.remainder(), 0.0),
+        );
+    }
+    acc
+}
+
+/// Largest element of `a` (-inf when empty). A NaN element may be skipped: callers that must
+/// propagate NaN do so through the values they compute from it (e.g. the sum of e^(x−m)).
+#[inline(always)]
+pub(crate) fn max(a: &[f32]) -> f32 {
+    // Two accumulators halve the dependency chain.
+    let ninf = F32s::splat(f32::NEG_INFINITY);
+    let mut acc = [ninf, ninf];
+    let mut x = a.chunks_exact(2 * LANES);
+    for x in &mut x {
+        acc[0] = acc[0].fast_max(load(x));
+        acc[1] = acc[1].fast_max(load(&x[LANES..]));
+    }
+    let m = fold1(
+        x.remainder(),
+        f32::NEG_INFINITY,
+        acc[0].fast_max(acc[1]),
+        |m, v| m.fast_max(v),
+    );
+    m.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `Σ a[i]·b[i]` in lanes, then across lanes.
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    fold2(a, b, F32s::ZERO, |acc, x, y| x.mul_add(y, acc)).reduce_add()
+}
+
+/// `x[i] *= s`.
+#[inline(always)]
+pub(crate) fn scale_inplace(x: &mut [f32], s: f32) {
+    let s = F32s::splat(s);
+    map1_inplace(x, |v| v * s);
+}
+
+/// `acc[i] += x[i]`.
+#[inline(always)]
+pub(crate) fn add_inplace(acc: &mut [f32], x: &[f32]) {
+    map2_inplace(acc, x, |a, b| a + b);
+}
+
+/// [`map1`] in parallel over fixed chunks of [`ELEMS_PER_TASK`] elements.
+pub(crate) fn par_map1(out: &mut [f32], a: &[f32], f: impl Fn(F32s) -> F32s + Sync) {
+    out.par_chunks_mut(ELEMS_PER_TASK)
+        .zip(a.par_chunks(ELEMS_PER_TASK))
+        .for_each(|(o, a)| map1(o, a, &f));
+}
+
+/// [`map2`] in parallel over fixed chunks of [`ELEMS_PER_TASK`] elements.
+pub(crate) fn par_map2(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(F32s, F32s) -> F32s + Sync,
+) {
+    out.par_chunks_mut(ELEMS_PER_TASK)
+        .zip(a.par_chunks(ELEMS_PER_TASK))
+        .zip(b.par_chunks(ELEMS_PER_TASK))
+        .for_each(|((o, a), b)| map2(o, a, b, &f));
+}
+
+/// [`map2_inplace`] in parallel over fixed chunks of [`ELEMS_PER_TASK`] elements.
+pub(crate) fn par_map2_inplace(x: &mut [f32], b: &[f32], f: impl Fn(F32s, F32s) -> F32s + Sync) {
+    x.par_chunks_mut(ELEMS_PER_TASK)
+        .zip(b.par_chunks(ELEMS_PER_TASK))
+        .for_each(|(x, b)| map2_inplace(x, b, &f));
+}
+
+/// Calls `f(r, row)` for every row `r` of `out` (rows of `row_len` floats), in parallel tasks of
+/// [`rows_per_task`] rows. Each row is computed by one call, so results do not depend on the
+/// pool size. Does nothing when `row_len` is 0.
+pub(crate) fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if row_len == 0 {
+        return;
+    }
+    let rpt = rows_per_task(row_len);
+    out.par_chunks_mut(rpt * row_len)
+        .enumerate()
+        .for_each(|(k, chunk)| {
+            for (j, row) in chunk.chunks_exact_mut(row_len).enumerate() {
+                f(k * rpt + j, row);
+            }
+        });
+}
+
+/// Adds per-task partial sums into the accumulators, in task order: `partials` holds one
+/// partial per task, each the concatenation of one segment per accumulator (`accs[0].len()`
+/// floats, then `accs[1].len()`, …). The order depends only on how the caller cut the tasks,
+/// never on the pool, so the sums are bitwise reproducible.
+pub(crate) fn add_partials(accs: &mut [&mut [f32]], partials: &[f32]) {
+    let width: usize = accs.iter().map(|a| a.len()).sum();
+    if width == 0 {
+        return;
+    }
+    for part in partials.chunks_exact(width) {
+        let mut rest = part;
+        for acc in accs.iter_mut() {
+            let (seg, tail) = rest.split_at(acc.len());
+            add_inplace(acc, seg);
+            rest = tail;
+        }
+    }
+}
+
+/// Deterministic parallel accumulation: task `k` of `n_tasks` fills a zeroed partial of
+/// `acc.len()` floats through `f(k, partial)`; the partials are then added into `acc` in task
+/// order ([`add_partials`]).
+pub(crate) fn accumulate_chunks(
+    acc: &mut [f32],
+    n_tasks: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let width = acc.len();
+    if width == 0 || n_tasks == 0 {
+        return;
+    }
+    let mut partials = vec![0.0f32; n_tasks * width];
+    partials
+        .par_chunks_mut(width)
+        .enumerate()
+        .for_each(|(k, part)| f(k, part));
+    add_partials(&mut [acc], &partials);
+}
+
+/// Central differences of `f` (evaluated in f64) at `x`: the reference every backward kernel's
+/// gradient check compares against. Steps of 1e-5·max(1, |x_i|) leave truncation and
+/// rounding errors near 1e-9, far below f32 resolution.
+#[cfg(test)]
+pub(crate) fn numeric_grad(x: &[f32], f: impl Fn(&[f64]) -> f64) -> Vec<f32> {
+    let mut x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    (0..x.len())
+        .map(|i| {
+            let x0 = x64[i];
+            let h = 1e-5 * x0.abs().max(1.0);
+            x64[i] = x0 + h;
+            let up = f(&x64);
+            x64[i] = x0 - h;
+            let down = f(&x64);
+            x64[i] = x0;
+            ((up - down) / (2.0 * h)) as f32
+        })
+        .collect()
+}
+
+/// `Σ_i a[i]·b[i]` in f64, for building scalar losses in gradient checks.
+#[cfg(test)]
+pub(crate) fn dot64(a: &[f64], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&a, &b)| a * b as f64).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{TestRng, awkward_lengths};
+
+    #[test]
+    fn tails_load_and_store_only_their_lanes() {
+        for n in 0..LANES {
+            let src: Vec<f32> = (0..n).map(|i| i as f32 + 1.0).collect();
+            let v = load_tail(&src, -7.0).to_array();
+            for (i, &x) in v.iter().enumerate() {
+                assert_eq!(x, if i < n { i as f32 + 1.0 } else { -7.0 });
+            }
+            let mut dst = vec![f32::NAN; n + 1];
+            store_tail(&mut dst[..n], F32s::splat(3.0));
+            assert!(dst[..n].iter().all(|&x| x == 3.0) && dst[n].is_nan());
+        }
+    }
+
+    #[test]
+    fn max_and_dot_match_scalar_on_awkward_lengths() {
+        let mut rng = TestRng::new(1);
+        for n in awkward_lengths().into_iter().chain([1000, 50257]) {
+            let a = rng.vec(n, 100.0);
+            let b = rng.vec(n, 1.0);
+            let want = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&a), want, "max n={n}");
+            let d: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+            assert!((dot(&a, &b) as f64 - d).abs() <= 1e-4 * (1.0 + d.abs()) * (n as f64).sqrt());
+        }
+    }
+
+    #[test]
+    fn accumulate_chunks_adds_in_task_order() {
+        let mut acc = vec![1.0f32; 3];
+        accumulate_chunks(&mut acc, 4, |k, p| p.iter_mut().for_each(|x| *x = k as f32));
+        assert_eq!(acc, vec![7.0; 3]);
+    }
+}
