@@ -12,6 +12,11 @@
 //! sparse gradients (the table gradient is dense, as the optimizer wants it).
 
 use crate::lanes::{self, map2, par_rows};
+use rayon::prelude::*;
+
+/// Tasks the table of [`embedding_backward`] is split into (by id range): enough to balance
+/// a few dozen threads, few enough that empty ranges cost nothing.
+const EMBEDDING_TASKS: usize = 64;
 
 /// Panics unless `table` is (V, C) for some V and every id is below V; returns V.
 #[track_caller]
@@ -57,25 +62,36 @@ pub fn embedding_backward(dtable: &mut [f32], dout: &[f32], ids: &[u32], c: usiz
         n * c,
         &format!("(N, C) = ({n}, {c})"),
     );
-    // Counting sort: rows[start[id]..start[id + 1]] are the rows with that id, in order.
-    let mut start = vec![0usize; v + 1];
+    // Stable counting sort of the rows by id: after it, the rows with id k are
+    // order[start[k]..start[k + 1]], in row order. (`start` is filled from the back.)
+    let mut start = vec![0u32; v + 1];
     for &id in ids {
-        start[id as usize + 1] += 1;
+        start[id as usize] += 1;
     }
-    for i in 0..v {
-        start[i + 1] += start[i];
+    let mut end = 0;
+    for s in start.iter_mut() {
+        end += *s;
+        *s = end;
     }
-    let mut next = start.clone();
-    let mut rows = vec![0usize; n];
-    for (r, &id) in ids.iter().enumerate() {
-        rows[next[id as usize]] = r;
-        next[id as usize] += 1;
+    let mut order = vec![0u32; n];
+    for (r, &id) in ids.iter().enumerate().rev() {
+        start[id as usize] -= 1;
+        order[start[id as usize] as usize] = r as u32;
     }
-    par_rows(dtable, c, |id, drow| {
-        for &r in &rows[start[id]..start[id + 1]] {
-            lanes::add_inplace(drow, &dout[r * c..][..c]);
-        }
-    });
+    // A fixed number of tasks, each owning a contiguous range of table rows, so every row is
+    // summed by one task in row order. Tasks visit only the rows that occur.
+    let ids_per_task = v.div_ceil(EMBEDDING_TASKS).max(1);
+    dtable
+        .par_chunks_mut(ids_per_task * c)
+        .enumerate()
+        .for_each(|(k, rows)| {
+            let (lo, hi) = (k * ids_per_task, ((k + 1) * ids_per_task).min(v));
+            for &r in &order[start[lo] as usize..start[hi] as usize] {
+                let r = r as usize;
+                let local = ids[r] as usize - lo;
+                lanes::add_inplace(&mut rows[local * c..][..c], &dout[r * c..][..c]);
+            }
+        });
 }
 
 /// GPT's encoder: `out[b, t, :] = wte[tokens[b, t], :] + wpe[t, :]`. out (B, T, C), tokens

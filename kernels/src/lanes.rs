@@ -62,55 +62,6 @@ pub(crate) fn store_tail(s: &mut [f32], v: F32s) {
     }
 }
 
-/// `dst.copy_from_slice(src)` with non-temporal (streaming) stores for the whole cache lines:
-/// they go to memory without first being read for ownership, which saves a third of the
-/// memory traffic when writing a large output that will not be read again soon. The
-/// unaligned head and the tail use ordinary masked stores. Ends with a store fence.
-pub(crate) fn copy_streaming(dst: &mut [f32], src: &[f32]) {
-    debug_assert_eq!(dst.len(), src.len());
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    {
-        use std::arch::x86_64::{_mm_sfence, _mm512_stream_ps};
-        let misaligned = (dst.as_ptr() as usize / 4) % LANES;
-        let head = ((LANES - misaligned) % LANES).min(dst.len());
-        let (dh, db) = dst.split_at_mut(head);
-        let (sh, sb) = src.split_at(head);
-        if head > 0 {
-            store_tail(dh, load_tail(sh, 0.0));
-        }
-        let mut d = db.chunks_exact_mut(LANES);
-        let mut s = sb.chunks_exact(LANES);
-        for (d, s) in (&mut d).zip(&mut s) {
-            // SAFETY: `d` is LANES floats of `dst`, and after the head it starts on a 64-byte
-            // boundary (4-byte floats, `misaligned` counted in floats), as the instruction needs.
-            unsafe { _mm512_stream_ps(d.as_mut_ptr(), bytemuck::cast(load(s))) };
-        }
-        let (d, s) = (d.into_remainder(), s.remainder());
-        if !d.is_empty() {
-            store_tail(d, load_tail(s, 0.0));
-        }
-        // SAFETY: SFENCE is part of SSE, which every x86_64 CPU has. It orders the weakly
-        // ordered streaming stores before any later store.
-        unsafe { _mm_sfence() };
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
-    dst.copy_from_slice(src);
-}
-
-/// Asks the CPU to start loading `s` into L2 (one prefetch per 64-byte line) without waiting
-/// for it: a kernel about to stream through data it will read next issues this while it is
-/// busy writing, so that reads and writes overlap. A hint only; never faults.
-#[inline(always)]
-pub(crate) fn prefetch_l2(s: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in s.chunks(16) {
-        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
-        // SAFETY: PREFETCH (SSE) is a hint: it neither faults nor changes memory, and the
-        // address is inside `s` anyway.
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
-    }
-}
-
 /// Panics unless `got == want`, naming the kernel and the argument.
 #[track_caller]
 pub(crate) fn check_len(kernel: &str, arg: &str, got: usize, want: usize, shape: &str) {
@@ -331,7 +282,22 @@ pub(crate) fn max(a: &[f32]) -> f32 {
         acc[0].fast_max(acc[1]),
         |m, v| m.fast_max(v),
     );
-    m.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max)
+    reduce_max(m)
+}
+
+/// The largest lane of `v` (a NaN lane may be skipped, as in [`max`]), by a log-depth tree
+/// rather than a chain of 16 scalar maxima — it runs once per row, where a 16-deep chain
+/// would be a visible share of a 257-wide row's time.
+#[inline(always)]
+pub(crate) fn reduce_max(v: F32s) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        // SAFETY: compiled only when the build enables AVX-512F (see `simd.rs`), which
+        // `cpu::check` confirms at start-up; the intrinsic only computes on registers.
+        unsafe { std::arch::x86_64::_mm512_reduce_max_ps(bytemuck::cast(v)) }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    v.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// `Σ a[i]·b[i]` in lanes, then across lanes.

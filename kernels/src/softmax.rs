@@ -149,7 +149,7 @@ impl Online {
     /// The row's maximum and Σ e^(x − max), combining the lanes. An empty row, or a row of
     /// -inf, gives (-inf, 0); a NaN anywhere gives a NaN sum.
     pub(crate) fn finish(self) -> (f32, f32) {
-        let mx = self.m.to_array().into_iter().fold(f32::MIN, f32::max);
+        let mx = lanes::reduce_max(self.m);
         let total = (self.s * exp(self.m - F32s::splat(mx))).reduce_add();
         if total == 0.0 {
             return (f32::NEG_INFINITY, 0.0);
