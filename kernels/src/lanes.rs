@@ -7,8 +7,9 @@
 //! ([`rows_per_task`], [`ELEMS_PER_TASK`]), and partial sums are combined in chunk order
 //! ([`accumulate_chunks`]), so results are bitwise the same on any rayon pool size.
 //!
-//! Leaves out: run-time ISA dispatch (see `simd.rs`); the masked tail loads below are the only
-//! `unsafe` here, each with its `SAFETY` line.
+//! Leaves out: run-time ISA dispatch (see `simd.rs`). The AVX-512 intrinsics here (masked tail
+//! loads and stores, one horizontal maximum) are the pointwise kernels' only `unsafe`, each
+//! with its `SAFETY` line; other builds take the plain-array fallbacks.
 
 use crate::simd::{F32s, LANES, load, store};
 use rayon::prelude::*;
