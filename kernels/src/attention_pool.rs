@@ -38,22 +38,22 @@ fn check(
         "x",
         x,
         b * n * d,
-        &format!("(B, n, d) = ({b}, {n}, {d})"),
+        format_args!("(B, n, d) = ({b}, {n}, {d})"),
     );
-    lanes::check_len(kernel, "w", w, d, &format!("(d,) = ({d},)"));
+    lanes::check_len(kernel, "w", w, d, format_args!("(d,) = ({d},)"));
     lanes::check_len(
         kernel,
         "weights",
         weights,
         b * n,
-        &format!("(B, n) = ({b}, {n})"),
+        format_args!("(B, n) = ({b}, {n})"),
     );
     lanes::check_len(
         kernel,
         "out/dout",
         out,
         b * d,
-        &format!("(B, d) = ({b}, {d})"),
+        format_args!("(B, d) = ({b}, {d})"),
     );
 }
 
@@ -128,9 +128,9 @@ pub fn attention_pool_backward(
         "dx",
         dx.len(),
         b * n * d,
-        &format!("(B, n, d) = ({b}, {n}, {d})"),
+        format_args!("(B, n, d) = ({b}, {n}, {d})"),
     );
-    lanes::check_len(k, "dw", dw.len(), d, &format!("(d,) = ({d},)"));
+    lanes::check_len(k, "dw", dw.len(), d, format_args!("(d,) = ({d},)"));
     if d == 0 || n == 0 {
         return;
     }

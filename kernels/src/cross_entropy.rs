@@ -47,20 +47,20 @@ fn check_args(
     v: usize,
     ignore_index: Option<u32>,
 ) -> usize {
-    lanes::check_len(kernel, "losses", losses, n, &format!("(N,) = ({n},)"));
+    lanes::check_len(kernel, "losses", losses, n, format_args!("(N,) = ({n},)"));
     lanes::check_len(
         kernel,
         "targets",
         targets.len(),
         n,
-        &format!("(N,) = ({n},)"),
+        format_args!("(N,) = ({n},)"),
     );
     lanes::check_len(
         kernel,
         "logits",
         logits,
         n * v,
-        &format!("(N, V) = ({n}, {v})"),
+        format_args!("(N, V) = ({n}, {v})"),
     );
     let mut valid = 0;
     for (r, &t) in targets.iter().enumerate() {
@@ -141,7 +141,7 @@ pub fn cross_entropy_fused(
         "dlogits",
         dlogits.len(),
         n * v,
-        &format!("(N, V) = ({n}, {v})"),
+        format_args!("(N, V) = ({n}, {v})"),
     );
     let inv_n = 1.0 / valid.max(1) as f32;
     fused_rows(dlogits, losses, v, |r, dl, loss, shifts| {

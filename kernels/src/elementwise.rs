@@ -15,14 +15,14 @@ pub fn residual_forward(out: &mut [f32], inp1: &[f32], inp2: &[f32]) {
         "inp1",
         inp1.len(),
         out.len(),
-        "(same as out)",
+        format_args!("(same as out)"),
     );
     lanes::check_len(
         "residual_forward",
         "inp2",
         inp2.len(),
         out.len(),
-        "(same as out)",
+        format_args!("(same as out)"),
     );
     par_map2(out, inp1, inp2, |a, b| a + b);
 }
@@ -30,7 +30,13 @@ pub fn residual_forward(out: &mut [f32], inp1: &[f32], inp2: &[f32]) {
 /// `acc[i] += x[i]`: where the gradient of a residual branch joins the skip path's gradient
 /// (activation gradients are otherwise overwritten), or micro-batch gradients are summed.
 pub fn add_assign(acc: &mut [f32], x: &[f32]) {
-    lanes::check_len("add_assign", "x", x.len(), acc.len(), "(same as acc)");
+    lanes::check_len(
+        "add_assign",
+        "x",
+        x.len(),
+        acc.len(),
+        format_args!("(same as acc)"),
+    );
     par_map2_inplace(acc, x, |a, b| a + b);
 }
 
@@ -41,14 +47,14 @@ pub fn bias_forward(out: &mut [f32], bias: &[f32], n: usize, oc: usize) {
         "out",
         out.len(),
         n * oc,
-        &format!("(N, OC) = ({n}, {oc})"),
+        format_args!("(N, OC) = ({n}, {oc})"),
     );
     lanes::check_len(
         "bias_forward",
         "bias",
         bias.len(),
         oc,
-        &format!("(OC,) = ({oc},)"),
+        format_args!("(OC,) = ({oc},)"),
     );
     par_rows(out, oc, |_, row| lanes::add_inplace(row, bias));
 }
@@ -60,14 +66,14 @@ pub fn bias_backward(dbias: &mut [f32], dout: &[f32], n: usize, oc: usize) {
         "dout",
         dout.len(),
         n * oc,
-        &format!("(N, OC) = ({n}, {oc})"),
+        format_args!("(N, OC) = ({n}, {oc})"),
     );
     lanes::check_len(
         "bias_backward",
         "dbias",
         dbias.len(),
         oc,
-        &format!("(OC,) = ({oc},)"),
+        format_args!("(OC,) = ({oc},)"),
     );
     if oc == 0 {
         return;

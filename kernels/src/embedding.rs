@@ -42,7 +42,7 @@ pub fn embedding_forward(out: &mut [f32], ids: &[u32], table: &[f32], c: usize) 
         "out",
         out.len(),
         n * c,
-        &format!("(N, C) = ({n}, {c})"),
+        format_args!("(N, C) = ({n}, {c})"),
     );
     par_rows(out, c, |r, row| {
         let id = ids[r] as usize;
@@ -60,7 +60,7 @@ pub fn embedding_backward(dtable: &mut [f32], dout: &[f32], ids: &[u32], c: usiz
         "dout",
         dout.len(),
         n * c,
-        &format!("(N, C) = ({n}, {c})"),
+        format_args!("(N, C) = ({n}, {c})"),
     );
     // Stable counting sort of the rows by id: after it, the rows with id k are
     // order[start[k]..start[k + 1]], in row order. (`start` is filled from the back.)
@@ -155,10 +155,10 @@ fn check_encoder(
         "tokens",
         tokens.len(),
         b * t,
-        &format!("(B, T) = ({b}, {t})"),
+        format_args!("(B, T) = ({b}, {t})"),
     );
-    let btc = format!("(B, T, C) = ({b}, {t}, {c})");
-    lanes::check_len(kernel, "out/dout", out, b * t * c, &btc);
+    let btc = format_args!("(B, T, C) = ({b}, {t}, {c})");
+    lanes::check_len(kernel, "out/dout", out, b * t * c, btc);
     assert!(
         wpe.is_multiple_of(c) && wpe >= t * c,
         "{kernel}: wpe has {wpe} elements, needs whole rows of C = {c} and at least T = {t} of them"

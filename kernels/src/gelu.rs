@@ -20,7 +20,13 @@ const GELU_CUBIC: f32 = 0.044_715;
 
 /// `out[i] = ½·inp[i]·(1 + tanh(√(2/π)·(inp[i] + 0.044715·inp[i]³)))`.
 pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
-    lanes::check_len("gelu_forward", "out", out.len(), inp.len(), "(same as inp)");
+    lanes::check_len(
+        "gelu_forward",
+        "out",
+        out.len(),
+        inp.len(),
+        format_args!("(same as inp)"),
+    );
     par_map1(out, inp, |x| x / (F32s::ONE + exp_neg_2u(x)));
 }
 
@@ -31,14 +37,14 @@ pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
         "dinp",
         dinp.len(),
         inp.len(),
-        "(same as inp)",
+        format_args!("(same as inp)"),
     );
     lanes::check_len(
         "gelu_backward",
         "dout",
         dout.len(),
         inp.len(),
-        "(same as inp)",
+        format_args!("(same as inp)"),
     );
     par_map2(dinp, inp, dout, |x, dy| {
         // e is capped at f32::MAX so that e·s stays finite (→ 1) when e^(−2u) overflows.

@@ -65,7 +65,16 @@ pub(crate) fn store_tail(s: &mut [f32], v: F32s) {
 
 /// Panics unless `got == want`, naming the kernel and the argument.
 #[track_caller]
-pub(crate) fn check_len(kernel: &str, arg: &str, got: usize, want: usize, shape: &str) {
+///
+/// `shape` is only formatted on failure (pass `format_args!`), so a passing check allocates
+/// nothing.
+pub(crate) fn check_len(
+    kernel: &str,
+    arg: &str,
+    got: usize,
+    want: usize,
+    shape: std::fmt::Arguments,
+) {
     assert!(
         got == want,
         "{kernel}: {arg} has {got} elements, expected {want} {shape}"

@@ -26,10 +26,16 @@ fn check_args(
     n: usize,
     c: usize,
 ) {
-    lanes::check_len(kernel, "inp", inp, n * c, &format!("(N, C) = ({n}, {c})"));
-    lanes::check_len(kernel, "weight", weight, c, &format!("(C,) = ({c},)"));
-    lanes::check_len(kernel, "mean", mean, n, &format!("(N,) = ({n},)"));
-    lanes::check_len(kernel, "rstd", rstd, n, &format!("(N,) = ({n},)"));
+    lanes::check_len(
+        kernel,
+        "inp",
+        inp,
+        n * c,
+        format_args!("(N, C) = ({n}, {c})"),
+    );
+    lanes::check_len(kernel, "weight", weight, c, format_args!("(C,) = ({c},)"));
+    lanes::check_len(kernel, "mean", mean, n, format_args!("(N,) = ({n},)"));
+    lanes::check_len(kernel, "rstd", rstd, n, format_args!("(N,) = ({n},)"));
 }
 
 /// `out[r, i] = (inp[r, i] − mean[r]) · rstd[r] · weight[i] + bias[i]`, writing
@@ -48,8 +54,14 @@ pub fn layernorm_forward(
 ) {
     let k = "layernorm_forward";
     check_args(k, inp.len(), weight.len(), mean.len(), rstd.len(), n, c);
-    lanes::check_len(k, "bias", bias.len(), c, &format!("(C,) = ({c},)"));
-    lanes::check_len(k, "out", out.len(), n * c, &format!("(N, C) = ({n}, {c})"));
+    lanes::check_len(k, "bias", bias.len(), c, format_args!("(C,) = ({c},)"));
+    lanes::check_len(
+        k,
+        "out",
+        out.len(),
+        n * c,
+        format_args!("(N, C) = ({n}, {c})"),
+    );
     if c == 0 {
         // No elements: the mean of nothing is NaN, like PyTorch's.
         mean.fill(f32::NAN);
@@ -117,11 +129,28 @@ pub fn layernorm_backward(
 ) {
     let k = "layernorm_backward";
     check_args(k, inp.len(), weight.len(), mean.len(), rstd.len(), n, c);
-    let nc = format!("(N, C) = ({n}, {c})");
-    lanes::check_len(k, "dinp", dinp.len(), n * c, &nc);
-    lanes::check_len(k, "dout", dout.len(), n * c, &nc);
-    lanes::check_len(k, "dweight", dweight.len(), c, &format!("(C,) = ({c},)"));
-    lanes::check_len(k, "dbias", dbias.len(), c, &format!("(C,) = ({c},)"));
+    lanes::check_len(
+        k,
+        "dinp",
+        dinp.len(),
+        n * c,
+        format_args!("(N, C) = ({n}, {c})"),
+    );
+    lanes::check_len(
+        k,
+        "dout",
+        dout.len(),
+        n * c,
+        format_args!("(N, C) = ({n}, {c})"),
+    );
+    lanes::check_len(
+        k,
+        "dweight",
+        dweight.len(),
+        c,
+        format_args!("(C,) = ({c},)"),
+    );
+    lanes::check_len(k, "dbias", dbias.len(), c, format_args!("(C,) = ({c},)"));
     if c == 0 || n == 0 {
         return;
     }

@@ -26,7 +26,7 @@ fn check(kernel: &str, arg: &str, len: usize, b: usize, width: usize, what: &str
         arg,
         len,
         b * width,
-        &format!("({what}) = ({b}, {width})"),
+        format_args!("({what}) = ({b}, {width})"),
     );
 }
 

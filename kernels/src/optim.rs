@@ -76,7 +76,7 @@ pub fn adamw_step(
 ) {
     let n = params.len();
     for (name, len) in [("grads", grads.len()), ("m", m.len()), ("v", v.len())] {
-        lanes::check_len("adamw_step", name, len, n, "(same as params)");
+        lanes::check_len("adamw_step", name, len, n, format_args!("(same as params)"));
     }
     assert!(
         t >= 1,
@@ -126,7 +126,13 @@ pub fn adamw_step(
 /// With momentum 0 the buffer is not used and may be empty.
 pub fn sgd_step(params: &mut [f32], grads: &[f32], momentum_buf: &mut [f32], cfg: &Sgd, t: u64) {
     let n = params.len();
-    lanes::check_len("sgd_step", "grads", grads.len(), n, "(same as params)");
+    lanes::check_len(
+        "sgd_step",
+        "grads",
+        grads.len(),
+        n,
+        format_args!("(same as params)"),
+    );
     assert!(t >= 1, "sgd_step: step t = {t}, must count from 1");
     let (lr, wd, mu) = (
         F32s::splat(cfg.lr),
@@ -148,7 +154,7 @@ pub fn sgd_step(params: &mut [f32], grads: &[f32], momentum_buf: &mut [f32], cfg
         "momentum_buf",
         momentum_buf.len(),
         n,
-        "(same as params)",
+        format_args!("(same as params)"),
     );
     let (first, nesterov) = (t == 1, cfg.nesterov);
     params

@@ -33,7 +33,7 @@ const ONLINE_BLOCK: usize = 8;
 
 #[track_caller]
 fn check_rows(kernel: &str, arg: &str, len: usize, n: usize, v: usize) {
-    lanes::check_len(kernel, arg, len, n * v, &format!("(N, V) = ({n}, {v})"));
+    lanes::check_len(kernel, arg, len, n * v, format_args!("(N, V) = ({n}, {v})"));
 }
 
 /// `out[r, :] = softmax(inp[r, :])`, i.e. `out[r, i] = e^(inp[r, i] − m_r) / Σ_j e^(inp[r, j] − m_r)`
