@@ -3,9 +3,20 @@
 //! This is the entry point every matrix product of the models goes through (forward NN/NT,
 //! backward TN/NT). [`sgemm_ref`] is the plain scalar reference the fast path is tested against.
 
+mod blocked;
+mod dot;
+mod kernel;
+mod pack;
 mod reference;
+mod small;
+#[cfg(test)]
+mod tests;
 
+pub use kernel::{MR, NR};
 pub use reference::sgemm_ref;
+
+use crate::simd::LANES;
+use kernel::MatMut;
 
 /// Whether an operand is used as stored (`No`) or transposed (`Yes`), as in BLAS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,6 +104,32 @@ pub fn sgemm(
     c: &mut [f32],
     ldc: usize,
 ) {
-    // Placeholder until the packed, blocked kernel lands: same contract, scalar speed.
-    sgemm_ref(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    check_args(transa, transb, m, n, k, a, lda, b, ldb, c, ldc);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let mut cv = MatMut::new(c, m, n, ldc);
+    if k == 0 || alpha == 0.0 {
+        scale(&mut cv, beta);
+        return;
+    }
+    if transb == Transpose::No && m <= small::B_IN_PLACE_MAX_M {
+        small::gemm_b_in_place(transa, m, n, k, alpha, a, lda, b, ldb, beta, cv);
+    } else if transb == Transpose::Yes && m <= small::DOT_MAX_M && k >= LANES {
+        small::gemm_dot(transa, m, n, k, alpha, a, lda, b, ldb, beta, cv);
+    } else {
+        blocked::gemm_blocked(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, cv);
+    }
+}
+
+/// `C = beta·C` (`beta = 0` writes zeros without reading): the whole product when it is empty.
+fn scale(c: &mut MatMut<'_>, beta: f32) {
+    for i in 0..c.rows() {
+        let row = c.row(i);
+        if beta == 0.0 {
+            row.fill(0.0);
+        } else {
+            row.iter_mut().for_each(|x| *x *= beta);
+        }
+    }
 }

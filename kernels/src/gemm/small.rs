@@ -1,0 +1,148 @@
+//! Paths for products with few rows (`m` small: token-by-token generation, the LSTM's
+//! per-step recurrent products), where packing `B` would cost as much as the product itself.
+//! Leaves out: the large shapes, which amortize packing (`blocked.rs`).
+//!
+//! - `op(B)` row-major (`transb = No`): the register-tile micro-kernel reads `B` in place, one
+//!   `NR`-wide column strip at a time with the whole depth `k` (rows `ldb` apart); only a
+//!   ragged last strip is copied, zero-padded, so the kernel never reads past `B`.
+//! - `op(B) = Bᵀ` (`transb = Yes`): `C[i, j]` is the dot product of row `i` of `op(A)` and row
+//!   `j` of `B`, both contiguous along `k`, computed in `DR × DS` blocks by the dot kernel.
+//!
+//! Work is split over column chunks of `C`; how chunks are assigned to threads does not change
+//! any element's arithmetic.
+
+use rayon::prelude::*;
+
+use super::Transpose;
+use super::blocked::{PAR_MIN_FLOPS, SCRATCH, with_scratch};
+use super::dot::{DR, DS, Dot};
+use super::kernel::{ASrc, MatMut, NR, NV, Tile, Update, row_panels};
+use super::pack::pack_b;
+use crate::simd::LANES;
+
+/// Up to this many rows, a row-major `op(B)` is read in place: measured on the LSTM's
+/// 360 × 1440 and GPT-2's 768 × 2304, this path beats packing B up to 48 rows (by 1.3–2×)
+/// and ties at 64.
+pub(crate) const B_IN_PLACE_MAX_M: usize = 64;
+/// Up to this many rows, `A·Bᵀ` runs as dot products: about 150 GFLOP/s from 8 rows on,
+/// where packing `Bᵀ` reaches 35 (16 rows), 118 (32) and 160 (64).
+pub(crate) const DOT_MAX_M: usize = 48;
+
+/// Columns of C per task on the register-tile path: four strips.
+const TILE_CHUNK: usize = 4 * NR;
+/// Columns of C per task on the dot path.
+const DOT_CHUNK: usize = 16 * DS;
+
+/// Runs `task(t)` for `t < tasks`, on the rayon pool when the product is big enough.
+fn for_each_task(flops: usize, tasks: usize, task: impl Fn(usize) + Sync + Send) {
+    if flops >= PAR_MIN_FLOPS && tasks > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+}
+
+/// `C = alpha·op(A)·B + beta·C` with `B` read in place (`transb = No`); arguments checked.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_b_in_place(
+    transa: Transpose,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    beta: f32,
+    c: MatMut<'_>,
+) {
+    let up = Update { alpha, beta };
+    let asrc = |i: usize| ASrc::at(a, lda, transa, i, 0);
+    let grid = c.blocks(m, TILE_CHUNK);
+    for_each_task(2 * m * n * k, grid.len(), |t| {
+        let (_, j0, mut view) = grid.get(t);
+        let cols = view.cols();
+        for jr in (0..cols).step_by(NR) {
+            let left = cols - jr;
+            if left >= NR {
+                let strip = &b[j0 + jr..];
+                for (i, h) in row_panels(m) {
+                    Tile::run(h, NV, k, asrc(i), strip, ldb, &mut view, i, jr, NR, up);
+                }
+            } else {
+                // Ragged last strip: copy it zero-padded to a whole number of vectors.
+                let w = left.div_ceil(LANES) * LANES;
+                with_scratch(&SCRATCH, k * w, |strip| {
+                    pack_b(strip, b, ldb, Transpose::No, 0, k, j0 + jr, left, 0);
+                    for (i, h) in row_panels(m) {
+                        Tile::run(
+                            h,
+                            w / LANES,
+                            k,
+                            asrc(i),
+                            strip,
+                            w,
+                            &mut view,
+                            i,
+                            jr,
+                            left,
+                            up,
+                        );
+                    }
+                });
+            }
+        }
+    });
+}
+
+/// `C = alpha·op(A)·Bᵀ + beta·C` by dot products (`transb = Yes`); arguments checked.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_dot(
+    transa: Transpose,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    beta: f32,
+    c: MatMut<'_>,
+) {
+    if transa == Transpose::Yes {
+        // op(A) = Aᵀ has rows strided by lda; copy its m × k (m is small) into rows.
+        return with_scratch(&SCRATCH, m * k, |at| {
+            for (p, col) in a.chunks(lda).take(k).enumerate() {
+                for (i, &x) in col[..m].iter().enumerate() {
+                    at[i * k + p] = x;
+                }
+            }
+            gemm_dot(Transpose::No, m, n, k, alpha, at, k, b, ldb, beta, c);
+        });
+    }
+    let grid = c.blocks(m, DOT_CHUNK);
+    for_each_task(2 * m * n * k, grid.len(), |t| {
+        let (_, j0, mut view) = grid.get(t);
+        let cols = view.cols();
+        for js in (0..cols).step_by(DS) {
+            let s = DS.min(cols - js);
+            let bs = &b[(j0 + js) * ldb..];
+            for ir in (0..m).step_by(DR) {
+                let r = DR.min(m - ir);
+                let out = Dot::run(r, s, k, &a[ir * lda..], lda, bs, ldb);
+                for (ii, out_i) in out.iter().enumerate().take(r) {
+                    let row = &mut view.row(ir + ii)[js..js + s];
+                    for (x, &d) in row.iter_mut().zip(out_i) {
+                        *x = if beta == 0.0 {
+                            alpha * d
+                        } else {
+                            alpha * d + beta * *x
+                        };
+                    }
+                }
+            }
+        }
+    });
+}
