@@ -265,8 +265,9 @@ fn empty_depth_or_zero_alpha_scales_c() {
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     // Shapes big enough to run in parallel, one per path: blocked (several K and N blocks),
-    // B read in place (few rows), dot products (few rows, Bᵀ).
+    // B read in place (few rows), dot products (few rows, Bᵀ), one-row GEMV.
     let shapes = [
+        (Transpose::No, Transpose::No, 1, 20000, 300),
         (Transpose::No, Transpose::No, 300, 1100, 700),
         (Transpose::Yes, Transpose::Yes, 200, 300, 500),
         (Transpose::No, Transpose::No, 40, 3000, 300),

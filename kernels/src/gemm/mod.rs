@@ -5,6 +5,7 @@
 
 mod blocked;
 mod dot;
+mod gemv;
 mod kernel;
 mod pack;
 mod reference;
@@ -113,7 +114,9 @@ pub fn sgemm(
         scale(&mut cv, beta);
         return;
     }
-    if transb == Transpose::No && m <= small::B_IN_PLACE_MAX_M {
+    if transb == Transpose::No && m == 1 {
+        small::gemv_row(transa, n, k, alpha, a, lda, b, ldb, beta, cv);
+    } else if transb == Transpose::No && m <= small::B_IN_PLACE_MAX_M {
         small::gemm_b_in_place(transa, m, n, k, alpha, a, lda, b, ldb, beta, cv);
     } else if transb == Transpose::Yes && m <= small::DOT_MAX_M && k >= LANES {
         small::gemm_dot(transa, m, n, k, alpha, a, lda, b, ldb, beta, cv);

@@ -12,6 +12,7 @@ enum Path {
     Blocked,
     BInPlace,
     Dot,
+    Gemv,
 }
 
 /// Runs `path` and the reference on random operands with padded rows; compares.
@@ -38,6 +39,7 @@ fn agree(path: Path, ta: Transpose, tb: Transpose, m: usize, n: usize, k: usize)
                 small::gemm_b_in_place(ta, m, n, k, alpha, &a, lda, &b, ldb, beta, cv)
             }
             Path::Dot => small::gemm_dot(ta, m, n, k, alpha, &a, lda, &b, ldb, beta, cv),
+            Path::Gemv => small::gemv_row(ta, n, k, alpha, &a, lda, &b, ldb, beta, cv),
         }
         let atol = 2e-6 * (k as f32 + 1.0);
         assert_close(
@@ -98,6 +100,22 @@ fn dot_path_matches_reference_on_any_shape() {
             (70, 13, 47),
         ] {
             agree(Path::Dot, ta, Transpose::Yes, m, n, k);
+        }
+    }
+}
+
+#[test]
+fn gemv_path_matches_reference_on_any_width() {
+    for ta in [Transpose::No, Transpose::Yes] {
+        for (n, k) in [
+            (1, 1),
+            (LANES - 1, 7),
+            (LANES + 1, 9),
+            (2047, 20),
+            (2049, 33),
+            (5000, 300),
+        ] {
+            agree(Path::Gemv, ta, Transpose::No, 1, n, k);
         }
     }
 }
