@@ -57,8 +57,8 @@ unsafe fn gemv_rows(k: usize, x: *const f32, b: *const f32, ldb: usize, y: *mut 
             }
             for j in wv..w {
                 let mut acc = *y.add(j);
-                for q in 0..8 {
-                    acc = (*x.add(p + q)).mul_add(*rows[q].add(j), acc);
+                for (q, row) in rows.iter().enumerate() {
+                    acc = (*x.add(p + q)).mul_add(*row.add(j), acc);
                 }
                 *y.add(j) = acc;
             }
