@@ -1,7 +1,33 @@
 //! Single-precision GEMM, BLAS-style and row-major: `C = alpha·op(A)·op(B) + beta·C`.
 //!
-//! This is the entry point every matrix product of the models goes through (forward NN/NT,
-//! backward TN/NT). [`sgemm_ref`] is the plain scalar reference the fast path is tested against.
+//! [`sgemm`] is the entry point every matrix product of the models goes through (forward
+//! NN/NT, backward TN/NT); [`sgemm_ref`] is the plain scalar reference it is tested against.
+//! Leaves out: other precisions, complex numbers, batched products, column-major layouts
+//! (pass the transposed problem: `Cᵀ = op(B)ᵀ·op(A)ᵀ`).
+//!
+//! # How a product is computed
+//!
+//! The shape alone picks one of four paths (never the thread count):
+//!
+//! | shape                              | path                                                   |
+//! |------------------------------------|--------------------------------------------------------|
+//! | `m = 1`, B row-major               | GEMV sweeping B row by row (`gemv.rs`)                 |
+//! | `m ≤ 64`, B row-major              | register tiles reading B in place (`small.rs`)         |
+//! | `m ≤ 48`, B transposed, `k ≥ LANES`| dot products along the rows of A and B (`dot.rs`)      |
+//! | everything else                    | GotoBLAS/BLIS blocking, B packed (`blocked.rs`)        |
+//!
+//! All but the dot path run the same register-tiled micro-kernel (`kernel.rs`): an
+//! [`MR`] × [`NR`] tile of C in registers (12 × 32 with AVX-512: 24 accumulators), fed by
+//! `NR`-wide rows of B and broadcasts of A read in place. Only B is packed (`pack.rs`), and
+//! only when enough rows of A reuse it.
+//!
+//! # Threads
+//!
+//! Products of more than about 2 MFLOP split C into fixed blocks that rayon's pool (the
+//! caller's, so `ThreadPool::install` picks the thread count) runs in parallel; smaller ones
+//! run on the calling thread. Every element of C is computed by the same operations in the same
+//! order however the blocks are scheduled, so results are bitwise identical on any number of
+//! threads. Packing buffers are thread-local and reused: steady-state calls do not allocate.
 
 mod blocked;
 mod dot;
@@ -73,12 +99,17 @@ pub(crate) fn check_args(
     check_operand("c", c.len(), m, n, ldc);
 }
 
-/// `C = alpha·op(A)·op(B) + beta·C`, row-major, single precision.
+/// `C = alpha·op(A)·op(B) + beta·C`, row-major, single precision (cblas_sgemm's arguments in
+/// its order, without the layout).
 ///
 /// `op(A)` is m×k and `op(B)` is k×n; `A` is stored m×k (`transa = No`) or k×m (`Yes`) with
 /// leading dimension `lda` (elements between rows), likewise `B` and `C` (m×n, `ldc`). With
-/// `beta = 0`, `C` is never read, so it may hold garbage or NaN. Panics if a slice is too short
-/// or a leading dimension is smaller than its row length.
+/// `beta = 0`, `C` is never read, so it may hold garbage or NaN; with `alpha = 0` or `k = 0`,
+/// `A` and `B` are not read (`C = beta·C`), as in BLAS. Panics if a slice is too short or a
+/// leading dimension is smaller than its row length.
+///
+/// Runs on the current rayon pool and gives the same bits on any number of threads (see the
+/// [module docs](self)).
 ///
 /// ```
 /// use kernels::{sgemm, Transpose};
