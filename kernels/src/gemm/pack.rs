@@ -41,38 +41,80 @@ pub(crate) fn pack_b(
     nc: usize,
     first_panel: usize,
 ) {
-    let mut off = 0;
-    let mut q = first_panel;
-    while off < dst.len() && q * NR < nc {
-        let w = panel_width(nc, q);
-        let cols = w.min(nc - q * NR);
-        let panel = &mut dst[off..off + kc * w];
-        let j = j0 + q * NR;
-        match transb {
-            // op(B)[p, j] = b[p·ldb + j]: rows of the panel are contiguous.
-            Transpose::No => {
-                for (p, out) in panel.chunks_exact_mut(w).enumerate() {
-                    let src = (p0 + p) * ldb + j;
-                    out[..cols].copy_from_slice(&b[src..src + cols]);
-                    out[cols..].fill(0.0);
-                }
-            }
-            // op(B)[p, j] = b[j·ldb + p]: walk each stored row once, scatter down the panel.
-            Transpose::Yes => {
-                for jj in 0..cols {
-                    let row = &b[(j + jj) * ldb + p0..][..kc];
-                    for (out, &x) in panel.chunks_exact_mut(w).zip(row) {
-                        out[jj] = x;
-                    }
-                }
-                if cols < w {
-                    for out in panel.chunks_exact_mut(w) {
-                        out[cols..].fill(0.0);
-                    }
+    // The panels that fit in dst; all but possibly the matrix's last one are full (NR wide).
+    let (mut panels, mut len) = (0, 0);
+    while (first_panel + panels) * NR < nc && len < dst.len() {
+        len += kc * panel_width(nc, first_panel + panels);
+        panels += 1;
+    }
+    let full = (0..panels)
+        .take_while(|&t| (first_panel + t + 1) * NR <= nc)
+        .count();
+    let jf = j0 + first_panel * NR;
+    match transb {
+        // op(B)[p, j] = b[p·ldb + j]: read each row of B once, sequentially across all the
+        // panels (a panel at a time would walk 128-byte pieces down a column, a new page per
+        // row, which the prefetchers do not follow). Fixed-size rows compile to vector moves.
+        Transpose::No => {
+            for p in 0..kc {
+                let row = &b[(p0 + p) * ldb + jf..][..full * NR];
+                for (t, src) in row.chunks_exact(NR).enumerate() {
+                    let src: &[f32; NR] = src.try_into().unwrap();
+                    let out: &mut [f32; NR] =
+                        (&mut dst[(t * kc + p) * NR..][..NR]).try_into().unwrap();
+                    *out = *src;
                 }
             }
         }
-        off += kc * w;
-        q += 1;
+        Transpose::Yes => {
+            for t in 0..full {
+                let panel = &mut dst[t * kc * NR..][..kc * NR];
+                pack_panel(panel, NR, NR, b, ldb, transb, p0, kc, jf + t * NR);
+            }
+        }
+    }
+    if full < panels {
+        let j = jf + full * NR;
+        let w = panel_width(nc, first_panel + full);
+        let panel = &mut dst[full * kc * NR..][..kc * w];
+        pack_panel(panel, w, j0 + nc - j, b, ldb, transb, p0, kc, j);
+    }
+}
+
+/// Packs one `w`-wide panel of `op(B)[p0..p0+kc, j..j+cols]`, zero-padded past `cols`.
+#[allow(clippy::too_many_arguments)]
+fn pack_panel(
+    panel: &mut [f32],
+    w: usize,
+    cols: usize,
+    b: &[f32],
+    ldb: usize,
+    transb: Transpose,
+    p0: usize,
+    kc: usize,
+    j: usize,
+) {
+    match transb {
+        Transpose::No => {
+            for (p, out) in panel.chunks_exact_mut(w).enumerate() {
+                let src = (p0 + p) * ldb + j;
+                out[..cols].copy_from_slice(&b[src..src + cols]);
+                out[cols..].fill(0.0);
+            }
+        }
+        // op(B)[p, j] = b[j·ldb + p]: walk each stored row once, scatter down the panel.
+        Transpose::Yes => {
+            for jj in 0..cols {
+                let row = &b[(j + jj) * ldb + p0..][..kc];
+                for (out, &x) in panel.chunks_exact_mut(w).zip(row) {
+                    out[jj] = x;
+                }
+            }
+            if cols < w {
+                for out in panel.chunks_exact_mut(w) {
+                    out[cols..].fill(0.0);
+                }
+            }
+        }
     }
 }
