@@ -305,6 +305,39 @@ fn results_do_not_depend_on_the_thread_count() {
 }
 
 #[test]
+fn calls_from_inside_rayon_tasks_match_serial_calls() {
+    // The model calls sgemm from parallel loops: nested fork-joins, and a worker that runs
+    // another task's sgemm while its own waits, must neither deadlock nor share a buffer.
+    use rayon::prelude::*;
+    let cases: Vec<Case> = (0..12)
+        .map(|i| Case {
+            beta: 0.5,
+            ..Case::new(
+                Transpose::No,
+                TRANSPOSES[i % 4].1,
+                50 + 40 * i,
+                300,
+                200 + i,
+            )
+        })
+        .collect();
+    let serial: Vec<Vec<f32>> = cases.iter().map(|c| run(c, 7).0).collect();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    let nested: Vec<Vec<f32>> = pool.install(|| cases.par_iter().map(|c| run(c, 7).0).collect());
+    for (i, (s, n)) in serial.iter().zip(&nested).enumerate() {
+        let same = s.iter().zip(n).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(
+            same,
+            "{:?}: nested call differs from the serial one",
+            cases[i]
+        );
+    }
+}
+
+#[test]
 #[should_panic(expected = "sgemm: b has 5 elements, needs 6")]
 fn short_operand_panics_with_its_name() {
     let mut c = [0.0; 4];
