@@ -90,9 +90,27 @@ fn ldb(s: Shape) -> usize {
     if s.tb == Transpose::No { s.n } else { s.k }
 }
 
-fn lanes(s: Shape, o: &mut Operands) {
+/// A function with `sgemm`'s BLAS signature: Lanes' kernel or its scalar reference.
+type Blas = fn(
+    Transpose,
+    Transpose,
+    usize,
+    usize,
+    usize,
+    f32,
+    &[f32],
+    usize,
+    &[f32],
+    usize,
+    f32,
+    &mut [f32],
+    usize,
+);
+
+/// `C = A·op(B)` through a BLAS-style function.
+fn blas(f: Blas, s: Shape, o: &mut Operands) {
     let (a, b, c) = (&o.a, &o.b, &mut o.c);
-    sgemm(
+    f(
         Transpose::No,
         s.tb,
         s.m,
@@ -107,6 +125,14 @@ fn lanes(s: Shape, o: &mut Operands) {
         c,
         s.n,
     );
+}
+
+fn lanes(s: Shape, o: &mut Operands) {
+    blas(sgemm, s, o);
+}
+
+fn reference(s: Shape, o: &mut Operands) {
+    blas(sgemm_ref, s, o);
 }
 
 /// B's (row, column) strides for the peers, which take strided views.
@@ -168,25 +194,6 @@ fn gemm_crate(s: Shape, o: &mut Operands) {
             gemm::Parallelism::None,
         );
     }
-}
-
-fn reference(s: Shape, o: &mut Operands) {
-    let (a, b, c) = (&o.a, &o.b, &mut o.c);
-    sgemm_ref(
-        Transpose::No,
-        s.tb,
-        s.m,
-        s.n,
-        s.k,
-        1.0,
-        a,
-        s.k,
-        b,
-        ldb(s),
-        0.0,
-        c,
-        s.n,
-    );
 }
 
 /// A group named `{what} m×k×n` whose throughput reads as FLOP/s, sized to keep the whole

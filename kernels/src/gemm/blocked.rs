@@ -21,9 +21,9 @@ use std::cell::Cell;
 
 use rayon::prelude::*;
 
-use super::Transpose;
 use super::kernel::{ASrc, MatMut, NR, Tile, Update, row_panels};
 use super::pack::{pack_b, packed_b_len, panel_width};
+use super::{Product, Transpose};
 use crate::simd::LANES;
 
 /// Nominal depth of a block: the A micro-panel (MR × KC, 12 KiB) sits in L1 beside the
@@ -34,9 +34,6 @@ const KC_ONE_BLOCK: usize = 384;
 const MC: usize = 192;
 /// Columns of a packed B block (KC × NC = 1 MiB, shared by all threads from L3).
 const NC: usize = 1024;
-/// Below this many flops (2·m·n·k) a product runs on the calling thread: a rayon fork-join
-/// costs a few microseconds, the time of ~1 MFLOP.
-pub(crate) const PAR_MIN_FLOPS: usize = 2 << 20;
 
 thread_local! {
     /// The packed B block of the blocked path.
@@ -76,23 +73,22 @@ fn depth_block(k: usize) -> usize {
 
 /// `C = alpha·op(A)·op(B) + beta·C` through packed B blocks; arguments already checked,
 /// `m, n, k > 0`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_blocked(
-    transa: Transpose,
-    transb: Transpose,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    beta: f32,
-    mut c: MatMut<'_>,
-) {
+pub(crate) fn gemm_blocked(p: &Product<'_>, mut c: MatMut<'_>) {
+    let Product {
+        transa,
+        transb,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        lda,
+        b,
+        ldb,
+        beta,
+    } = *p;
     let kc_max = depth_block(k);
-    let parallel = 2 * m * n * k >= PAR_MIN_FLOPS;
+    let parallel = p.parallel();
     // Tasks: MC rows each; with few row blocks, split the columns too (in whole panels).
     let col_split = if parallel {
         4usize.div_ceil(m.div_ceil(MC))

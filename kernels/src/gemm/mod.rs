@@ -52,6 +52,35 @@ pub enum Transpose {
     Yes,
 }
 
+/// Below this many flops (2·m·n·k) a product runs on the calling thread: a rayon fork-join
+/// costs a few microseconds, the time of ~1 MFLOP.
+const PAR_MIN_FLOPS: usize = 2 << 20;
+
+/// The operands of one checked product `C = alpha·op(A)·op(B) + beta·C` (`op(A)` m×k,
+/// `op(B)` k×n), as the internal paths take them; `C` travels apart, as a [`MatMut`].
+#[derive(Clone, Copy)]
+pub(crate) struct Product<'a> {
+    pub transa: Transpose,
+    pub transb: Transpose,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub a: &'a [f32],
+    pub lda: usize,
+    pub b: &'a [f32],
+    pub ldb: usize,
+    pub beta: f32,
+}
+
+impl Product<'_> {
+    /// Whether the product is worth splitting over the rayon pool (a function of the shape
+    /// only; the split never changes the result).
+    pub(crate) fn parallel(&self) -> bool {
+        2 * self.m * self.n * self.k >= PAR_MIN_FLOPS
+    }
+}
+
 /// Panics unless `len` holds a `rows × cols` row-major matrix with leading dimension `ld`.
 #[track_caller]
 pub(crate) fn check_operand(name: &str, len: usize, rows: usize, cols: usize, ld: usize) {
@@ -145,14 +174,27 @@ pub fn sgemm(
         scale(&mut cv, beta);
         return;
     }
+    let p = Product {
+        transa,
+        transb,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        lda,
+        b,
+        ldb,
+        beta,
+    };
     if transb == Transpose::No && m == 1 {
-        small::gemv_row(transa, n, k, alpha, a, lda, b, ldb, beta, cv);
+        small::gemv_row(&p, cv);
     } else if transb == Transpose::No && m <= small::B_IN_PLACE_MAX_M {
-        small::gemm_b_in_place(transa, m, n, k, alpha, a, lda, b, ldb, beta, cv);
+        small::gemm_b_in_place(&p, cv);
     } else if transb == Transpose::Yes && m <= small::DOT_MAX_M && k >= LANES {
-        small::gemm_dot(transa, m, n, k, alpha, a, lda, b, ldb, beta, cv);
+        small::gemm_dot(&p, cv);
     } else {
-        blocked::gemm_blocked(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, cv);
+        blocked::gemm_blocked(&p, cv);
     }
 }
 

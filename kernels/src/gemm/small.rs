@@ -13,12 +13,12 @@
 
 use rayon::prelude::*;
 
-use super::Transpose;
-use super::blocked::{PAR_MIN_FLOPS, SCRATCH, with_scratch};
+use super::blocked::{SCRATCH, with_scratch};
 use super::dot::{DR, DS, Dot};
 use super::gemv::{GEMV_CHUNK, gemv};
 use super::kernel::{ASrc, MatMut, NR, NV, Tile, Update, row_panels};
 use super::pack::pack_b;
+use super::{Product, Transpose};
 use crate::simd::LANES;
 
 /// Up to this many rows, a row-major `op(B)` is read in place: measured on the LSTM's
@@ -34,9 +34,9 @@ const TILE_CHUNK: usize = 4 * NR;
 /// Columns of C per task on the dot path.
 const DOT_CHUNK: usize = 16 * DS;
 
-/// Runs `task(t)` for `t < tasks`, on the rayon pool when the product is big enough.
-fn for_each_task(flops: usize, tasks: usize, task: impl Fn(usize) + Sync + Send) {
-    if flops >= PAR_MIN_FLOPS && tasks > 1 {
+/// Runs `task(t)` for `t < tasks`, on the rayon pool when `parallel`.
+fn for_each_task(parallel: bool, tasks: usize, task: impl Fn(usize) + Sync + Send) {
+    if parallel && tasks > 1 {
         (0..tasks).into_par_iter().for_each(task);
     } else {
         (0..tasks).for_each(task);
@@ -45,33 +45,39 @@ fn for_each_task(flops: usize, tasks: usize, task: impl Fn(usize) + Sync + Send)
 
 /// `c = alpha·op(A)·B + beta·c` for one row (`m = 1`, `transb = No`): `B` swept row by row
 /// by the GEMV kernel, in column chunks; arguments checked.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemv_row(
-    transa: Transpose,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    beta: f32,
-    mut c: MatMut<'_>,
-) {
+pub(crate) fn gemv_row(p: &Product<'_>, mut c: MatMut<'_>) {
+    let Product {
+        transa,
+        n,
+        k,
+        alpha,
+        a,
+        lda,
+        b,
+        ldb,
+        beta,
+        ..
+    } = *p;
     if transa == Transpose::Yes && lda > 1 {
         // op(A) is a column of A, lda apart: gather it.
         return with_scratch(&SCRATCH, k, |x| {
             for (xp, col) in x.iter_mut().zip(a.chunks(lda)) {
                 *xp = col[0];
             }
-            gemv_row(Transpose::No, n, k, alpha, x, k, b, ldb, beta, c);
+            let p = Product {
+                transa: Transpose::No,
+                a: x,
+                lda: k,
+                ..*p
+            };
+            gemv_row(&p, c);
         });
     }
     let x = &a[..k];
     let c = c.row(0);
     // Long rows stream best (2048 columns measured 10–20% faster than 512); in parallel,
     // about four tasks. Widths are whole vectors, so no column changes arithmetic.
-    let parallel = 2 * n * k >= PAR_MIN_FLOPS;
+    let parallel = p.parallel();
     let width = if parallel {
         (n.div_ceil(4).div_ceil(LANES) * LANES).clamp(512, GEMV_CHUNK)
     } else {
@@ -97,24 +103,23 @@ pub(crate) fn gemv_row(
 }
 
 /// `C = alpha·op(A)·B + beta·C` with `B` read in place (`transb = No`); arguments checked.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_b_in_place(
-    transa: Transpose,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    beta: f32,
-    c: MatMut<'_>,
-) {
+pub(crate) fn gemm_b_in_place(p: &Product<'_>, c: MatMut<'_>) {
+    let Product {
+        transa,
+        m,
+        k,
+        alpha,
+        a,
+        lda,
+        b,
+        ldb,
+        beta,
+        ..
+    } = *p;
     let up = Update { alpha, beta };
     let asrc = |i: usize| ASrc::at(a, lda, transa, i, 0);
     let grid = c.blocks(m, TILE_CHUNK);
-    for_each_task(2 * m * n * k, grid.len(), |t| {
+    for_each_task(p.parallel(), grid.len(), |t| {
         let (_, j0, mut view) = grid.get(t);
         let cols = view.cols();
         for jr in (0..cols).step_by(NR) {
@@ -151,20 +156,19 @@ pub(crate) fn gemm_b_in_place(
 }
 
 /// `C = alpha·op(A)·Bᵀ + beta·C` by dot products (`transb = Yes`); arguments checked.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_dot(
-    transa: Transpose,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    beta: f32,
-    c: MatMut<'_>,
-) {
+pub(crate) fn gemm_dot(p: &Product<'_>, c: MatMut<'_>) {
+    let Product {
+        transa,
+        m,
+        k,
+        alpha,
+        a,
+        lda,
+        b,
+        ldb,
+        beta,
+        ..
+    } = *p;
     if transa == Transpose::Yes {
         // op(A) = Aᵀ has rows strided by lda; copy its m × k (m is small) into rows.
         return with_scratch(&SCRATCH, m * k, |at| {
@@ -173,11 +177,17 @@ pub(crate) fn gemm_dot(
                     at[i * k + p] = x;
                 }
             }
-            gemm_dot(Transpose::No, m, n, k, alpha, at, k, b, ldb, beta, c);
+            let p = Product {
+                transa: Transpose::No,
+                a: at,
+                lda: k,
+                ..*p
+            };
+            gemm_dot(&p, c);
         });
     }
     let grid = c.blocks(m, DOT_CHUNK);
-    for_each_task(2 * m * n * k, grid.len(), |t| {
+    for_each_task(p.parallel(), grid.len(), |t| {
         let (_, j0, mut view) = grid.get(t);
         let cols = view.cols();
         for js in (0..cols).step_by(DS) {

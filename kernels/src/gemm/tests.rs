@@ -3,7 +3,7 @@
 //! the tiling helpers. The public contract is tested in `kernels/tests/gemm.rs`.
 
 use super::kernel::{MR, MatMut, row_panels};
-use super::{Transpose, blocked, check_args, sgemm_ref, small};
+use super::{Product, Transpose, blocked, check_args, sgemm_ref, small};
 use crate::simd::LANES;
 use crate::testutil::{TestRng, assert_close};
 
@@ -31,15 +31,24 @@ fn agree(path: Path, ta: Transpose, tb: Transpose, m: usize, n: usize, k: usize)
             ta, tb, m, n, k, alpha, &a, lda, &b, ldb, beta, &mut want, ldc,
         );
         let cv = MatMut::new(&mut got, m, n, ldc);
+        let p = Product {
+            transa: ta,
+            transb: tb,
+            m,
+            n,
+            k,
+            alpha,
+            a: &a,
+            lda,
+            b: &b,
+            ldb,
+            beta,
+        };
         match path {
-            Path::Blocked => {
-                blocked::gemm_blocked(ta, tb, m, n, k, alpha, &a, lda, &b, ldb, beta, cv)
-            }
-            Path::BInPlace => {
-                small::gemm_b_in_place(ta, m, n, k, alpha, &a, lda, &b, ldb, beta, cv)
-            }
-            Path::Dot => small::gemm_dot(ta, m, n, k, alpha, &a, lda, &b, ldb, beta, cv),
-            Path::Gemv => small::gemv_row(ta, n, k, alpha, &a, lda, &b, ldb, beta, cv),
+            Path::Blocked => blocked::gemm_blocked(&p, cv),
+            Path::BInPlace => small::gemm_b_in_place(&p, cv),
+            Path::Dot => small::gemm_dot(&p, cv),
+            Path::Gemv => small::gemv_row(&p, cv),
         }
         let atol = 2e-6 * (k as f32 + 1.0);
         assert_close(
