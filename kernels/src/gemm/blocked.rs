@@ -21,7 +21,7 @@ use std::cell::Cell;
 
 use rayon::prelude::*;
 
-use super::kernel::{ASrc, MatMut, NR, Tile, Update, row_panels};
+use super::kernel::{ASrc, MR, MatMut, NR, Tile, Update, row_panels};
 use super::pack::{pack_b, packed_b_len, panel_width};
 use super::{Product, Transpose};
 use crate::simd::LANES;
@@ -32,6 +32,9 @@ const KC: usize = 256;
 const KC_ONE_BLOCK: usize = 384;
 /// Rows of C per task: enough tasks to balance two threads on the model's 4096 rows.
 const MC: usize = 192;
+/// Tasks per parallel phase at least (when the shape allows): enough for work stealing to
+/// even out two threads.
+const MIN_TASKS: usize = 8;
 /// Columns of a packed B block (KC × NC = 1 MiB, shared by all threads from L3).
 const NC: usize = 1024;
 
@@ -89,9 +92,13 @@ pub(crate) fn gemm_blocked(p: &Product<'_>, mut c: MatMut<'_>) {
     } = *p;
     let kc_max = depth_block(k);
     let parallel = p.parallel();
-    // Tasks: MC rows each; with few row blocks, split the columns too (in whole panels).
+    // Tasks: equal heights of at most MC rows (whole MR panels); with fewer than MIN_TASKS
+    // row blocks, split the columns too (whole NR panels). Equal tasks matter: rayon hands
+    // out halves of the task range, so 5 × 192 + 64 rows on two threads runs at 1.7×.
+    let row_tasks = m.div_ceil(MC);
+    let task_rows = m.div_ceil(row_tasks).div_ceil(MR) * MR;
     let col_split = if parallel {
-        4usize.div_ceil(m.div_ceil(MC))
+        MIN_TASKS.div_ceil(row_tasks)
     } else {
         1
     };
@@ -116,7 +123,7 @@ pub(crate) fn gemm_blocked(p: &Product<'_>, mut c: MatMut<'_>) {
                     pack_b(bp, b, ldb, transb, pc, kc, jc, nc, 0);
                 }
                 let bp = &*bp;
-                let grid = c.sub(0, jc, m, nc).blocks(MC, task_cols);
+                let grid = c.sub(0, jc, m, nc).blocks(task_rows, task_cols);
                 let task = |t: usize| {
                     let (i0, j0, view) = grid.get(t);
                     macro_block(transa, a, lda, pc, kc, bp, nc, i0, j0, view, up);
