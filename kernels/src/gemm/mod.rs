@@ -13,7 +13,7 @@
 //! |------------------------------------|--------------------------------------------------------|
 //! | `m = 1`, B row-major               | GEMV sweeping B row by row (`gemv.rs`)                 |
 //! | `m ≤ 64`, B row-major              | register tiles reading B in place (`small.rs`)         |
-//! | `m ≤ 48`, B transposed, `k ≥ LANES`| dot products along the rows of A and B (`dot.rs`)      |
+//! | `m ≤ 24`, B transposed, `k ≥ LANES`| dot products along the rows of A and B (`dot.rs`)      |
 //! | everything else                    | GotoBLAS/BLIS blocking, B packed (`blocked.rs`)        |
 //!
 //! All but the dot path run the same register-tiled micro-kernel (`kernel.rs`): an

@@ -26,8 +26,9 @@ use crate::simd::LANES;
 /// and ties at 64.
 pub(crate) const B_IN_PLACE_MAX_M: usize = 64;
 /// Up to this many rows, `A·Bᵀ` runs as dot products: about 150 GFLOP/s from 8 rows on,
-/// where packing `Bᵀ` reaches 35 (16 rows), 118 (32) and 160 (64).
-pub(crate) const DOT_MAX_M: usize = 48;
+/// where packing `Bᵀ` for the blocked path reaches 84 (8 rows), 127 (16), 153 (24), 172 (32)
+/// and 198 (48) on the LSTM's 360 × 1440.
+pub(crate) const DOT_MAX_M: usize = 24;
 
 /// Columns of C per task on the register-tile path: four strips.
 const TILE_CHUNK: usize = 4 * NR;
