@@ -2,6 +2,7 @@
 //! per-step recurrent products), where packing `B` would cost as much as the product itself.
 //! Leaves out: the large shapes, which amortize packing (`blocked.rs`).
 //!
+//! - One row, `op(B)` row-major: the GEMV kernel sweeps `B` row by row (`gemv.rs`).
 //! - `op(B)` row-major (`transb = No`): the register-tile micro-kernel reads `B` in place, one
 //!   `NR`-wide column strip at a time with the whole depth `k` (rows `ldb` apart); only a
 //!   ragged last strip is copied, zero-padded, so the kernel never reads past `B`.
@@ -22,8 +23,8 @@ use super::{Product, Transpose};
 use crate::simd::LANES;
 
 /// Up to this many rows, a row-major `op(B)` is read in place: measured on the LSTM's
-/// 360 × 1440 and GPT-2's 768 × 2304, this path beats packing B up to 48 rows (by 1.3–2×)
-/// and ties at 64.
+/// 360 × 1440, GPT-2's 768 × 2304 and 256 × 1024, this path beats packing B by 1.2–1.8× up
+/// to 32 rows and by 0–10% at 64 (except at `ldb = 2048`: 216 against 224 GFLOP/s).
 pub(crate) const B_IN_PLACE_MAX_M: usize = 64;
 /// Up to this many rows, `A·Bᵀ` runs as dot products: about 150 GFLOP/s from 8 rows on,
 /// where packing `Bᵀ` for the blocked path reaches 84 (8 rows), 127 (16), 153 (24), 172 (32)
