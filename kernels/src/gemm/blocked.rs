@@ -124,15 +124,9 @@ pub(crate) fn gemm_blocked(p: &Product<'_>, mut c: MatMut<'_>) {
                 }
                 let bp = &*bp;
                 let grid = c.sub(0, jc, m, nc).blocks(task_rows, task_cols);
-                let task = |t: usize| {
-                    let (i0, j0, view) = grid.get(t);
+                grid.for_each(parallel, |i0, j0, view| {
                     macro_block(transa, a, lda, pc, kc, bp, nc, i0, j0, view, up);
-                };
-                if parallel {
-                    (0..grid.len()).into_par_iter().for_each(task);
-                } else {
-                    (0..grid.len()).for_each(task);
-                }
+                });
             }
         }
     });

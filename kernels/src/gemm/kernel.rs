@@ -170,19 +170,36 @@ impl<'a> Blocks<'a> {
         self.rows.div_ceil(self.mb) * self.grid_cols
     }
 
+    /// Calls `f(row, col, window)` exactly once for every block — `(row, col)` is the block's
+    /// origin in the whole window — on the current rayon pool when `parallel`, else in order.
+    /// Consuming the grid is what makes handing out `&mut`-like windows safe: no block can be
+    /// asked for twice.
+    pub(crate) fn for_each(self, parallel: bool, f: impl Fn(usize, usize, MatMut<'a>) + Sync) {
+        let run = |t: usize| {
+            // SAFETY: every t in 0..len() is visited exactly once, by this loop alone.
+            let (i0, j0, view) = unsafe { self.block(t) };
+            f(i0, j0, view)
+        };
+        if parallel && self.len() > 1 {
+            use rayon::prelude::*;
+            (0..self.len()).into_par_iter().for_each(run);
+        } else {
+            (0..self.len()).for_each(run);
+        }
+    }
+
     /// Block `t` (row-major in the grid), with its origin `(row, col)` in the whole window.
     ///
-    /// Takes `&self` so a parallel loop can share the grid; windows for distinct `t` are
-    /// disjoint, and the caller must not ask for the same `t` twice while the first is alive
-    /// (`debug_assert`-free by construction: `for_each` over `0..len()` asks once each).
-    pub(crate) fn get(&self, t: usize) -> (usize, usize, MatMut<'a>) {
-        assert!(t < self.len(), "Blocks::get: block {t} of {}", self.len());
+    /// # Safety
+    /// Windows for distinct `t` are disjoint; the caller must not take the same `t` twice.
+    unsafe fn block(&self, t: usize) -> (usize, usize, MatMut<'a>) {
+        assert!(t < self.len(), "Blocks::block: block {t} of {}", self.len());
         let (bi, bj) = (t / self.grid_cols, t % self.grid_cols);
         let (i0, j0) = (bi * self.mb, bj * self.nb);
         let rows = self.mb.min(self.rows - i0);
         let cols = self.nb.min(self.cols - j0);
-        // SAFETY: (i0, j0) lies inside the window, and block t covers rows i0..i0+rows and
-        // columns j0..j0+cols only, which no other block number covers.
+        // SAFETY: (i0, j0) lies inside the window (t < len), and block t covers rows
+        // i0..i0+rows and columns j0..j0+cols only, which no other block number covers.
         let ptr = unsafe { self.ptr.0.add(i0 * self.ld + j0) };
         let view = MatMut {
             ptr,

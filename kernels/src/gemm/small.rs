@@ -36,15 +36,6 @@ const TILE_CHUNK: usize = 4 * NR;
 /// Columns of C per task on the dot path.
 const DOT_CHUNK: usize = 16 * DS;
 
-/// Runs `task(t)` for `t < tasks`, on the rayon pool when `parallel`.
-fn for_each_task(parallel: bool, tasks: usize, task: impl Fn(usize) + Sync + Send) {
-    if parallel && tasks > 1 {
-        (0..tasks).into_par_iter().for_each(task);
-    } else {
-        (0..tasks).for_each(task);
-    }
-}
-
 /// `c = alpha·op(A)·B + beta·c` for one row (`m = 1`, `transb = No`): `B` swept row by row
 /// by the GEMV kernel, in column chunks; arguments checked.
 pub(crate) fn gemv_row(p: &Product<'_>, mut c: MatMut<'_>) {
@@ -120,41 +111,40 @@ pub(crate) fn gemm_b_in_place(p: &Product<'_>, c: MatMut<'_>) {
     } = *p;
     let up = Update { alpha, beta };
     let asrc = |i: usize| ASrc::at(a, lda, transa, i, 0);
-    let grid = c.blocks(m, TILE_CHUNK);
-    for_each_task(p.parallel(), grid.len(), |t| {
-        let (_, j0, mut view) = grid.get(t);
-        let cols = view.cols();
-        for jr in (0..cols).step_by(NR) {
-            let left = cols - jr;
-            if left >= NR {
-                let strip = &b[j0 + jr..];
-                for (i, h) in row_panels(m) {
-                    Tile::run(h, NV, k, asrc(i), strip, ldb, &mut view, i, jr, NR, up);
-                }
-            } else {
-                // Ragged last strip: copy it zero-padded to a whole number of vectors.
-                let w = left.div_ceil(LANES) * LANES;
-                with_scratch(&SCRATCH, k * w, |strip| {
-                    pack_b(strip, b, ldb, Transpose::No, 0, k, j0 + jr, left, 0);
+    c.blocks(m, TILE_CHUNK)
+        .for_each(p.parallel(), |_, j0, mut view| {
+            let cols = view.cols();
+            for jr in (0..cols).step_by(NR) {
+                let left = cols - jr;
+                if left >= NR {
+                    let strip = &b[j0 + jr..];
                     for (i, h) in row_panels(m) {
-                        Tile::run(
-                            h,
-                            w / LANES,
-                            k,
-                            asrc(i),
-                            strip,
-                            w,
-                            &mut view,
-                            i,
-                            jr,
-                            left,
-                            up,
-                        );
+                        Tile::run(h, NV, k, asrc(i), strip, ldb, &mut view, i, jr, NR, up);
                     }
-                });
+                } else {
+                    // Ragged last strip: copy it zero-padded to a whole number of vectors.
+                    let w = left.div_ceil(LANES) * LANES;
+                    with_scratch(&SCRATCH, k * w, |strip| {
+                        pack_b(strip, b, ldb, Transpose::No, 0, k, j0 + jr, left, 0);
+                        for (i, h) in row_panels(m) {
+                            Tile::run(
+                                h,
+                                w / LANES,
+                                k,
+                                asrc(i),
+                                strip,
+                                w,
+                                &mut view,
+                                i,
+                                jr,
+                                left,
+                                up,
+                            );
+                        }
+                    });
+                }
             }
-        }
-    });
+        });
 }
 
 /// `C = alpha·op(A)·Bᵀ + beta·C` by dot products (`transb = Yes`); arguments checked.
@@ -188,27 +178,26 @@ pub(crate) fn gemm_dot(p: &Product<'_>, c: MatMut<'_>) {
             gemm_dot(&p, c);
         });
     }
-    let grid = c.blocks(m, DOT_CHUNK);
-    for_each_task(p.parallel(), grid.len(), |t| {
-        let (_, j0, mut view) = grid.get(t);
-        let cols = view.cols();
-        for js in (0..cols).step_by(DS) {
-            let s = DS.min(cols - js);
-            let bs = &b[(j0 + js) * ldb..];
-            for ir in (0..m).step_by(DR) {
-                let r = DR.min(m - ir);
-                let out = Dot::run(r, s, k, &a[ir * lda..], lda, bs, ldb);
-                for (ii, out_i) in out.iter().enumerate().take(r) {
-                    let row = &mut view.row(ir + ii)[js..js + s];
-                    for (x, &d) in row.iter_mut().zip(out_i) {
-                        *x = if beta == 0.0 {
-                            alpha * d
-                        } else {
-                            alpha * d + beta * *x
-                        };
+    c.blocks(m, DOT_CHUNK)
+        .for_each(p.parallel(), |_, j0, mut view| {
+            let cols = view.cols();
+            for js in (0..cols).step_by(DS) {
+                let s = DS.min(cols - js);
+                let bs = &b[(j0 + js) * ldb..];
+                for ir in (0..m).step_by(DR) {
+                    let r = DR.min(m - ir);
+                    let out = Dot::run(r, s, k, &a[ir * lda..], lda, bs, ldb);
+                    for (ii, out_i) in out.iter().enumerate().take(r) {
+                        let row = &mut view.row(ir + ii)[js..js + s];
+                        for (x, &d) in row.iter_mut().zip(out_i) {
+                            *x = if beta == 0.0 {
+                                alpha * d
+                            } else {
+                                alpha * d + beta * *x
+                            };
+                        }
                     }
                 }
             }
-        }
-    });
+        });
 }

@@ -151,14 +151,16 @@ fn blocks_partition_the_window() {
     let mut c = vec![0.0f32; 10 * 13];
     let grid = MatMut::new(&mut c, 9, 11, 13).blocks(4, 5);
     assert_eq!(grid.len(), 3 * 3);
-    for t in 0..grid.len() {
-        let (i0, j0, mut view) = grid.get(t);
+    let visits = std::sync::atomic::AtomicUsize::new(0);
+    grid.for_each(true, |i0, j0, mut view| {
+        visits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for i in 0..view.rows() {
             for (j, x) in view.row(i).iter_mut().enumerate() {
                 *x += (1 + (i0 + i) * 100 + j0 + j) as f32;
             }
         }
-    }
+    });
+    assert_eq!(visits.into_inner(), 9);
     for i in 0..10 {
         for j in 0..13 {
             let want = if i < 9 && j < 11 {
