@@ -77,7 +77,8 @@ impl Product<'_> {
     /// Whether the product is worth splitting over the rayon pool (a function of the shape
     /// only; the split never changes the result).
     pub(crate) fn parallel(&self) -> bool {
-        2 * self.m * self.n * self.k >= PAR_MIN_FLOPS
+        let flops = (2 * self.m).saturating_mul(self.n).saturating_mul(self.k);
+        flops >= PAR_MIN_FLOPS
     }
 }
 
