@@ -5,12 +5,14 @@
 //! `gemm` told `Parallelism::None`; `matrixmultiply` is built without threads), except the
 //! last group, which compares Lanes on 1 and 2 threads.
 //!
-//! Run: `cargo bench --bench gemm` (about 2 minutes). Leaves out: MKL/OpenBLAS, measured by
+//! Run: `cargo bench --bench gemm` (about 90 seconds). Leaves out: MKL/OpenBLAS, measured by
 //! `/work/shared/peers/peers_gemm.py` on the same shapes.
 
 use std::time::Duration;
 
-use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use kernels::gemm::sgemm_ref;
 use kernels::testutil::TestRng;
 use kernels::{Transpose, sgemm};
@@ -210,6 +212,9 @@ fn group<'a>(
     };
     let mut g = c.benchmark_group(format!("{what} {}x{}x{}{t}", s.m, s.k, s.n));
     g.throughput(Throughput::Elements((2 * s.m * s.n * s.k) as u64));
+    // Flat sampling: every sample runs the same number of iterations, so a 100 ms product is
+    // timed ~10 times instead of criterion's linear 1 + 2 + … + 10 = 55.
+    g.sampling_mode(SamplingMode::Flat);
     g.sample_size(10);
     g.warm_up_time(Duration::from_millis(300));
     g.measurement_time(Duration::from_secs(1));
@@ -251,5 +256,10 @@ fn threads(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, single_thread, threads);
+criterion_group! {
+    name = benches;
+    // No HTML plots: rendering them would take longer than the measurements.
+    config = Criterion::default().without_plots();
+    targets = single_thread, threads
+}
 criterion_main!(benches);
