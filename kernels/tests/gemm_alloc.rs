@@ -45,10 +45,11 @@ fn repeated_calls_do_not_allocate() {
         (Transpose::Yes, Transpose::No, 90, 70, 150), // packed B, A stored transposed
     ];
     for (ta, tb, m, n, k) in shapes {
-        let a = vec![0.5f32; m * k];
+        // A stored transposed gets two columns of padding, so the GEMV must gather it.
+        let lda = if ta == Transpose::No { k } else { m + 2 };
+        let a = vec![0.5f32; m.max(k) * lda];
         let b = vec![0.25f32; k * n];
         let mut c = vec![0.0f32; m * n];
-        let lda = if ta == Transpose::No { k } else { m };
         let ldb = if tb == Transpose::No { n } else { k };
         let mut call = || sgemm(ta, tb, m, n, k, 1.0, &a, lda, &b, ldb, 0.5, &mut c, n);
         call(); // grows the thread-local buffers
