@@ -4,7 +4,7 @@
 //! Forward: `out = (x − mean)·rstd·weight + bias` with `rstd = 1/√(var + eps)`, the variance
 //! biased (divided by C) as in PyTorch; the mean and rstd of each row are saved for backward.
 //! The variance is computed from the centred values in a second pass over the row (which
-//! sits in L1), not as E[x²] − mean², which cancels badly when |mean| ≫ std.
+//! sits in L1), not as E(x²) − mean², which cancels badly when |mean| ≫ std.
 //!
 //! Backward overwrites `dinp` and accumulates `dweight`, `dbias`. Rows run in parallel in
 //! fixed groups; each group sums its rows' contributions to dweight and dbias into its own

@@ -7,10 +7,10 @@
 //! - [`softmax_forward`] makes three passes over a row that sits in L1/L2: the maximum, then
 //!   e^(x−m) stored into `out` while summing it, then one multiply by 1/Σ — one `exp` per
 //!   element, which is what bounds its speed.
-//! - Rows longer than [`SHORT_ROW`] do not stay in L1 between passes; for them the online
-//!   softmax of Milakov & Gimelshein (2018), [`Online`], gets the maximum and the sum in a
+//! - Rows longer than `SHORT_ROW` (4096) do not stay in L1 between passes; for them the online
+//!   softmax of Milakov & Gimelshein (2018), `Online`, gets the maximum and the sum in a
 //!   single read: per-lane running maxima and sums, the sums rescaled once per block of eight
-//!   vectors. [`online_exp`] also stores each e^(x − running max), so that the write pass is
+//!   vectors. `online_exp` also stores each e^(x − running max), so that the write pass is
 //!   one multiply per element (the cross-entropy's path for V = 50257).
 //!
 //! Rows run in parallel in fixed groups of whole rows, so results do not depend on the thread
