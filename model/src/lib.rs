@@ -15,17 +15,24 @@
 //! - [`tokenizer`]: `byte` (V = 257) and `gpt2` (V = 50257), encode, decode, streaming decode.
 //! - [`data`]: shard format, writers, `meta.json`, the memory-mapped [`data::Dataset`].
 //! - [`rng`]: SplitMix64, the reproducible random source of batches, initialization and sampling.
+//!
+//! ## The models
+//!
+//! - [`gpt`]: the GPT-2-architecture transformer ([`Gpt`]), Hugging Face checkpoints, KV-cache
+//!   decoding.
 #![deny(unsafe_code)]
 
 pub mod checkpoint;
 pub mod corpus;
 pub mod data;
+pub mod gpt;
 pub mod lm;
 pub mod params;
 pub mod rng;
 pub mod tokenizer;
 
 pub use data::{DataError, Dataset, Split};
+pub use gpt::{Gpt, GptConfig};
 pub use lm::{Decoder, LanguageModel, ModelKind};
 pub use params::{ParamLayout, TensorSpec};
 pub use tokenizer::{Tokenizer, TokenizerKind};

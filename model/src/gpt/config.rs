@@ -1,0 +1,331 @@
+//! The transformer's hyperparameters, its presets, and its `config.json` in Hugging Face
+//! GPT-2's format.
+//!
+//! A Lanes checkpoint's `config.json` is the file `transformers.GPT2Config` writes, plus one
+//! Lanes field, `tokenizer` (`"byte"` or `"gpt2"`), so `GPT2LMHeadModel.from_pretrained` opens it
+//! and Lanes opens GPT-2's. Reading checks every field that changes the computation and names
+//! the first one Lanes cannot honour. Leaves out: GPT-2 variants Lanes does not implement
+//! (untied heads, unscaled or layer-scaled attention, cross-attention, other activations); the
+//! dropout fields are written as 0 and ignored on reading (Lanes trains without dropout).
+
+use serde_json::{Value, json};
+
+/// Names of the tokenizers a GPT config may name, with their vocabulary sizes.
+const TOKENIZERS: [(&str, usize); 2] = [("byte", 257), ("gpt2", 50257)];
+
+/// LayerNorm's ε, fixed as in GPT-2 (the kernels take no ε argument).
+pub const LAYER_NORM_EPS: f32 = 1e-5;
+
+/// GPT-2 architecture hyperparameters (names from the papers: L, C, NH, T, V).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GptConfig {
+    /// L: transformer blocks.
+    pub n_layer: usize,
+    /// C: embedding width (residual stream).
+    pub n_embd: usize,
+    /// NH: attention heads; C must be a multiple of NH (HS = C / NH).
+    pub n_head: usize,
+    /// T max: rows of the position embedding, the longest window.
+    pub n_positions: usize,
+    /// V: vocabulary size.
+    pub vocab_size: usize,
+    /// Tokenizer the vocabulary comes from: `"byte"` (V = 257) or `"gpt2"` (V = 50257).
+    pub tokenizer: String,
+}
+
+/// A config field Lanes cannot use, named.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config field `{field}` is missing")]
+    Missing { field: &'static str },
+    #[error("config field `{field}` = {value}: {reason}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("unknown GPT preset `{name}` (expected one of: tiny, small, gpt2)")]
+    UnknownPreset { name: String },
+}
+
+fn invalid(field: &'static str, value: impl ToString, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl GptConfig {
+    /// The preset names, in `--help` order.
+    pub const PRESETS: [&'static str; 3] = ["tiny", "small", "gpt2"];
+
+    /// `tiny`: 2 blocks of width 32 for fast tests. `small`: L=4, C=256, NH=4, T=256 with the
+    /// byte vocabulary (3.29 M parameters). `gpt2`: GPT-2 124M (L=12, C=768, NH=12, T=1024,
+    /// V=50257).
+    pub fn preset(name: &str) -> Result<GptConfig, ConfigError> {
+        let (n_layer, n_embd, n_head, n_positions, tokenizer) = match name {
+            "tiny" => (2, 32, 4, 64, "byte"),
+            "small" => (4, 256, 4, 256, "byte"),
+            "gpt2" => (12, 768, 12, 1024, "gpt2"),
+            _ => {
+                return Err(ConfigError::UnknownPreset {
+                    name: name.to_string(),
+                });
+            }
+        };
+        Ok(GptConfig {
+            n_layer,
+            n_embd,
+            n_head,
+            n_positions,
+            vocab_size: tokenizer_vocab(tokenizer).unwrap(),
+            tokenizer: tokenizer.to_string(),
+        })
+    }
+
+    /// HS: width of one attention head.
+    pub fn head_size(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+
+    /// Number of parameters: V·C + T·C + L·(12C² + 13C) + 2C.
+    pub fn num_params(&self) -> usize {
+        let (c, l) = (self.n_embd, self.n_layer);
+        self.vocab_size * c + self.n_positions * c + l * (12 * c * c + 13 * c) + 2 * c
+    }
+
+    /// Checks the invariants the model relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, value) in [
+            ("n_layer", self.n_layer),
+            ("n_embd", self.n_embd),
+            ("n_head", self.n_head),
+            ("n_positions", self.n_positions),
+            ("vocab_size", self.vocab_size),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, value, "must be at least 1"));
+            }
+        }
+        if !self.n_embd.is_multiple_of(self.n_head) {
+            return Err(invalid(
+                "n_head",
+                self.n_head,
+                format!("must divide n_embd = {}", self.n_embd),
+            ));
+        }
+        if self.vocab_size > u32::MAX as usize {
+            return Err(invalid("vocab_size", self.vocab_size, "token ids are u32"));
+        }
+        match tokenizer_vocab(&self.tokenizer) {
+            None => Err(invalid(
+                "tokenizer",
+                format!("{:?}", self.tokenizer),
+                "expected \"byte\" or \"gpt2\"",
+            )),
+            Some(v) if v != self.vocab_size => Err(invalid(
+                "vocab_size",
+                self.vocab_size,
+                format!("the {} tokenizer has {v} tokens", self.tokenizer),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The end-of-sequence (and beginning-of-sequence) id: the last token of either vocabulary.
+    pub fn eos_token_id(&self) -> usize {
+        self.vocab_size - 1
+    }
+
+    /// `config.json` as `transformers.GPT2Config` writes it, plus Lanes' `tokenizer`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": self.vocab_size,
+            "n_positions": self.n_positions,
+            "n_embd": self.n_embd,
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "n_inner": null,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": LAYER_NORM_EPS,
+            "tie_word_embeddings": true,
+            "scale_attn_weights": true,
+            "scale_attn_by_inverse_layer_idx": false,
+            "reorder_and_upcast_attn": false,
+            "add_cross_attention": false,
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            "initializer_range": 0.02,
+            "bos_token_id": self.eos_token_id(),
+            "eos_token_id": self.eos_token_id(),
+            "use_cache": true,
+            "dtype": "float32",
+            "tokenizer": self.tokenizer,
+        })
+    }
+
+    /// Reads a GPT-2 `config.json` (Lanes' or Hugging Face's). Fields that only matter to
+    /// training in PyTorch (dropout, initializer range, summary heads) are ignored; every
+    /// field that changes the forward pass must have the value Lanes implements. A missing
+    /// `tokenizer` is inferred from the vocabulary size.
+    pub fn from_json(v: &Value) -> Result<GptConfig, ConfigError> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| invalid("(root)", v, "expected a JSON object"))?;
+        let get = |f: &'static str| obj.get(f).filter(|x| !x.is_null());
+        let size = |f: &'static str| -> Result<usize, ConfigError> {
+            let x = get(f).ok_or(ConfigError::Missing { field: f })?;
+            x.as_u64()
+                .map(|n| n as usize)
+                .ok_or_else(|| invalid(f, x, "expected a non-negative integer"))
+        };
+        match get("model_type") {
+            Some(Value::String(s)) if s == "gpt2" => {}
+            Some(other) => return Err(invalid("model_type", other, "expected \"gpt2\"")),
+            None => {
+                return Err(ConfigError::Missing {
+                    field: "model_type",
+                });
+            }
+        }
+        let n_embd = size("n_embd")?;
+        let vocab_size = size("vocab_size")?;
+        if let Some(x) = get("n_inner")
+            && x.as_u64() != Some(4 * n_embd as u64)
+        {
+            return Err(invalid("n_inner", x, "Lanes' MLP is 4·n_embd wide"));
+        }
+        if let Some(x) = get("layer_norm_epsilon")
+            && x.as_f64().is_none_or(|e| (e - 1e-5).abs() > 1e-12)
+        {
+            return Err(invalid("layer_norm_epsilon", x, "Lanes uses 1e-5"));
+        }
+        if let Some(x) = get("activation_function")
+            && !matches!(x.as_str(), Some("gelu_new" | "gelu_pytorch_tanh"))
+        {
+            return Err(invalid(
+                "activation_function",
+                x,
+                "Lanes implements GELU's tanh approximation (\"gelu_new\")",
+            ));
+        }
+        for (field, want, reason) in [
+            (
+                "tie_word_embeddings",
+                true,
+                "the output head is tied to wte",
+            ),
+            (
+                "scale_attn_weights",
+                true,
+                "attention scores are scaled by 1/√HS",
+            ),
+            (
+                "scale_attn_by_inverse_layer_idx",
+                false,
+                "no per-layer attention scaling",
+            ),
+            ("add_cross_attention", false, "no cross-attention"),
+        ] {
+            if let Some(x) = get(field)
+                && x.as_bool() != Some(want)
+            {
+                return Err(invalid(field, x, format!("must be {want}: {reason}")));
+            }
+        }
+        let tokenizer = match get("tokenizer") {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => return Err(invalid("tokenizer", other, "expected a string")),
+            None => TOKENIZERS
+                .iter()
+                .find(|(_, v)| *v == vocab_size)
+                .map(|(name, _)| name.to_string())
+                .ok_or_else(|| {
+                    invalid(
+                        "vocab_size",
+                        vocab_size,
+                        "no `tokenizer` field, and no Lanes tokenizer has this many tokens",
+                    )
+                })?,
+        };
+        for field in ["bos_token_id", "eos_token_id"] {
+            if let Some(x) = get(field)
+                && x.as_u64().is_none_or(|id| id as usize >= vocab_size)
+            {
+                return Err(invalid(
+                    field,
+                    x,
+                    format!("must be < vocab_size {vocab_size}"),
+                ));
+            }
+        }
+        let cfg = GptConfig {
+            n_layer: size("n_layer")?,
+            n_embd,
+            n_head: size("n_head")?,
+            n_positions: size("n_positions")?,
+            vocab_size,
+            tokenizer,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Vocabulary size of a tokenizer name, `None` if unknown.
+fn tokenizer_vocab(name: &str) -> Option<usize> {
+    TOKENIZERS.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_have_the_documented_sizes() {
+        let small = GptConfig::preset("small").unwrap();
+        assert_eq!(small.num_params(), 3_290_880);
+        let gpt2 = GptConfig::preset("gpt2").unwrap();
+        assert_eq!(gpt2.num_params(), 124_439_808); // GPT-2 small, as Hugging Face counts it
+        for name in GptConfig::PRESETS {
+            GptConfig::preset(name).unwrap().validate().unwrap();
+        }
+        assert!(GptConfig::preset("huge").is_err());
+    }
+
+    #[test]
+    fn json_round_trips_and_bad_fields_are_named() {
+        let cfg = GptConfig::preset("tiny").unwrap();
+        assert_eq!(GptConfig::from_json(&cfg.to_json()).unwrap(), cfg);
+
+        let with = |field: &str, value: Value| {
+            let mut j = cfg.to_json();
+            j[field] = value;
+            GptConfig::from_json(&j).unwrap_err().to_string()
+        };
+        assert!(with("model_type", json!("bert")).contains("`model_type`"));
+        assert!(with("n_head", json!(5)).contains("must divide n_embd = 32"));
+        assert!(with("n_layer", json!(-1)).contains("`n_layer`"));
+        assert!(with("n_inner", json!(100)).contains("`n_inner`"));
+        assert!(with("activation_function", json!("relu")).contains("tanh approximation"));
+        assert!(with("tie_word_embeddings", json!(false)).contains("tied"));
+        assert!(with("layer_norm_epsilon", json!(1e-6)).contains("1e-5"));
+        assert!(with("tokenizer", json!("bpe")).contains("`tokenizer`"));
+        assert!(with("vocab_size", json!(300)).contains("byte tokenizer has 257"));
+        assert!(with("eos_token_id", json!(257)).contains("`eos_token_id`"));
+
+        let mut j = cfg.to_json();
+        j.as_object_mut().unwrap().remove("n_embd");
+        let err = GptConfig::from_json(&j).unwrap_err();
+        assert_eq!(err, ConfigError::Missing { field: "n_embd" });
+
+        // Hugging Face's own configs have no `tokenizer`: inferred from the vocabulary.
+        let mut j = GptConfig::preset("gpt2").unwrap().to_json();
+        j.as_object_mut().unwrap().remove("tokenizer");
+        assert_eq!(GptConfig::from_json(&j).unwrap().tokenizer, "gpt2");
+    }
+}

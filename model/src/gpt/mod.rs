@@ -1,0 +1,501 @@
+//! A GPT-2-architecture transformer: forward, hand-written backward, checkpoints, a KV-cache
+//! decoder. Reads like llm.c's `train_gpt2.c`.
+//!
+//! ```text
+//! x = wte[tokens] + wpe[0..T]                                    (B, T, C)
+//! L × { x = x + c_proj(attention(c_attn(ln_1(x))))               pre-LN, causal, NH heads
+//!       x = x + c_proj(gelu_tanh(c_fc(ln_2(x)))) }               MLP 4C wide
+//! logits = ln_f(x) · wteᵀ                                        (B, T, V), tied head
+//! loss = mean over B·T of −ln softmax(logits)[target]
+//! ```
+//!
+//! Parameters and gradients are flat buffers with named views ([`tensors`]) in Hugging Face
+//! GPT-2's names and order. Every activation backward needs is kept in [`Activations`],
+//! allocated for the largest B·T seen (no allocation per step); backward turns the logits into
+//! their gradient in place, so the biggest buffer (B·T·V) exists once. `backward()` is
+//! `forward()` read in reverse, one kernel call per line. Results do not depend on the thread
+//! count because every kernel's do not. Leaves out: dropout, mixed precision, activation
+//! recomputation, batched decoding.
+
+pub mod config;
+mod decoder;
+mod io;
+pub mod pending_kernels;
+pub mod tensors;
+
+pub use config::{ConfigError, GptConfig};
+pub use decoder::GptDecoder;
+
+use kernels::Transpose::{No, Yes};
+use kernels::attention::{attention_backward, attention_forward};
+use kernels::sgemm;
+
+use crate::lm::{Decoder, LanguageModel, ModelKind};
+use crate::params::ParamLayout;
+use crate::rng::SplitMix64;
+use pending_kernels::{
+    add_inplace, bias_backward, bias_forward, crossentropy_forward,
+    crossentropy_softmax_backward_inplace, encoder_backward, encoder_forward, gelu_backward,
+    gelu_forward, layernorm_backward, layernorm_forward,
+};
+use tensors::{Block, Tensors};
+
+/// GPT-2's initializer standard deviation.
+const INIT_STD: f32 = 0.02;
+
+/// The transformer with its parameters, gradients and the activations of the last forward.
+pub struct Gpt {
+    config: GptConfig,
+    layout: ParamLayout,
+    params: Vec<f32>, // (num_params), in `layout` order
+    grads: Vec<f32>,  // (num_params)
+    acts: Activations,
+    /// Tokens of the last forward, (B, T) each.
+    inputs: Vec<u32>,
+    targets: Vec<u32>,
+    /// B and T of the last forward.
+    b: usize,
+    t: usize,
+    /// Whether `acts.logits` holds logits (after forward) or their gradient (after backward).
+    logits_are_grads: bool,
+}
+
+/// Saved forward activations and backward scratch, all sized for `bt` = B·T positions;
+/// per-layer buffers hold L such slabs, layer-major.
+#[derive(Default)]
+struct Activations {
+    bt: usize,
+    encoded: Vec<f32>,    // (B, T, C)      wte + wpe
+    ln1: Vec<f32>,        // (L, B, T, C)
+    ln1_mean: Vec<f32>,   // (L, B, T)
+    ln1_rstd: Vec<f32>,   // (L, B, T)
+    qkv: Vec<f32>,        // (L, B, T, 3C)
+    atty: Vec<f32>,       // (L, B, T, C)   attention output, heads side by side
+    att_lse: Vec<f32>,    // (L, B, NH, T)  softmax log-normalizers for the attention backward
+    residual2: Vec<f32>,  // (L, B, T, C)   after the attention branch
+    ln2: Vec<f32>,        // (L, B, T, C)
+    ln2_mean: Vec<f32>,   // (L, B, T)
+    ln2_rstd: Vec<f32>,   // (L, B, T)
+    fch: Vec<f32>,        // (L, B, T, 4C)  before GELU
+    fch_gelu: Vec<f32>,   // (L, B, T, 4C)
+    residual3: Vec<f32>,  // (L, B, T, C)   block output
+    lnf: Vec<f32>,        // (B, T, C)
+    lnf_mean: Vec<f32>,   // (B, T)
+    lnf_rstd: Vec<f32>,   // (B, T)
+    logits: Vec<f32>,     // (B, T, V)      dlogits in place after backward
+    logits_lse: Vec<f32>, // (B, T)        ln Σ e^logits per position
+    losses: Vec<f32>,     // (B, T)
+    // Backward scratch: gradients of activations, reused by every layer.
+    dresidual: Vec<f32>, // (B, T, C)      gradient of the residual stream
+    dln: Vec<f32>,       // (B, T, C)      of a LayerNorm output (or of atty)
+    dtmp: Vec<f32>,      // (B, T, C)      a LayerNorm input's, before joining dresidual
+    dqkv: Vec<f32>,      // (B, T, 3C)
+    dfch_gelu: Vec<f32>, // (B, T, 4C)
+    dfch: Vec<f32>,      // (B, T, 4C)
+}
+
+impl Activations {
+    /// Makes room for `bt` positions; reallocates only when `bt` exceeds what is there.
+    fn reserve(&mut self, cfg: &GptConfig, bt: usize) {
+        if bt <= self.bt {
+            return;
+        }
+        let (l, c, nh, v) = (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size);
+        let z = |n: usize| vec![0.0f32; n];
+        *self = Activations {
+            bt,
+            encoded: z(bt * c),
+            ln1: z(l * bt * c),
+            ln1_mean: z(l * bt),
+            ln1_rstd: z(l * bt),
+            qkv: z(l * bt * 3 * c),
+            atty: z(l * bt * c),
+            att_lse: z(l * bt * nh),
+            residual2: z(l * bt * c),
+            ln2: z(l * bt * c),
+            ln2_mean: z(l * bt),
+            ln2_rstd: z(l * bt),
+            fch: z(l * bt * 4 * c),
+            fch_gelu: z(l * bt * 4 * c),
+            residual3: z(l * bt * c),
+            lnf: z(bt * c),
+            lnf_mean: z(bt),
+            lnf_rstd: z(bt),
+            logits: z(bt * v),
+            logits_lse: z(bt),
+            losses: z(bt),
+            dresidual: z(bt * c),
+            dln: z(bt * c),
+            dtmp: z(bt * c),
+            dqkv: z(bt * 3 * c),
+            dfch_gelu: z(bt * 4 * c),
+            dfch: z(bt * 4 * c),
+        };
+    }
+
+    /// Bytes held.
+    fn bytes(&self) -> usize {
+        let floats = [
+            &self.encoded,
+            &self.ln1,
+            &self.ln1_mean,
+            &self.ln1_rstd,
+            &self.qkv,
+            &self.atty,
+            &self.att_lse,
+            &self.residual2,
+            &self.ln2,
+            &self.ln2_mean,
+            &self.ln2_rstd,
+            &self.fch,
+            &self.fch_gelu,
+            &self.residual3,
+            &self.lnf,
+            &self.lnf_mean,
+            &self.lnf_rstd,
+            &self.logits,
+            &self.logits_lse,
+            &self.losses,
+            &self.dresidual,
+            &self.dln,
+            &self.dtmp,
+            &self.dqkv,
+            &self.dfch_gelu,
+            &self.dfch,
+        ]
+        .iter()
+        .map(|v| v.len())
+        .sum::<usize>();
+        floats * std::mem::size_of::<f32>()
+    }
+}
+
+/// Layer `l`'s slab of a per-layer buffer whose slabs are `n` long.
+fn layer(buf: &[f32], l: usize, n: usize) -> &[f32] {
+    &buf[l * n..][..n]
+}
+
+fn layer_mut(buf: &mut [f32], l: usize, n: usize) -> &mut [f32] {
+    &mut buf[l * n..][..n]
+}
+
+/// `out` (N, OC) = `inp` (N, IC) · `w` (IC, OC) + `b` (OC): a Conv1D (Hugging Face's layout).
+fn matmul_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    ic: usize,
+    oc: usize,
+) {
+    sgemm(No, No, n, oc, ic, 1.0, inp, ic, w, oc, 0.0, out, oc);
+    bias_forward(out, b);
+}
+
+/// `out` = `residual` + `inp` · `w` + `b`: a projection added onto the residual stream, with
+/// no buffer for the projection itself (the GEMM accumulates into `out`, beta = 1).
+#[allow(clippy::too_many_arguments)]
+fn matmul_residual_forward(
+    out: &mut [f32],
+    residual: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    ic: usize,
+    oc: usize,
+) {
+    out.copy_from_slice(residual);
+    bias_forward(out, b);
+    sgemm(No, No, n, oc, ic, 1.0, inp, ic, w, oc, 1.0, out, oc);
+}
+
+/// Gradient of [`matmul_forward`]: `dinp = dout · wᵀ` (overwritten), `dw += inpᵀ · dout`,
+/// `db += Σ_rows dout`.
+#[allow(clippy::too_many_arguments)]
+fn matmul_backward(
+    dinp: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    n: usize,
+    ic: usize,
+    oc: usize,
+) {
+    sgemm(No, Yes, n, ic, oc, 1.0, dout, oc, w, oc, 0.0, dinp, ic);
+    sgemm(Yes, No, ic, oc, n, 1.0, inp, ic, dout, oc, 1.0, dw, oc);
+    bias_backward(db, dout);
+}
+
+impl Gpt {
+    /// A freshly initialized model: GPT-2's init, drawn from `seed` in layout order —
+    /// weights and embeddings normal(0, 0.02), the two residual projections of every block
+    /// (`attn.c_proj`, `mlp.c_proj`) normal(0, 0.02/√(2L)), biases 0, LayerNorm gains 1.
+    pub fn new(config: GptConfig, seed: u64) -> Result<Gpt, ConfigError> {
+        let mut model = Gpt::zeroed(config)?;
+        let mut rng = SplitMix64::new(seed);
+        let proj_std = INIT_STD / (2.0 * model.config.n_layer as f32).sqrt();
+        for t in model.layout.tensors() {
+            let p = &mut model.params[t.range()];
+            let name = &t.name;
+            if name.ends_with(".bias") {
+                p.fill(0.0);
+            } else if name.contains(".ln_") {
+                p.fill(1.0);
+            } else if name.ends_with("c_proj.weight") {
+                rng.fill_normal(p, proj_std);
+            } else {
+                rng.fill_normal(p, INIT_STD);
+            }
+        }
+        Ok(model)
+    }
+
+    /// All parameters zero (to be filled from a checkpoint).
+    fn zeroed(config: GptConfig) -> Result<Gpt, ConfigError> {
+        config.validate()?;
+        let layout = tensors::layout(&config);
+        let n = layout.len();
+        Ok(Gpt {
+            config,
+            layout,
+            params: vec![0.0; n],
+            grads: vec![0.0; n],
+            acts: Activations::default(),
+            inputs: Vec::new(),
+            targets: Vec::new(),
+            b: 0,
+            t: 0,
+            logits_are_grads: false,
+        })
+    }
+
+    pub fn config(&self) -> &GptConfig {
+        &self.config
+    }
+
+    /// Logits (B, T, V) of the last forward. Panics after `backward`, which overwrites them
+    /// with their gradient.
+    pub fn logits(&self) -> &[f32] {
+        assert!(
+            !self.logits_are_grads,
+            "Gpt::logits: backward has overwritten the logits with their gradient"
+        );
+        &self.acts.logits[..self.b * self.t * self.config.vocab_size]
+    }
+
+    /// Bytes of activation and scratch memory held (grows with the largest B·T seen).
+    pub fn activation_bytes(&self) -> usize {
+        self.acts.bytes()
+    }
+
+    /// The forward pass up to the logits, keeping every activation backward needs.
+    #[rustfmt::skip] // one kernel call per line, as in llm.c, so forward and backward mirror
+    fn forward_logits(&mut self, inputs: &[u32], b: usize, t: usize) {
+        let cfg = &self.config;
+        let (l_n, c, nh, v) = (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size);
+        assert_eq!(inputs.len(), b * t, "Gpt::forward: inputs must be (B, T) = ({b}, {t})");
+        assert!(
+            t <= cfg.n_positions,
+            "Gpt::forward: T = {t} exceeds the context of {} positions",
+            cfg.n_positions
+        );
+        if let Some(&bad) = inputs.iter().find(|&&tok| tok as usize >= v) {
+            panic!("Gpt::forward: token id {bad} is outside the vocabulary of {v}");
+        }
+        let bt = b * t;
+        self.acts.reserve(cfg, bt);
+        self.inputs.clear();
+        self.inputs.extend_from_slice(inputs);
+        (self.b, self.t, self.logits_are_grads) = (b, t, false);
+
+        let p = Tensors::split(&self.params[..], cfg);
+        let a = &mut self.acts;
+        let (btc, bt3c, bt4c) = (bt * c, bt * 3 * c, bt * 4 * c);
+
+        encoder_forward(&mut a.encoded[..btc], inputs, p.wte, p.wpe, t, c);
+        for l in 0..l_n {
+            let w = Block::of(p.h, l, c);
+            let residual = if l == 0 {
+                &a.encoded[..btc]
+            } else {
+                layer(&a.residual3, l - 1, btc)
+            };
+            let ln1 = layer_mut(&mut a.ln1, l, btc); // (B, T, C)
+            let ln1_mean = layer_mut(&mut a.ln1_mean, l, bt);
+            let ln1_rstd = layer_mut(&mut a.ln1_rstd, l, bt);
+            let qkv = layer_mut(&mut a.qkv, l, bt3c); // (B, T, 3C)
+            let atty = layer_mut(&mut a.atty, l, btc); // (B, T, C)
+            let att_lse = layer_mut(&mut a.att_lse, l, bt * nh); // (B, NH, T)
+            let residual2 = layer_mut(&mut a.residual2, l, btc); // (B, T, C)
+            let ln2 = layer_mut(&mut a.ln2, l, btc);
+            let ln2_mean = layer_mut(&mut a.ln2_mean, l, bt);
+            let ln2_rstd = layer_mut(&mut a.ln2_rstd, l, bt);
+            let fch = layer_mut(&mut a.fch, l, bt4c); // (B, T, 4C)
+            let fch_gelu = layer_mut(&mut a.fch_gelu, l, bt4c); // (B, T, 4C)
+
+            layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, w.ln1_w, w.ln1_b, c);
+            matmul_forward(qkv, ln1, w.qkv_w, w.qkv_b, bt, c, 3 * c);
+            attention_forward(atty, att_lse, qkv, b, t, c, nh);
+            matmul_residual_forward(residual2, residual, atty, w.attproj_w, w.attproj_b, bt, c, c);
+            layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, w.ln2_w, w.ln2_b, c);
+            matmul_forward(fch, ln2, w.fc_w, w.fc_b, bt, c, 4 * c);
+            gelu_forward(fch_gelu, fch);
+            let residual3 = layer_mut(&mut a.residual3, l, btc); // (B, T, C)
+            matmul_residual_forward(residual3, residual2, fch_gelu, w.fcproj_w, w.fcproj_b, bt, 4 * c, c);
+        }
+        let residual = layer(&a.residual3, l_n - 1, btc);
+        let lnf = &mut a.lnf[..btc]; // (B, T, C)
+        layernorm_forward(lnf, &mut a.lnf_mean[..bt], &mut a.lnf_rstd[..bt], residual, p.lnf_w, p.lnf_b, c);
+        let logits = &mut a.logits[..bt * v]; // (B, T, V)
+        sgemm(No, Yes, bt, v, c, 1.0, lnf, c, p.wte, c, 0.0, logits, v);
+    }
+}
+
+impl LanguageModel for Gpt {
+    fn kind(&self) -> ModelKind {
+        ModelKind::Gpt
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn max_seq_len(&self) -> Option<usize> {
+        Some(self.config.n_positions)
+    }
+
+    fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.params
+    }
+
+    fn grads(&self) -> &[f32] {
+        &self.grads
+    }
+
+    fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
+        (&mut self.params, &self.grads)
+    }
+
+    fn zero_grad(&mut self) {
+        self.grads.fill(0.0);
+    }
+
+    fn forward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> f32 {
+        let v = self.config.vocab_size;
+        assert_eq!(
+            targets.len(),
+            b * t,
+            "Gpt::forward: targets must be (B, T) = ({b}, {t})"
+        );
+        if let Some(&bad) = targets.iter().find(|&&tok| tok as usize >= v) {
+            panic!("Gpt::forward: target id {bad} is outside the vocabulary of {v}");
+        }
+        self.forward_logits(inputs, b, t);
+        self.targets.clear();
+        self.targets.extend_from_slice(targets);
+        let bt = b * t;
+        let a = &mut self.acts;
+        crossentropy_forward(
+            &mut a.losses[..bt],
+            &mut a.logits_lse[..bt],
+            &a.logits[..bt * v],
+            targets,
+        );
+        // Summed in f64 in a fixed order: the mean does not depend on the thread count.
+        let sum: f64 = a.losses[..bt].iter().map(|&x| x as f64).sum();
+        (sum / bt.max(1) as f64) as f32
+    }
+
+    fn token_losses(&self) -> &[f32] {
+        &self.acts.losses[..self.b * self.t]
+    }
+
+    #[rustfmt::skip] // one kernel call per line, as in llm.c, so forward and backward mirror
+    fn backward(&mut self) {
+        assert!(
+            self.b * self.t > 0 && !self.logits_are_grads,
+            "Gpt::backward: needs a forward (with targets) since the last backward"
+        );
+        let Gpt { config: cfg, params, grads, acts: a, inputs, targets, b, t, .. } = self;
+        let (b, t) = (*b, *t);
+        let (l_n, c, nh, v) = (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size);
+        let bt = b * t;
+        let (btc, bt3c, bt4c) = (bt * c, bt * 3 * c, bt * 4 * c);
+        let p = Tensors::split(&params[..], cfg);
+        let g = Tensors::split(&mut grads[..], cfg);
+        let dresidual = &mut a.dresidual[..btc]; // (B, T, C)
+        let dln = &mut a.dln[..btc]; // (B, T, C)
+        let dtmp = &mut a.dtmp[..btc]; // (B, T, C)
+        let dqkv = &mut a.dqkv[..bt3c]; // (B, T, 3C)
+        let dfch_gelu = &mut a.dfch_gelu[..bt4c]; // (B, T, 4C)
+        let dfch = &mut a.dfch[..bt4c]; // (B, T, 4C)
+
+        // loss = mean NLL: dlogits = (softmax − onehot) / (B·T), in place of the logits.
+        let dlogits = &mut a.logits[..bt * v]; // (B, T, V)
+        crossentropy_softmax_backward_inplace(dlogits, &a.logits_lse[..bt], targets, 1.0 / bt as f32);
+        let dlogits = &*dlogits;
+        // logits = lnf · wteᵀ
+        let lnf = &a.lnf[..btc];
+        sgemm(No, No, bt, c, v, 1.0, dlogits, v, p.wte, c, 0.0, dln, c);
+        sgemm(Yes, No, v, c, bt, 1.0, dlogits, v, lnf, c, 1.0, g.wte, c);
+        let residual = layer(&a.residual3, l_n - 1, btc);
+        layernorm_backward(dresidual, g.lnf_w, g.lnf_b, dln, residual, p.lnf_w, &a.lnf_mean[..bt], &a.lnf_rstd[..bt], c);
+
+        for l in (0..l_n).rev() {
+            let w = Block::of(p.h, l, c);
+            let gw = Block::of(&mut *g.h, l, c);
+            let residual = if l == 0 {
+                &a.encoded[..btc]
+            } else {
+                layer(&a.residual3, l - 1, btc)
+            };
+            let ln1 = layer(&a.ln1, l, btc);
+            let ln1_mean = layer(&a.ln1_mean, l, bt);
+            let ln1_rstd = layer(&a.ln1_rstd, l, bt);
+            let qkv = layer(&a.qkv, l, bt3c);
+            let atty = layer(&a.atty, l, btc);
+            let att_lse = layer(&a.att_lse, l, bt * nh);
+            let residual2 = layer(&a.residual2, l, btc);
+            let ln2 = layer(&a.ln2, l, btc);
+            let ln2_mean = layer(&a.ln2_mean, l, bt);
+            let ln2_rstd = layer(&a.ln2_rstd, l, bt);
+            let fch = layer(&a.fch, l, bt4c);
+            let fch_gelu = layer(&a.fch_gelu, l, bt4c);
+
+            // dresidual holds d(residual3); the MLP branch, in reverse:
+            matmul_backward(dfch_gelu, gw.fcproj_w, gw.fcproj_b, dresidual, fch_gelu, w.fcproj_w, bt, 4 * c, c);
+            gelu_backward(dfch, fch, dfch_gelu);
+            matmul_backward(dln, gw.fc_w, gw.fc_b, dfch, ln2, w.fc_w, bt, c, 4 * c);
+            layernorm_backward(dtmp, gw.ln2_w, gw.ln2_b, dln, residual2, w.ln2_w, ln2_mean, ln2_rstd, c);
+            add_inplace(dresidual, dtmp); // now d(residual2)
+            // the attention branch, in reverse (dln holds d(atty)):
+            matmul_backward(dln, gw.attproj_w, gw.attproj_b, dresidual, atty, w.attproj_w, bt, c, c);
+            attention_backward(dqkv, dln, qkv, atty, att_lse, b, t, c, nh);
+            matmul_backward(dln, gw.qkv_w, gw.qkv_b, dqkv, ln1, w.qkv_w, bt, c, 3 * c);
+            layernorm_backward(dtmp, gw.ln1_w, gw.ln1_b, dln, residual, w.ln1_w, ln1_mean, ln1_rstd, c);
+            add_inplace(dresidual, dtmp); // now d(residual) = d(block input)
+        }
+        encoder_backward(g.wte, g.wpe, dresidual, inputs, t, c);
+        self.logits_are_grads = true;
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.config.to_json()
+    }
+
+    fn decoder(&self) -> Box<dyn Decoder + '_> {
+        Box::new(GptDecoder::new(self))
+    }
+}

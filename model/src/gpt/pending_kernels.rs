@@ -1,0 +1,282 @@
+//! TEMPORARY scalar stand-ins for kernels that are being written in `kernels` (issue 3's
+//! pointwise kernels on branch `pointwise`, issue 4's `attention_decode` on branch
+//! `attention`). Each has the llm.c-style signature the model calls, outputs first; when the
+//! real kernel lands on main, the model switches to it and this file is deleted. No SIMD here on
+//! purpose (STYLE rule: SIMD lives in `kernels` only); these are plain loops, correct first.
+//!
+//! Conventions as in `kernels`: activation gradients are overwritten, parameter gradients
+//! accumulated (`+=`); a wrong slice length is a bug and panics.
+
+use super::config::LAYER_NORM_EPS;
+
+/// `out[b,t,:] = wte[inp[b,t],:] + wpe[t,:]`.
+pub fn encoder_forward(out: &mut [f32], inp: &[u32], wte: &[f32], wpe: &[f32], t: usize, c: usize) {
+    assert_eq!(
+        out.len(),
+        inp.len() * c,
+        "encoder_forward: out must be (B, T, C)"
+    );
+    for (i, (o, &tok)) in out.chunks_exact_mut(c).zip(inp).enumerate() {
+        let e = &wte[tok as usize * c..][..c];
+        let p = &wpe[(i % t) * c..][..c];
+        for ((o, &e), &p) in o.iter_mut().zip(e).zip(p) {
+            *o = e + p;
+        }
+    }
+}
+
+/// `dwte[inp[b,t],:] += dout[b,t,:]`, `dwpe[t,:] += dout[b,t,:]`.
+pub fn encoder_backward(
+    dwte: &mut [f32],
+    dwpe: &mut [f32],
+    dout: &[f32],
+    inp: &[u32],
+    t: usize,
+    c: usize,
+) {
+    assert_eq!(
+        dout.len(),
+        inp.len() * c,
+        "encoder_backward: dout must be (B, T, C)"
+    );
+    for (i, (d, &tok)) in dout.chunks_exact(c).zip(inp).enumerate() {
+        for (w, &g) in dwte[tok as usize * c..][..c].iter_mut().zip(d) {
+            *w += g;
+        }
+        for (w, &g) in dwpe[(i % t) * c..][..c].iter_mut().zip(d) {
+            *w += g;
+        }
+    }
+}
+
+/// Per row of `inp` (N, C): `out = (x − mean)·rstd·weight + bias`, rstd = 1/√(var + 1e-5);
+/// saves mean and rstd (N).
+pub fn layernorm_forward(
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    c: usize,
+) {
+    assert_eq!(
+        out.len(),
+        inp.len(),
+        "layernorm_forward: out must match inp"
+    );
+    for (((o, x), m), r) in out
+        .chunks_exact_mut(c)
+        .zip(inp.chunks_exact(c))
+        .zip(mean.iter_mut())
+        .zip(rstd.iter_mut())
+    {
+        let mu = x.iter().sum::<f32>() / c as f32;
+        let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
+        let s = 1.0 / (var + LAYER_NORM_EPS).sqrt();
+        for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
+            *o = (x - mu) * s * w + b;
+        }
+        (*m, *r) = (mu, s);
+    }
+}
+
+/// Gradient of [`layernorm_forward`]: overwrites `dinp`, accumulates `dweight`, `dbias`.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward(
+    dinp: &mut [f32],
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    c: usize,
+) {
+    assert_eq!(
+        dinp.len(),
+        inp.len(),
+        "layernorm_backward: dinp must match inp"
+    );
+    for ((((di, d), x), &mu), &s) in dinp
+        .chunks_exact_mut(c)
+        .zip(dout.chunks_exact(c))
+        .zip(inp.chunks_exact(c))
+        .zip(mean)
+        .zip(rstd)
+    {
+        // dnorm = dout·w; dx = rstd·(dnorm − mean(dnorm) − norm·mean(dnorm·norm))
+        let (mut dn_mean, mut dn_norm_mean) = (0.0f32, 0.0f32);
+        for ((&d, &x), &w) in d.iter().zip(x).zip(weight) {
+            let norm = (x - mu) * s;
+            dn_mean += d * w;
+            dn_norm_mean += d * w * norm;
+        }
+        dn_mean /= c as f32;
+        dn_norm_mean /= c as f32;
+        for (j, di) in di.iter_mut().enumerate() {
+            let norm = (x[j] - mu) * s;
+            dbias[j] += d[j];
+            dweight[j] += norm * d[j];
+            *di = s * (d[j] * weight[j] - dn_mean - norm * dn_norm_mean);
+        }
+    }
+}
+
+const GELU_SCALE: f32 = 0.797_884_6; // √(2/π)
+
+/// GELU, tanh approximation (GPT-2's `gelu_new`): `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
+    assert_eq!(out.len(), inp.len(), "gelu_forward: out must match inp");
+    for (o, &x) in out.iter_mut().zip(inp) {
+        *o = 0.5 * x * (1.0 + (GELU_SCALE * (x + 0.044715 * x * x * x)).tanh());
+    }
+}
+
+/// Gradient of [`gelu_forward`]: `dinp = gelu'(inp)·dout` (overwrites).
+pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+    assert_eq!(dinp.len(), inp.len(), "gelu_backward: dinp must match inp");
+    for ((di, &x), &d) in dinp.iter_mut().zip(inp).zip(dout) {
+        let th = (GELU_SCALE * (x + 0.044715 * x * x * x)).tanh();
+        let dudx = GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x);
+        *di = d * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * dudx);
+    }
+}
+
+/// Adds `bias` (OC) to every row of `out` (N, OC).
+pub fn bias_forward(out: &mut [f32], bias: &[f32]) {
+    for row in out.chunks_exact_mut(bias.len()) {
+        for (o, &b) in row.iter_mut().zip(bias) {
+            *o += b;
+        }
+    }
+}
+
+/// `dbias += Σ_rows dout` for `dout` (N, OC).
+pub fn bias_backward(dbias: &mut [f32], dout: &[f32]) {
+    for row in dout.chunks_exact(dbias.len()) {
+        for (d, &g) in dbias.iter_mut().zip(row) {
+            *d += g;
+        }
+    }
+}
+
+/// `acc += x` elementwise (the residual's gradient meeting a branch's).
+pub fn add_inplace(acc: &mut [f32], x: &[f32]) {
+    assert_eq!(acc.len(), x.len(), "add_inplace: lengths differ");
+    for (a, &x) in acc.iter_mut().zip(x) {
+        *a += x;
+    }
+}
+
+/// Per row of `logits` (N, V): `lse = ln Σ_j e^{z_j}` and `losses = lse − z[target]`.
+pub fn crossentropy_forward(losses: &mut [f32], lse: &mut [f32], logits: &[f32], targets: &[u32]) {
+    let v = logits.len() / targets.len().max(1);
+    for (((l, s), z), &tgt) in losses
+        .iter_mut()
+        .zip(lse.iter_mut())
+        .zip(logits.chunks_exact(v))
+        .zip(targets)
+    {
+        let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let sum: f32 = z.iter().map(|&x| (x - m).exp()).sum();
+        *s = m + sum.ln();
+        *l = *s - z[tgt as usize];
+    }
+}
+
+/// In place, per row: `z ← dloss·(softmax(z) − onehot(target))`, softmax from the saved `lse`.
+pub fn crossentropy_softmax_backward_inplace(
+    logits: &mut [f32],
+    lse: &[f32],
+    targets: &[u32],
+    dloss: f32,
+) {
+    let v = logits.len() / targets.len().max(1);
+    for ((z, &s), &tgt) in logits.chunks_exact_mut(v).zip(lse).zip(targets) {
+        for (j, z) in z.iter_mut().enumerate() {
+            let p = (*z - s).exp();
+            *z = dloss * (p - if j == tgt as usize { 1.0 } else { 0.0 });
+        }
+    }
+}
+
+/// AdamW (Loshchilov & Hutter; PyTorch's update order), in place over flat slices; `step` ≥ 1.
+/// `decay` holds 1 where weight decay applies and 0 elsewhere.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw(
+    params: &mut [f32],
+    grads: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    decay: &[f32],
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    step: u32,
+) {
+    let bc1 = 1.0 - beta1.powi(step as i32);
+    let bc2 = 1.0 - beta2.powi(step as i32);
+    for ((((p, &g), m), v), &d) in params
+        .iter_mut()
+        .zip(grads)
+        .zip(m.iter_mut())
+        .zip(v.iter_mut())
+        .zip(decay)
+    {
+        *p -= lr * weight_decay * d * *p;
+        *m = beta1 * *m + (1.0 - beta1) * g;
+        *v = beta2 * *v + (1.0 - beta2) * g * g;
+        *p -= lr * (*m / bc1) / ((*v / bc2).sqrt() + eps);
+    }
+}
+
+/// One decoding step at position `pos` (batch of one), mirroring the signature of the
+/// `kernels::attention::attention_decode` on branch `attention`: writes the new position's
+/// k and v from `qkv` (3C) into row `pos` of `k_cache`/`v_cache` (T_max, C), then
+/// `out` (C) = Σ_{j≤pos} softmax_j(q·k_j/√HS)·v_j per head.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode(
+    out: &mut [f32],
+    k_cache: &mut [f32],
+    v_cache: &mut [f32],
+    qkv: &[f32],
+    pos: usize,
+    t_max: usize,
+    c: usize,
+    nh: usize,
+) {
+    assert!(
+        pos < t_max,
+        "attention_decode: position {pos} does not fit T_max = {t_max}"
+    );
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
+    k_cache[pos * c..][..c].copy_from_slice(&qkv[c..2 * c]);
+    v_cache[pos * c..][..c].copy_from_slice(&qkv[2 * c..3 * c]);
+    let mut s = vec![0.0f32; pos + 1];
+    for h in 0..nh {
+        let q = &qkv[h * hs..][..hs];
+        for (j, sj) in s.iter_mut().enumerate() {
+            let k = &k_cache[j * c + h * hs..][..hs];
+            *sj = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+        }
+        let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut sum = 0.0;
+        for sj in s.iter_mut() {
+            *sj = (*sj - m).exp();
+            sum += *sj;
+        }
+        let o = &mut out[h * hs..][..hs];
+        o.fill(0.0);
+        for (j, &p) in s.iter().enumerate() {
+            let vj = &v_cache[j * c + h * hs..][..hs];
+            for (o, &v) in o.iter_mut().zip(vj) {
+                *o += p / sum * v;
+            }
+        }
+    }
+}
