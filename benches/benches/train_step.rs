@@ -1,2 +1,123 @@
-//! Placeholder: this bench lands with its issue.
-fn main() {}
+//! Full training steps (forward, backward, AdamW) in tokens per second, on 1 and 2 threads:
+//! the figures issue 6 compares with PyTorch (`/work/shared/peers/peers_train.py`,
+//! `peers_gpt2_124m.py`).
+//!
+//! ```text
+//! cargo bench --bench train_step            # everything
+//! cargo bench --bench train_step -- gpt     # the transformer only
+//! ```
+//!
+//! Each model has one function here that registers its groups; the step is the same the
+//! runner takes. Leaves out: data loading (random tokens, fixed per run) and checkpointing.
+
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use model::gpt::pending_kernels::adamw;
+use model::{Gpt, GptConfig, LanguageModel};
+
+/// Deterministic pseudo-random tokens in `0..v`.
+fn tokens(n: usize, v: usize, seed: u64) -> Vec<u32> {
+    let mut rng = model::rng::Rng::new(seed);
+    (0..n).map(|_| rng.below(v) as u32).collect()
+}
+
+/// A model, its AdamW moments, and one batch: everything a training step touches.
+struct Trainer {
+    model: Gpt,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    decay: Vec<f32>,
+    inputs: Vec<u32>,
+    targets: Vec<u32>,
+    b: usize,
+    t: usize,
+    step: u32,
+}
+
+impl Trainer {
+    fn new(cfg: GptConfig, b: usize, t: usize) -> Self {
+        let model = Gpt::new(cfg, 0).unwrap();
+        let n = model.params().len();
+        let v = model.vocab_size();
+        Trainer {
+            decay: model.layout().decay_mask(),
+            model,
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            inputs: tokens(b * t, v, 1),
+            targets: tokens(b * t, v, 2),
+            b,
+            t,
+            step: 0,
+        }
+    }
+
+    /// forward, zero_grad, backward, AdamW (lr 1e-3, PyTorch's defaults otherwise).
+    fn step(&mut self) -> f32 {
+        self.step += 1;
+        let loss = self
+            .model
+            .forward(&self.inputs, &self.targets, self.b, self.t);
+        self.model.zero_grad();
+        self.model.backward();
+        let (params, grads) = self.model.params_and_grads();
+        adamw(
+            params,
+            grads,
+            &mut self.m,
+            &mut self.v,
+            &self.decay,
+            1e-3,
+            0.9,
+            0.999,
+            1e-8,
+            0.01,
+            self.step,
+        );
+        loss
+    }
+}
+
+/// The transformer: `small` at B=16, T=256 and at B=1, T=1024 (tokens/s), and the 124M `gpt2`
+/// preset at B=4, T=64 (time per step), each on 1 and 2 threads.
+fn gpt(c: &mut Criterion) {
+    let small = GptConfig::preset("small").unwrap();
+    let cases = [
+        ("gpt_small", small.clone(), 16, 256),
+        (
+            "gpt_small",
+            GptConfig {
+                n_positions: 1024,
+                ..small
+            },
+            1,
+            1024,
+        ),
+        ("gpt2_124m", GptConfig::preset("gpt2").unwrap(), 4, 64),
+    ];
+    for (name, cfg, b, t) in cases {
+        let mut group = c.benchmark_group(format!("train_step/{name}"));
+        group.sample_size(10);
+        group.warm_up_time(Duration::from_secs(2));
+        group.measurement_time(Duration::from_secs(if name == "gpt2_124m" {
+            15
+        } else {
+            8
+        }));
+        group.throughput(Throughput::Elements((b * t) as u64));
+        let mut trainer = Trainer::new(cfg, b, t);
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let id = BenchmarkId::new(format!("B{b}_T{t}"), format!("{threads}t"));
+            group.bench_function(id, |bench| pool.install(|| bench.iter(|| trainer.step())));
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, gpt);
+criterion_main!(benches);

@@ -46,9 +46,15 @@ fn main() {
         model.zero_grad();
         model.backward();
         let (params, grads) = model.params_and_grads();
-        adamw(params, grads, &mut m, &mut v, &decay, 1e-2, 0.9, 0.999, 1e-8, 0.1, step);
+        adamw(
+            params, grads, &mut m, &mut v, &decay, 1e-2, 0.9, 0.999, 1e-8, 0.1, step,
+        );
     }
     model.save(out).expect("save the checkpoint");
     let loss = model.forward(&inputs, &targets, b, t);
-    println!("{}: Lanes loss on {} tokens = {loss:.6}", out.display(), fixture.display());
+    println!(
+        "{}: Lanes loss on {} tokens = {loss:.6}",
+        out.display(),
+        fixture.display()
+    );
 }

@@ -34,9 +34,9 @@ use crate::lm::{Decoder, LanguageModel, ModelKind};
 use crate::params::ParamLayout;
 use crate::rng::SplitMix64;
 use pending_kernels::{
-    add_inplace, bias_backward, bias_forward, crossentropy_forward,
-    crossentropy_softmax_backward_inplace, encoder_backward, encoder_forward, gelu_backward,
-    gelu_forward, layernorm_backward, layernorm_forward,
+    add_inplace, bias_backward, bias_forward, cross_entropy_forward, cross_entropy_fused_inplace,
+    encoder_backward, encoder_forward, gelu_backward, gelu_forward, layernorm_backward,
+    layernorm_forward,
 };
 use tensors::{Block, Tensors};
 
@@ -65,26 +65,25 @@ pub struct Gpt {
 #[derive(Default)]
 struct Activations {
     bt: usize,
-    encoded: Vec<f32>,    // (B, T, C)      wte + wpe
-    ln1: Vec<f32>,        // (L, B, T, C)
-    ln1_mean: Vec<f32>,   // (L, B, T)
-    ln1_rstd: Vec<f32>,   // (L, B, T)
-    qkv: Vec<f32>,        // (L, B, T, 3C)
-    atty: Vec<f32>,       // (L, B, T, C)   attention output, heads side by side
-    att_lse: Vec<f32>,    // (L, B, NH, T)  softmax log-normalizers for the attention backward
-    residual2: Vec<f32>,  // (L, B, T, C)   after the attention branch
-    ln2: Vec<f32>,        // (L, B, T, C)
-    ln2_mean: Vec<f32>,   // (L, B, T)
-    ln2_rstd: Vec<f32>,   // (L, B, T)
-    fch: Vec<f32>,        // (L, B, T, 4C)  before GELU
-    fch_gelu: Vec<f32>,   // (L, B, T, 4C)
-    residual3: Vec<f32>,  // (L, B, T, C)   block output
-    lnf: Vec<f32>,        // (B, T, C)
-    lnf_mean: Vec<f32>,   // (B, T)
-    lnf_rstd: Vec<f32>,   // (B, T)
-    logits: Vec<f32>,     // (B, T, V)      dlogits in place after backward
-    logits_lse: Vec<f32>, // (B, T)        ln Σ e^logits per position
-    losses: Vec<f32>,     // (B, T)
+    encoded: Vec<f32>,   // (B, T, C)      wte + wpe
+    ln1: Vec<f32>,       // (L, B, T, C)
+    ln1_mean: Vec<f32>,  // (L, B, T)
+    ln1_rstd: Vec<f32>,  // (L, B, T)
+    qkv: Vec<f32>,       // (L, B, T, 3C)
+    atty: Vec<f32>,      // (L, B, T, C)   attention output, heads side by side
+    att_lse: Vec<f32>,   // (L, B, NH, T)  softmax log-normalizers for the attention backward
+    residual2: Vec<f32>, // (L, B, T, C)   after the attention branch
+    ln2: Vec<f32>,       // (L, B, T, C)
+    ln2_mean: Vec<f32>,  // (L, B, T)
+    ln2_rstd: Vec<f32>,  // (L, B, T)
+    fch: Vec<f32>,       // (L, B, T, 4C)  before GELU
+    fch_gelu: Vec<f32>,  // (L, B, T, 4C)
+    residual3: Vec<f32>, // (L, B, T, C)   block output
+    lnf: Vec<f32>,       // (B, T, C)
+    lnf_mean: Vec<f32>,  // (B, T)
+    lnf_rstd: Vec<f32>,  // (B, T)
+    logits: Vec<f32>,    // (B, T, V)      dlogits in place after backward
+    losses: Vec<f32>,    // (B, T)
     // Backward scratch: gradients of activations, reused by every layer.
     dresidual: Vec<f32>, // (B, T, C)      gradient of the residual stream
     dln: Vec<f32>,       // (B, T, C)      of a LayerNorm output (or of atty)
@@ -122,7 +121,6 @@ impl Activations {
             lnf_mean: z(bt),
             lnf_rstd: z(bt),
             logits: z(bt * v),
-            logits_lse: z(bt),
             losses: z(bt),
             dresidual: z(bt * c),
             dln: z(bt * c),
@@ -154,7 +152,6 @@ impl Activations {
             &self.lnf_mean,
             &self.lnf_rstd,
             &self.logits,
-            &self.logits_lse,
             &self.losses,
             &self.dresidual,
             &self.dln,
@@ -407,15 +404,14 @@ impl LanguageModel for Gpt {
         self.targets.extend_from_slice(targets);
         let bt = b * t;
         let a = &mut self.acts;
-        crossentropy_forward(
+        cross_entropy_forward(
             &mut a.losses[..bt],
-            &mut a.logits_lse[..bt],
             &a.logits[..bt * v],
             targets,
-        );
-        // Summed in f64 in a fixed order: the mean does not depend on the thread count.
-        let sum: f64 = a.losses[..bt].iter().map(|&x| x as f64).sum();
-        (sum / bt.max(1) as f64) as f32
+            bt,
+            v,
+            None,
+        )
     }
 
     fn token_losses(&self) -> &[f32] {
@@ -444,7 +440,7 @@ impl LanguageModel for Gpt {
 
         // loss = mean NLL: dlogits = (softmax − onehot) / (B·T), in place of the logits.
         let dlogits = &mut a.logits[..bt * v]; // (B, T, V)
-        crossentropy_softmax_backward_inplace(dlogits, &a.logits_lse[..bt], targets, 1.0 / bt as f32);
+        cross_entropy_fused_inplace(dlogits, &mut a.losses[..bt], targets, bt, v, None);
         let dlogits = &*dlogits;
         // logits = lnf · wteᵀ
         let lnf = &a.lnf[..btc];

@@ -170,36 +170,47 @@ pub fn add_inplace(acc: &mut [f32], x: &[f32]) {
     }
 }
 
-/// Per row of `logits` (N, V): `lse = ln Σ_j e^{z_j}` and `losses = lse − z[target]`.
-pub fn crossentropy_forward(losses: &mut [f32], lse: &mut [f32], logits: &[f32], targets: &[u32]) {
-    let v = logits.len() / targets.len().max(1);
-    for (((l, s), z), &tgt) in losses
-        .iter_mut()
-        .zip(lse.iter_mut())
-        .zip(logits.chunks_exact(v))
-        .zip(targets)
-    {
+/// Per row of `logits` (N, V): `losses[r] = ln Σ_j e^{logits[r,j]} − logits[r, targets[r]]`;
+/// returns the mean (f64 sum in row order). Signature of `kernels::cross_entropy` (branch
+/// `pointwise`); `ignore_index` is not supported here.
+pub fn cross_entropy_forward(
+    losses: &mut [f32],
+    logits: &[f32],
+    targets: &[u32],
+    n: usize,
+    v: usize,
+    ignore_index: Option<u32>,
+) -> f32 {
+    assert!(ignore_index.is_none() && logits.len() == n * v && losses.len() == n);
+    for ((l, z), &tgt) in losses.iter_mut().zip(logits.chunks_exact(v)).zip(targets) {
         let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let sum: f32 = z.iter().map(|&x| (x - m).exp()).sum();
-        *s = m + sum.ln();
-        *l = *s - z[tgt as usize];
+        *l = m + sum.ln() - z[tgt as usize];
     }
+    (losses.iter().map(|&l| l as f64).sum::<f64>() / n.max(1) as f64) as f32
 }
 
-/// In place, per row: `z ← dloss·(softmax(z) − onehot(target))`, softmax from the saved `lse`.
-pub fn crossentropy_softmax_backward_inplace(
+/// Fused softmax + cross-entropy with the gradient written over the logits: on return
+/// `logits[r, j] = (softmax(logits[r])_j − [j = targets[r]]) / N` and `losses` as
+/// [`cross_entropy_forward`]; returns the mean loss.
+pub fn cross_entropy_fused_inplace(
     logits: &mut [f32],
-    lse: &[f32],
+    losses: &mut [f32],
     targets: &[u32],
-    dloss: f32,
-) {
-    let v = logits.len() / targets.len().max(1);
-    for ((z, &s), &tgt) in logits.chunks_exact_mut(v).zip(lse).zip(targets) {
-        for (j, z) in z.iter_mut().enumerate() {
-            let p = (*z - s).exp();
-            *z = dloss * (p - if j == tgt as usize { 1.0 } else { 0.0 });
+    n: usize,
+    v: usize,
+    ignore_index: Option<u32>,
+) -> f32 {
+    let mean = cross_entropy_forward(losses, logits, targets, n, v, ignore_index);
+    let inv_n = 1.0 / n.max(1) as f32;
+    for ((z, &l), &tgt) in logits.chunks_exact_mut(v).zip(losses.iter()).zip(targets) {
+        let lse = l + z[tgt as usize];
+        for z in z.iter_mut() {
+            *z = (*z - lse).exp() * inv_n;
         }
+        z[tgt as usize] -= inv_n;
     }
+    mean
 }
 
 /// AdamW (Loshchilov & Hutter; PyTorch's update order), in place over flat slices; `step` ≥ 1.
