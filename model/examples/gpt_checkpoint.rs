@@ -36,7 +36,7 @@ fn main() {
 
     let mut cfg = GptConfig::preset("tiny").unwrap();
     cfg.vocab_size = reference.vocab_size();
-    cfg.tokenizer = reference.config().tokenizer.clone();
+    cfg.tokenizer = reference.config().tokenizer;
     let mut model = Gpt::new(cfg, 42).unwrap();
     let n = model.params().len();
     let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);

@@ -150,12 +150,18 @@ mod tests {
         };
         let xs: Vec<f64> = (0..n).map(|_| r.next_normal()).collect();
         let (mean, var) = moments(&xs);
-        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.01, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.01 && (var - 1.0).abs() < 0.01,
+            "{mean} {var}"
+        );
         let mut ys = vec![0.0f32; n];
         r.fill_normal(&mut ys, 2.0);
         let ys: Vec<f64> = ys.iter().map(|&y| y as f64).collect();
         let (mean, var) = moments(&ys);
-        assert!(mean.abs() < 0.02 && (var - 4.0).abs() < 0.04, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.02 && (var - 4.0).abs() < 0.04,
+            "{mean} {var}"
+        );
         // The two values of a pair are uncorrelated.
         let corr = ys.chunks_exact(2).map(|p| p[0] * p[1]).sum::<f64>() / (n / 2) as f64 / 4.0;
         assert!(corr.abs() < 0.02, "pair correlation {corr}");

@@ -10,8 +10,7 @@
 
 use serde_json::{Value, json};
 
-/// Names of the tokenizers a GPT config may name, with their vocabulary sizes.
-const TOKENIZERS: [(&str, usize); 2] = [("byte", 257), ("gpt2", 50257)];
+use crate::tokenizer::TokenizerKind;
 
 /// LayerNorm's ε, fixed as in GPT-2 (the kernels take no ε argument).
 pub const LAYER_NORM_EPS: f32 = 1e-5;
@@ -29,8 +28,8 @@ pub struct GptConfig {
     pub n_positions: usize,
     /// V: vocabulary size.
     pub vocab_size: usize,
-    /// Tokenizer the vocabulary comes from: `"byte"` (V = 257) or `"gpt2"` (V = 50257).
-    pub tokenizer: String,
+    /// Tokenizer the vocabulary comes from: `byte` (V = 257) or `gpt2` (V = 50257).
+    pub tokenizer: TokenizerKind,
 }
 
 /// A config field Lanes cannot use, named.
@@ -65,9 +64,9 @@ impl GptConfig {
     /// V=50257).
     pub fn preset(name: &str) -> Result<GptConfig, ConfigError> {
         let (n_layer, n_embd, n_head, n_positions, tokenizer) = match name {
-            "tiny" => (2, 32, 4, 64, "byte"),
-            "small" => (4, 256, 4, 256, "byte"),
-            "gpt2" => (12, 768, 12, 1024, "gpt2"),
+            "tiny" => (2, 32, 4, 64, TokenizerKind::Byte),
+            "small" => (4, 256, 4, 256, TokenizerKind::Byte),
+            "gpt2" => (12, 768, 12, 1024, TokenizerKind::Gpt2),
             _ => {
                 return Err(ConfigError::UnknownPreset {
                     name: name.to_string(),
@@ -79,8 +78,8 @@ impl GptConfig {
             n_embd,
             n_head,
             n_positions,
-            vocab_size: tokenizer_vocab(tokenizer).unwrap(),
-            tokenizer: tokenizer.to_string(),
+            vocab_size: tokenizer.vocab_size() as usize,
+            tokenizer,
         })
     }
 
@@ -118,24 +117,20 @@ impl GptConfig {
         if self.vocab_size > u32::MAX as usize {
             return Err(invalid("vocab_size", self.vocab_size, "token ids are u32"));
         }
-        match tokenizer_vocab(&self.tokenizer) {
-            None => Err(invalid(
-                "tokenizer",
-                format!("{:?}", self.tokenizer),
-                "expected \"byte\" or \"gpt2\"",
-            )),
-            Some(v) if v != self.vocab_size => Err(invalid(
+        let v = self.tokenizer.vocab_size() as usize;
+        if v != self.vocab_size {
+            return Err(invalid(
                 "vocab_size",
                 self.vocab_size,
                 format!("the {} tokenizer has {v} tokens", self.tokenizer),
-            )),
-            Some(_) => Ok(()),
+            ));
         }
+        Ok(())
     }
 
-    /// The end-of-sequence (and beginning-of-sequence) id: the last token of either vocabulary.
-    pub fn eos_token_id(&self) -> usize {
-        self.vocab_size - 1
+    /// The end-of-sequence (and beginning-of-sequence) id of the tokenizer.
+    pub fn eos_token_id(&self) -> u32 {
+        self.tokenizer.eos_id()
     }
 
     /// `config.json` as `transformers.GPT2Config` writes it, plus Lanes' `tokenizer`.
@@ -164,7 +159,7 @@ impl GptConfig {
             "eos_token_id": self.eos_token_id(),
             "use_cache": true,
             "dtype": "float32",
-            "tokenizer": self.tokenizer,
+            "tokenizer": self.tokenizer.name(),
         })
     }
 
@@ -238,12 +233,13 @@ impl GptConfig {
             }
         }
         let tokenizer = match get("tokenizer") {
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => return Err(invalid("tokenizer", other, "expected a string")),
-            None => TOKENIZERS
-                .iter()
-                .find(|(_, v)| *v == vocab_size)
-                .map(|(name, _)| name.to_string())
+            Some(x) => x
+                .as_str()
+                .and_then(|name| TokenizerKind::from_name(name).ok())
+                .ok_or_else(|| invalid("tokenizer", x, "expected \"byte\" or \"gpt2\""))?,
+            None => TokenizerKind::ALL
+                .into_iter()
+                .find(|k| k.vocab_size() as usize == vocab_size)
                 .ok_or_else(|| {
                     invalid(
                         "vocab_size",
@@ -274,11 +270,6 @@ impl GptConfig {
         cfg.validate()?;
         Ok(cfg)
     }
-}
-
-/// Vocabulary size of a tokenizer name, `None` if unknown.
-fn tokenizer_vocab(name: &str) -> Option<usize> {
-    TOKENIZERS.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
 }
 
 #[cfg(test)]
@@ -326,6 +317,9 @@ mod tests {
         // Hugging Face's own configs have no `tokenizer`: inferred from the vocabulary.
         let mut j = GptConfig::preset("gpt2").unwrap().to_json();
         j.as_object_mut().unwrap().remove("tokenizer");
-        assert_eq!(GptConfig::from_json(&j).unwrap().tokenizer, "gpt2");
+        assert_eq!(
+            GptConfig::from_json(&j).unwrap().tokenizer,
+            TokenizerKind::Gpt2
+        );
     }
 }

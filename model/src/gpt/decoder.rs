@@ -9,7 +9,9 @@
 use kernels::Transpose::Yes;
 use kernels::sgemm;
 
-use super::pending_kernels::{attention_decode, encoder_forward, gelu_forward, layernorm_forward};
+use kernels::attention::attention_decode;
+
+use super::pending_kernels::{encoder_forward, gelu_forward, layernorm_forward};
 use super::tensors::{Block, Tensors};
 use super::{Gpt, matmul_forward, matmul_residual_forward};
 use crate::lm::Decoder;
@@ -72,7 +74,7 @@ impl Decoder for GptDecoder<'_> {
             let v_cache = &mut self.v_cache[l * t_max * c..][..t_max * c]; // (maxT, C)
             layernorm_forward(&mut self.ln, mean, rstd, &self.x, w.ln1_w, w.ln1_b, c);
             matmul_forward(&mut self.qkv, &self.ln, w.qkv_w, w.qkv_b, 1, c, 3 * c);
-            attention_decode(&mut self.atty, k_cache, v_cache, &self.qkv, pos, t_max, c, nh);
+            attention_decode(&mut self.atty, k_cache, v_cache, &self.qkv, pos, 1, t_max, c, nh);
             matmul_residual_forward(&mut self.x2, &self.x, &self.atty, w.attproj_w, w.attproj_b, 1, c, c);
             layernorm_forward(&mut self.ln, mean, rstd, &self.x2, w.ln2_w, w.ln2_b, c);
             matmul_forward(&mut self.fch, &self.ln, w.fc_w, w.fc_b, 1, c, 4 * c);

@@ -1,8 +1,8 @@
 //! TEMPORARY scalar stand-ins for kernels that are being written in `kernels` (issue 3's
-//! pointwise kernels on branch `pointwise`, issue 4's `attention_decode` on branch
-//! `attention`). Each has the llm.c-style signature the model calls, outputs first; when the
-//! real kernel lands on main, the model switches to it and this file is deleted. No SIMD here on
-//! purpose (STYLE rule: SIMD lives in `kernels` only); these are plain loops, correct first.
+//! pointwise kernels, on branch `pointwise`). Each has the llm.c-style signature the model
+//! calls, outputs first; when the real kernel lands on main, the model switches to it and this
+//! file is deleted. No SIMD here on purpose (STYLE rule: SIMD lives in `kernels` only); these
+//! are plain loops, correct first.
 //!
 //! Conventions as in `kernels`: activation gradients are overwritten, parameter gradients
 //! accumulated (`+=`); a wrong slice length is a bug and panics.
@@ -242,52 +242,5 @@ pub fn adamw(
         *m = beta1 * *m + (1.0 - beta1) * g;
         *v = beta2 * *v + (1.0 - beta2) * g * g;
         *p -= lr * (*m / bc1) / ((*v / bc2).sqrt() + eps);
-    }
-}
-
-/// One decoding step at position `pos` (batch of one), mirroring the signature of the
-/// `kernels::attention::attention_decode` on branch `attention`: writes the new position's
-/// k and v from `qkv` (3C) into row `pos` of `k_cache`/`v_cache` (T_max, C), then
-/// `out` (C) = Σ_{j≤pos} softmax_j(q·k_j/√HS)·v_j per head.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_decode(
-    out: &mut [f32],
-    k_cache: &mut [f32],
-    v_cache: &mut [f32],
-    qkv: &[f32],
-    pos: usize,
-    t_max: usize,
-    c: usize,
-    nh: usize,
-) {
-    assert!(
-        pos < t_max,
-        "attention_decode: position {pos} does not fit T_max = {t_max}"
-    );
-    let hs = c / nh;
-    let scale = 1.0 / (hs as f32).sqrt();
-    k_cache[pos * c..][..c].copy_from_slice(&qkv[c..2 * c]);
-    v_cache[pos * c..][..c].copy_from_slice(&qkv[2 * c..3 * c]);
-    let mut s = vec![0.0f32; pos + 1];
-    for h in 0..nh {
-        let q = &qkv[h * hs..][..hs];
-        for (j, sj) in s.iter_mut().enumerate() {
-            let k = &k_cache[j * c + h * hs..][..hs];
-            *sj = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
-        }
-        let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut sum = 0.0;
-        for sj in s.iter_mut() {
-            *sj = (*sj - m).exp();
-            sum += *sj;
-        }
-        let o = &mut out[h * hs..][..hs];
-        o.fill(0.0);
-        for (j, &p) in s.iter().enumerate() {
-            let vj = &v_cache[j * c + h * hs..][..hs];
-            for (o, &v) in o.iter_mut().zip(vj) {
-                *o += p / sum * v;
-            }
-        }
     }
 }
