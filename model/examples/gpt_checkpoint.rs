@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 
-use model::gpt::pending_kernels::adamw;
+use model::gpt::pending_kernels::{AdamW, adamw_step};
 use model::{Gpt, GptConfig, LanguageModel};
 use safetensors::SafeTensors;
 
@@ -40,15 +40,17 @@ fn main() {
     let mut model = Gpt::new(cfg, 42).unwrap();
     let n = model.params().len();
     let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
-    let decay = model.layout().decay_mask();
+    let adamw = AdamW {
+        lr: 1e-2,
+        weight_decay: 0.1,
+        ..AdamW::default()
+    };
     for step in 1..=20 {
         model.forward(&inputs, &targets, b, t);
         model.zero_grad();
         model.backward();
         let (params, grads) = model.params_and_grads();
-        adamw(
-            params, grads, &mut m, &mut v, &decay, 1e-2, 0.9, 0.999, 1e-8, 0.1, step,
-        );
+        adamw_step(params, grads, &mut m, &mut v, &adamw, step);
     }
     model.save(out).expect("save the checkpoint");
     let loss = model.forward(&inputs, &targets, b, t);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use kernels::testutil::{TestRng, assert_close};
 use model::checkpoint::{CONFIG_FILE, CheckpointError, MODEL_FILE, read_json, write_json};
-use model::gpt::pending_kernels::adamw;
+use model::gpt::pending_kernels::{AdamW, adamw_step};
 use model::{Gpt, GptConfig, LanguageModel};
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};
@@ -244,21 +244,23 @@ fn train(
     targets: &[u32],
     b: usize,
     t: usize,
-    steps: u32,
+    steps: u64,
     lr: f32,
 ) -> Vec<f32> {
     let n = model.params().len();
     let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
-    let decay = model.layout().decay_mask();
+    let cfg = AdamW {
+        lr,
+        weight_decay: 0.0,
+        ..AdamW::default()
+    };
     (1..=steps)
         .map(|step| {
             let loss = model.forward(inputs, targets, b, t);
             model.zero_grad();
             model.backward();
             let (params, grads) = model.params_and_grads();
-            adamw(
-                params, grads, &mut m, &mut v, &decay, lr, 0.9, 0.999, 1e-8, 0.0, step,
-            );
+            adamw_step(params, grads, &mut m, &mut v, &cfg, step);
             loss
         })
         .collect()

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::tokenizer::TokenizerKind;
 
-/// LayerNorm's ε, fixed as in GPT-2 (the kernels take no ε argument).
+/// LayerNorm's ε, fixed as in GPT-2 (a config asking for another is refused).
 pub const LAYER_NORM_EPS: f32 = 1e-5;
 
 /// GPT-2 architecture hyperparameters (names from the papers: L, C, NH, T, V).

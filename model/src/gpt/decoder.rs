@@ -13,7 +13,7 @@ use kernels::attention::attention_decode;
 
 use super::pending_kernels::{encoder_forward, gelu_forward, layernorm_forward};
 use super::tensors::{Block, Tensors};
-use super::{Gpt, matmul_forward, matmul_residual_forward};
+use super::{EPS, Gpt, matmul_forward, matmul_residual_forward};
 use crate::lm::Decoder;
 
 /// A [`Decoder`] over a borrowed [`Gpt`]; all buffers are allocated once, at creation.
@@ -67,21 +67,21 @@ impl Decoder for GptDecoder<'_> {
         let [mean, rstd] = &mut self.stats;
         let (mean, rstd) = (std::slice::from_mut(mean), std::slice::from_mut(rstd));
 
-        encoder_forward(&mut self.x, &[token], p.wte, &p.wpe[pos * c..][..c], 1, c);
+        encoder_forward(&mut self.x, &[token], p.wte, &p.wpe[pos * c..][..c], 1, 1, c);
         for l in 0..cfg.n_layer {
             let w = Block::of(p.h, l, c);
             let k_cache = &mut self.k_cache[l * t_max * c..][..t_max * c]; // (maxT, C)
             let v_cache = &mut self.v_cache[l * t_max * c..][..t_max * c]; // (maxT, C)
-            layernorm_forward(&mut self.ln, mean, rstd, &self.x, w.ln1_w, w.ln1_b, c);
+            layernorm_forward(&mut self.ln, mean, rstd, &self.x, w.ln1_w, w.ln1_b, 1, c, EPS);
             matmul_forward(&mut self.qkv, &self.ln, w.qkv_w, w.qkv_b, 1, c, 3 * c);
             attention_decode(&mut self.atty, k_cache, v_cache, &self.qkv, pos, 1, t_max, c, nh);
             matmul_residual_forward(&mut self.x2, &self.x, &self.atty, w.attproj_w, w.attproj_b, 1, c, c);
-            layernorm_forward(&mut self.ln, mean, rstd, &self.x2, w.ln2_w, w.ln2_b, c);
+            layernorm_forward(&mut self.ln, mean, rstd, &self.x2, w.ln2_w, w.ln2_b, 1, c, EPS);
             matmul_forward(&mut self.fch, &self.ln, w.fc_w, w.fc_b, 1, c, 4 * c);
             gelu_forward(&mut self.fch_gelu, &self.fch);
             matmul_residual_forward(&mut self.x, &self.x2, &self.fch_gelu, w.fcproj_w, w.fcproj_b, 1, 4 * c, c);
         }
-        layernorm_forward(&mut self.ln, mean, rstd, &self.x, p.lnf_w, p.lnf_b, c);
+        layernorm_forward(&mut self.ln, mean, rstd, &self.x, p.lnf_w, p.lnf_b, 1, c, EPS);
         sgemm(kernels::Transpose::No, Yes, 1, v, c, 1.0, &self.ln, c, p.wte, c, 0.0, &mut self.logits, v);
         self.pos += 1;
         &self.logits

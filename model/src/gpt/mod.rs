@@ -23,7 +23,7 @@ mod io;
 pub mod pending_kernels;
 pub mod tensors;
 
-pub use config::{ConfigError, GptConfig};
+pub use config::{ConfigError, GptConfig, LAYER_NORM_EPS as EPS};
 pub use decoder::GptDecoder;
 
 use kernels::Transpose::{No, Yes};
@@ -34,7 +34,7 @@ use crate::lm::{Decoder, LanguageModel, ModelKind};
 use crate::params::ParamLayout;
 use crate::rng::SplitMix64;
 use pending_kernels::{
-    add_inplace, bias_backward, bias_forward, cross_entropy_forward, cross_entropy_fused_inplace,
+    add_assign, bias_backward, bias_forward, cross_entropy_forward, cross_entropy_fused_inplace,
     encoder_backward, encoder_forward, gelu_backward, gelu_forward, layernorm_backward,
     layernorm_forward,
 };
@@ -187,7 +187,7 @@ fn matmul_forward(
     oc: usize,
 ) {
     sgemm(No, No, n, oc, ic, 1.0, inp, ic, w, oc, 0.0, out, oc);
-    bias_forward(out, b);
+    bias_forward(out, b, n, oc);
 }
 
 /// `out` = `residual` + `inp` · `w` + `b`: a projection added onto the residual stream, with
@@ -204,7 +204,7 @@ fn matmul_residual_forward(
     oc: usize,
 ) {
     out.copy_from_slice(residual);
-    bias_forward(out, b);
+    bias_forward(out, b, n, oc);
     sgemm(No, No, n, oc, ic, 1.0, inp, ic, w, oc, 1.0, out, oc);
 }
 
@@ -224,7 +224,7 @@ fn matmul_backward(
 ) {
     sgemm(No, Yes, n, ic, oc, 1.0, dout, oc, w, oc, 0.0, dinp, ic);
     sgemm(Yes, No, ic, oc, n, 1.0, inp, ic, dout, oc, 1.0, dw, oc);
-    bias_backward(db, dout);
+    bias_backward(db, dout, n, oc);
 }
 
 impl Gpt {
@@ -313,7 +313,7 @@ impl Gpt {
         let a = &mut self.acts;
         let (btc, bt3c, bt4c) = (bt * c, bt * 3 * c, bt * 4 * c);
 
-        encoder_forward(&mut a.encoded[..btc], inputs, p.wte, p.wpe, t, c);
+        encoder_forward(&mut a.encoded[..btc], inputs, p.wte, p.wpe, b, t, c);
         for l in 0..l_n {
             let w = Block::of(p.h, l, c);
             let residual = if l == 0 {
@@ -334,11 +334,11 @@ impl Gpt {
             let fch = layer_mut(&mut a.fch, l, bt4c); // (B, T, 4C)
             let fch_gelu = layer_mut(&mut a.fch_gelu, l, bt4c); // (B, T, 4C)
 
-            layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, w.ln1_w, w.ln1_b, c);
+            layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, w.ln1_w, w.ln1_b, bt, c, EPS);
             matmul_forward(qkv, ln1, w.qkv_w, w.qkv_b, bt, c, 3 * c);
             attention_forward(atty, att_lse, qkv, b, t, c, nh);
             matmul_residual_forward(residual2, residual, atty, w.attproj_w, w.attproj_b, bt, c, c);
-            layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, w.ln2_w, w.ln2_b, c);
+            layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, w.ln2_w, w.ln2_b, bt, c, EPS);
             matmul_forward(fch, ln2, w.fc_w, w.fc_b, bt, c, 4 * c);
             gelu_forward(fch_gelu, fch);
             let residual3 = layer_mut(&mut a.residual3, l, btc); // (B, T, C)
@@ -346,7 +346,7 @@ impl Gpt {
         }
         let residual = layer(&a.residual3, l_n - 1, btc);
         let lnf = &mut a.lnf[..btc]; // (B, T, C)
-        layernorm_forward(lnf, &mut a.lnf_mean[..bt], &mut a.lnf_rstd[..bt], residual, p.lnf_w, p.lnf_b, c);
+        layernorm_forward(lnf, &mut a.lnf_mean[..bt], &mut a.lnf_rstd[..bt], residual, p.lnf_w, p.lnf_b, bt, c, EPS);
         let logits = &mut a.logits[..bt * v]; // (B, T, V)
         sgemm(No, Yes, bt, v, c, 1.0, lnf, c, p.wte, c, 0.0, logits, v);
     }
@@ -447,7 +447,7 @@ impl LanguageModel for Gpt {
         sgemm(No, No, bt, c, v, 1.0, dlogits, v, p.wte, c, 0.0, dln, c);
         sgemm(Yes, No, v, c, bt, 1.0, dlogits, v, lnf, c, 1.0, g.wte, c);
         let residual = layer(&a.residual3, l_n - 1, btc);
-        layernorm_backward(dresidual, g.lnf_w, g.lnf_b, dln, residual, p.lnf_w, &a.lnf_mean[..bt], &a.lnf_rstd[..bt], c);
+        layernorm_backward(dresidual, g.lnf_w, g.lnf_b, dln, residual, p.lnf_w, &a.lnf_mean[..bt], &a.lnf_rstd[..bt], bt, c);
 
         for l in (0..l_n).rev() {
             let w = Block::of(p.h, l, c);
@@ -474,16 +474,16 @@ impl LanguageModel for Gpt {
             matmul_backward(dfch_gelu, gw.fcproj_w, gw.fcproj_b, dresidual, fch_gelu, w.fcproj_w, bt, 4 * c, c);
             gelu_backward(dfch, fch, dfch_gelu);
             matmul_backward(dln, gw.fc_w, gw.fc_b, dfch, ln2, w.fc_w, bt, c, 4 * c);
-            layernorm_backward(dtmp, gw.ln2_w, gw.ln2_b, dln, residual2, w.ln2_w, ln2_mean, ln2_rstd, c);
-            add_inplace(dresidual, dtmp); // now d(residual2)
+            layernorm_backward(dtmp, gw.ln2_w, gw.ln2_b, dln, residual2, w.ln2_w, ln2_mean, ln2_rstd, bt, c);
+            add_assign(dresidual, dtmp); // now d(residual2)
             // the attention branch, in reverse (dln holds d(atty)):
             matmul_backward(dln, gw.attproj_w, gw.attproj_b, dresidual, atty, w.attproj_w, bt, c, c);
             attention_backward(dqkv, dln, qkv, atty, att_lse, b, t, c, nh);
             matmul_backward(dln, gw.qkv_w, gw.qkv_b, dqkv, ln1, w.qkv_w, bt, c, 3 * c);
-            layernorm_backward(dtmp, gw.ln1_w, gw.ln1_b, dln, residual, w.ln1_w, ln1_mean, ln1_rstd, c);
-            add_inplace(dresidual, dtmp); // now d(residual) = d(block input)
+            layernorm_backward(dtmp, gw.ln1_w, gw.ln1_b, dln, residual, w.ln1_w, ln1_mean, ln1_rstd, bt, c);
+            add_assign(dresidual, dtmp); // now d(residual) = d(block input)
         }
-        encoder_backward(g.wte, g.wpe, dresidual, inputs, t, c);
+        encoder_backward(g.wte, g.wpe, dresidual, inputs, b, t, c);
         self.logits_are_grads = true;
     }
 

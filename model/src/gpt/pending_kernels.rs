@@ -7,10 +7,17 @@
 //! Conventions as in `kernels`: activation gradients are overwritten, parameter gradients
 //! accumulated (`+=`); a wrong slice length is a bug and panics.
 
-use super::config::LAYER_NORM_EPS;
-
 /// `out[b,t,:] = wte[inp[b,t],:] + wpe[t,:]`.
-pub fn encoder_forward(out: &mut [f32], inp: &[u32], wte: &[f32], wpe: &[f32], t: usize, c: usize) {
+pub fn encoder_forward(
+    out: &mut [f32],
+    inp: &[u32],
+    wte: &[f32],
+    wpe: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+) {
+    assert_eq!(inp.len(), b * t, "encoder_forward: inp must be (B, T)");
     assert_eq!(
         out.len(),
         inp.len() * c,
@@ -31,9 +38,11 @@ pub fn encoder_backward(
     dwpe: &mut [f32],
     dout: &[f32],
     inp: &[u32],
+    b: usize,
     t: usize,
     c: usize,
 ) {
+    assert_eq!(inp.len(), b * t, "encoder_backward: inp must be (B, T)");
     assert_eq!(
         dout.len(),
         inp.len() * c,
@@ -49,8 +58,9 @@ pub fn encoder_backward(
     }
 }
 
-/// Per row of `inp` (N, C): `out = (x − mean)·rstd·weight + bias`, rstd = 1/√(var + 1e-5);
+/// Per row of `inp` (N, C): `out = (x − mean)·rstd·weight + bias`, rstd = 1/√(var + eps);
 /// saves mean and rstd (N).
+#[allow(clippy::too_many_arguments)]
 pub fn layernorm_forward(
     out: &mut [f32],
     mean: &mut [f32],
@@ -58,8 +68,11 @@ pub fn layernorm_forward(
     inp: &[f32],
     weight: &[f32],
     bias: &[f32],
+    n: usize,
     c: usize,
+    eps: f32,
 ) {
+    assert_eq!(out.len(), n * c, "layernorm_forward: out must be (N, C)");
     assert_eq!(
         out.len(),
         inp.len(),
@@ -73,7 +86,7 @@ pub fn layernorm_forward(
     {
         let mu = x.iter().sum::<f32>() / c as f32;
         let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
-        let s = 1.0 / (var + LAYER_NORM_EPS).sqrt();
+        let s = 1.0 / (var + eps).sqrt();
         for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
             *o = (x - mu) * s * w + b;
         }
@@ -92,8 +105,10 @@ pub fn layernorm_backward(
     weight: &[f32],
     mean: &[f32],
     rstd: &[f32],
+    n: usize,
     c: usize,
 ) {
+    assert_eq!(dinp.len(), n * c, "layernorm_backward: dinp must be (N, C)");
     assert_eq!(
         dinp.len(),
         inp.len(),
@@ -145,7 +160,11 @@ pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
 }
 
 /// Adds `bias` (OC) to every row of `out` (N, OC).
-pub fn bias_forward(out: &mut [f32], bias: &[f32]) {
+pub fn bias_forward(out: &mut [f32], bias: &[f32], n: usize, oc: usize) {
+    assert!(
+        out.len() == n * oc && bias.len() == oc,
+        "bias_forward: shapes"
+    );
     for row in out.chunks_exact_mut(bias.len()) {
         for (o, &b) in row.iter_mut().zip(bias) {
             *o += b;
@@ -154,7 +173,11 @@ pub fn bias_forward(out: &mut [f32], bias: &[f32]) {
 }
 
 /// `dbias += Σ_rows dout` for `dout` (N, OC).
-pub fn bias_backward(dbias: &mut [f32], dout: &[f32]) {
+pub fn bias_backward(dbias: &mut [f32], dout: &[f32], n: usize, oc: usize) {
+    assert!(
+        dout.len() == n * oc && dbias.len() == oc,
+        "bias_backward: shapes"
+    );
     for row in dout.chunks_exact(dbias.len()) {
         for (d, &g) in dbias.iter_mut().zip(row) {
             *d += g;
@@ -163,8 +186,8 @@ pub fn bias_backward(dbias: &mut [f32], dout: &[f32]) {
 }
 
 /// `acc += x` elementwise (the residual's gradient meeting a branch's).
-pub fn add_inplace(acc: &mut [f32], x: &[f32]) {
-    assert_eq!(acc.len(), x.len(), "add_inplace: lengths differ");
+pub fn add_assign(acc: &mut [f32], x: &[f32]) {
+    assert_eq!(acc.len(), x.len(), "add_assign: lengths differ");
     for (a, &x) in acc.iter_mut().zip(x) {
         *a += x;
     }
@@ -213,34 +236,49 @@ pub fn cross_entropy_fused_inplace(
     mean
 }
 
-/// AdamW (Loshchilov & Hutter; PyTorch's update order), in place over flat slices; `step` ≥ 1.
-/// `decay` holds 1 where weight decay applies and 0 elsewhere.
-#[allow(clippy::too_many_arguments)]
-pub fn adamw(
+/// AdamW hyperparameters (`torch.optim.AdamW`), as `kernels::optim::AdamW`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Default for AdamW {
+    fn default() -> Self {
+        AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 1e-2,
+        }
+    }
+}
+
+/// One AdamW step (Loshchilov & Hutter; PyTorch's update order) at step `t` ≥ 1, in place,
+/// decaying every parameter: `p ← p·(1 − lr·wd)`, then Adam with bias correction.
+pub fn adamw_step(
     params: &mut [f32],
     grads: &[f32],
     m: &mut [f32],
     v: &mut [f32],
-    decay: &[f32],
-    lr: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    weight_decay: f32,
-    step: u32,
+    cfg: &AdamW,
+    t: u64,
 ) {
-    let bc1 = 1.0 - beta1.powi(step as i32);
-    let bc2 = 1.0 - beta2.powi(step as i32);
-    for ((((p, &g), m), v), &d) in params
+    let bc1 = 1.0 - cfg.beta1.powi(t as i32);
+    let bc2 = 1.0 - cfg.beta2.powi(t as i32);
+    for (((p, &g), m), v) in params
         .iter_mut()
         .zip(grads)
         .zip(m.iter_mut())
         .zip(v.iter_mut())
-        .zip(decay)
     {
-        *p -= lr * weight_decay * d * *p;
-        *m = beta1 * *m + (1.0 - beta1) * g;
-        *v = beta2 * *v + (1.0 - beta2) * g * g;
-        *p -= lr * (*m / bc1) / ((*v / bc2).sqrt() + eps);
+        *p -= cfg.lr * cfg.weight_decay * *p;
+        *m = cfg.beta1 * *m + (1.0 - cfg.beta1) * g;
+        *v = cfg.beta2 * *v + (1.0 - cfg.beta2) * g * g;
+        *p -= cfg.lr * (*m / bc1) / ((*v / bc2).sqrt() + cfg.eps);
     }
 }
