@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use model::gpt::pending_kernels::{AdamW, adamw_step};
+use kernels::optim::{AdamW, adamw_step};
 use model::{Gpt, GptConfig, LanguageModel};
 
 /// Deterministic pseudo-random tokens in `0..v`.

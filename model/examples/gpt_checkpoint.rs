@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 
-use model::gpt::pending_kernels::{AdamW, adamw_step};
+use kernels::optim::{AdamW, adamw_step};
 use model::{Gpt, GptConfig, LanguageModel};
 use safetensors::SafeTensors;
 

@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use kernels::optim::{AdamW, adamw_step};
 use kernels::testutil::{TestRng, assert_close};
 use model::checkpoint::{CONFIG_FILE, CheckpointError, MODEL_FILE, read_json, write_json};
-use model::gpt::pending_kernels::{AdamW, adamw_step};
 use model::{Gpt, GptConfig, LanguageModel};
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};

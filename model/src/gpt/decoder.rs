@@ -10,8 +10,10 @@ use kernels::Transpose::Yes;
 use kernels::sgemm;
 
 use kernels::attention::attention_decode;
+use kernels::embedding::encoder_forward;
+use kernels::gelu::gelu_forward;
+use kernels::layernorm::layernorm_forward;
 
-use super::pending_kernels::{encoder_forward, gelu_forward, layernorm_forward};
 use super::tensors::{Block, Tensors};
 use super::{EPS, Gpt, matmul_forward, matmul_residual_forward};
 use crate::lm::Decoder;

@@ -20,7 +20,6 @@
 pub mod config;
 mod decoder;
 mod io;
-pub mod pending_kernels;
 pub mod tensors;
 
 pub use config::{ConfigError, GptConfig, LAYER_NORM_EPS as EPS};
@@ -28,16 +27,17 @@ pub use decoder::GptDecoder;
 
 use kernels::Transpose::{No, Yes};
 use kernels::attention::{attention_backward, attention_forward};
+use kernels::cross_entropy::{cross_entropy_forward, cross_entropy_fused_inplace};
+use kernels::elementwise::{add_assign, bias_backward, bias_forward};
+use kernels::embedding::{encoder_backward, encoder_forward};
+use kernels::gelu::{gelu_backward, gelu_forward};
+use kernels::layernorm::{layernorm_backward, layernorm_forward};
 use kernels::sgemm;
 
 use crate::lm::{Decoder, LanguageModel, ModelKind};
 use crate::params::ParamLayout;
 use crate::rng::SplitMix64;
-use pending_kernels::{
-    add_assign, bias_backward, bias_forward, cross_entropy_forward, cross_entropy_fused_inplace,
-    encoder_backward, encoder_forward, gelu_backward, gelu_forward, layernorm_backward,
-    layernorm_forward,
-};
+
 use tensors::{Block, Tensors};
 
 /// GPT-2's initializer standard deviation.
