@@ -226,6 +226,28 @@ fn decoder_logits_equal_the_full_forward_position_by_position() {
 }
 
 #[test]
+fn activations_are_allocated_once_for_the_largest_batch() {
+    let mut model = perturbed_tiny(6);
+    let tokens = random_tokens(&mut TestRng::new(3), 16, 257);
+    model.forward(&tokens, &tokens, 2, 8);
+    let bytes = model.activation_bytes();
+    assert!(bytes > 0);
+    let small = model.forward(&tokens[..4], &tokens[..4], 1, 4);
+    model.forward(&tokens, &tokens, 2, 8);
+    assert_eq!(
+        model.activation_bytes(),
+        bytes,
+        "a smaller B·T reuses the buffers"
+    );
+    // The smaller batch's loss did not depend on what the larger one left in the buffers.
+    let mut fresh = perturbed_tiny(6);
+    assert_eq!(
+        small.to_bits(),
+        fresh.forward(&tokens[..4], &tokens[..4], 1, 4).to_bits()
+    );
+}
+
+#[test]
 #[should_panic(expected = "context of 8 tokens is full")]
 fn decoder_refuses_to_overflow_its_context() {
     let model = perturbed_tiny(5);

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Parameters and gradients are flat buffers with named views ([`tensors`]) in Hugging Face
-//! GPT-2's names and order. Every activation backward needs is kept in [`Activations`],
+//! GPT-2's names and order. Every activation backward needs is kept in one `Activations` set,
 //! allocated for the largest B·T seen (no allocation per step); backward turns the logits into
 //! their gradient in place, so the biggest buffer (B·T·V) exists once. `backward()` is
 //! `forward()` read in reverse, one kernel call per line. Results do not depend on the thread
@@ -22,7 +22,8 @@ mod decoder;
 mod io;
 pub mod tensors;
 
-pub use config::{ConfigError, GptConfig, LAYER_NORM_EPS as EPS};
+use config::LAYER_NORM_EPS as EPS;
+pub use config::{ConfigError, GptConfig};
 pub use decoder::GptDecoder;
 
 use kernels::Transpose::{No, Yes};
