@@ -12,6 +12,8 @@
 //!   gradient), [`embedding`] (lookup, deterministic scatter-add, GPT's token + position
 //!   encoder): the transformer's pointwise layers.
 //! - [`lstm_cell`]: one LSTM step's gate activations and cell update, forward and backward.
+//! - [`recurrence`]: an LSTM layer walked through time, recurrent product and cell fused,
+//!   forward and backward.
 //! - [`attention_pool`]: attention pooling against a learned vector (the lecture's first
 //!   attention).
 //! - [`optim`]: AdamW and SGD with momentum (PyTorch semantics), global gradient norm, clipping.
@@ -56,6 +58,7 @@ pub mod layernorm;
 pub mod lstm_cell;
 pub mod math;
 pub mod optim;
+pub mod recurrence;
 pub mod simd;
 pub mod softmax;
 pub mod testutil;
