@@ -1,0 +1,97 @@
+//! Whole checkpoints, whatever the model: save a model (and, for resuming, its optimizer and
+//! the trainer's state) as one directory, and load it back as a `dyn LanguageModel` chosen by
+//! the `model_type` in its config.json.
+//!
+//! A directory holds `config.json` + `model.safetensors` (enough for `score` and `generate`,
+//! and for PyTorch / `transformers` to open), plus for resuming `optimizer.safetensors` and
+//! `state.json` = the trainer's JSON object with the optimizer's kind, hyperparameters and
+//! step under `"optimizer"`. Writes are atomic (`checkpoint::save_atomically`); loads fall
+//! back to the `.prev` copy an interrupted save leaves. Leaves out: sharded weights.
+
+use std::path::Path;
+
+use crate::checkpoint::{self, CheckpointError};
+use crate::lm::LanguageModel;
+use crate::lstm::{self, Lstm};
+use crate::optim::Optimizer;
+use crate::params::ParamLayout;
+
+/// Loads the model in checkpoint directory `dir`, dispatching on config.json's `model_type`
+/// (`"lanes-lstm"` → [`Lstm`]).
+pub fn load_checkpoint(dir: &Path) -> Result<Box<dyn LanguageModel>, CheckpointError> {
+    let dir = checkpoint::resolve(dir)?;
+    let path = dir.join(checkpoint::CONFIG_FILE);
+    let config = checkpoint::read_json(&path)?;
+    match config.get("model_type").and_then(|t| t.as_str()) {
+        Some(lstm::MODEL_TYPE) => Ok(Box::new(Lstm::load(&dir)?)),
+        // TODO(gpt): `Some("gpt2") => Ok(Box::new(Gpt::load(&dir)?))` once the transformer
+        // (branch `gpt`) is on main.
+        other => Err(CheckpointError::Config {
+            path,
+            message: format!(
+                "unknown model_type {other:?} (this build loads \"{}\")",
+                lstm::MODEL_TYPE
+            ),
+        }),
+    }
+}
+
+/// Writes `model` to checkpoint directory `dir`, atomically. With `resume`, also the
+/// optimizer's moments (`optimizer.safetensors`) and `state.json`: the trainer's JSON object
+/// (step, data position, seeds…) with the optimizer's state added under `"optimizer"`.
+pub fn save_checkpoint(
+    dir: &Path,
+    model: &dyn LanguageModel,
+    resume: Option<(&Optimizer, &serde_json::Value)>,
+) -> Result<(), CheckpointError> {
+    checkpoint::save_atomically(dir, |tmp| {
+        checkpoint::write_json(&tmp.join(checkpoint::CONFIG_FILE), &model.config_json())?;
+        checkpoint::write_safetensors(
+            &tmp.join(checkpoint::MODEL_FILE),
+            model.layout(),
+            model.params(),
+        )?;
+        if let Some((optimizer, trainer)) = resume {
+            let mut state = match trainer {
+                serde_json::Value::Object(o) => o.clone(),
+                serde_json::Value::Null => serde_json::Map::new(),
+                other => {
+                    panic!("save_checkpoint: trainer state must be a JSON object, got {other}")
+                }
+            };
+            state.insert("optimizer".into(), optimizer.state_json());
+            checkpoint::write_json(&tmp.join(checkpoint::STATE_FILE), &state.into())?;
+            optimizer.write_state(&tmp.join(checkpoint::OPTIMIZER_FILE))?;
+        }
+        Ok(())
+    })
+}
+
+/// The resume state in checkpoint directory `dir` for a model laid out as `layout`: the
+/// optimizer and the trainer's JSON (state.json without `"optimizer"`), or `None` if the
+/// directory holds only a model.
+pub fn load_resume(
+    dir: &Path,
+    layout: &ParamLayout,
+) -> Result<Option<(Optimizer, serde_json::Value)>, CheckpointError> {
+    let dir = checkpoint::resolve(dir)?;
+    let path = dir.join(checkpoint::STATE_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let mut state = checkpoint::read_json(&path)?;
+    let opt_json = state
+        .as_object_mut()
+        .and_then(|o| o.remove("optimizer"))
+        .ok_or_else(|| CheckpointError::Config {
+            path: path.clone(),
+            message: "no `optimizer` entry: not a resumable checkpoint".into(),
+        })?;
+    let optimizer = Optimizer::read_state(
+        &opt_json,
+        &path,
+        &dir.join(checkpoint::OPTIMIZER_FILE),
+        layout,
+    )?;
+    Ok(Some((optimizer, state)))
+}

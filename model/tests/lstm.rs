@@ -1,0 +1,275 @@
+//! The LSTM language model against PyTorch and against itself: the golden fixture (logits,
+//! loss and every gradient of a PyTorch `nn.LSTM` LM, made by `fixtures/make_fixtures.py`),
+//! finite-difference gradients of every parameter group, the decoder against the full
+//! forward, carried against reset state, and checkpoint round trips and errors.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use kernels::testutil::{TestRng, assert_close};
+use model::checkpoint::{self, CheckpointError};
+use model::{LanguageModel, Lstm, LstmConfig, load_checkpoint, save_checkpoint};
+use safetensors::SafeTensors;
+use safetensors::tensor::Dtype;
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lstm")
+}
+
+/// golden.safetensors as f32 tensors (int32 token tensors converted) with their shapes.
+fn golden() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(fixture_dir().join("golden.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let words = view.data().chunks_exact(4).map(|b| b.try_into().unwrap());
+            let data = match view.dtype() {
+                Dtype::F32 => words.map(f32::from_le_bytes).collect(),
+                Dtype::I32 => words.map(|w| i32::from_le_bytes(w) as f32).collect(),
+                other => panic!("{name}: unexpected dtype {other:?}"),
+            };
+            (name, (view.shape().to_vec(), data))
+        })
+        .collect()
+}
+
+fn tokens(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|&x| x as u32).collect()
+}
+
+/// Random tokens, (B, T) inputs and targets.
+fn batch(rng: &mut TestRng, b: usize, t: usize, v: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut draw = || (0..b * t).map(|_| rng.below(v) as u32).collect::<Vec<_>>();
+    (draw(), draw())
+}
+
+/// A tiny model with weights well away from init (0.3·U(−1, 1)) so every path matters.
+fn perturbed(config: LstmConfig, seed: u64) -> Lstm {
+    let mut m = Lstm::new(config, seed);
+    let mut rng = TestRng::new(seed);
+    m.params_mut()
+        .iter_mut()
+        .for_each(|p| *p = 0.3 * rng.uniform());
+    m
+}
+
+#[test]
+fn golden_loss_logits_and_gradients_match_pytorch() {
+    let g = golden();
+    let mut m = Lstm::load(&fixture_dir()).unwrap();
+    let (shape, inputs) = &g["inputs"];
+    let (b, t) = (shape[0], shape[1]);
+    let (inputs, targets) = (tokens(inputs), tokens(&g["targets"].1));
+    let v = m.vocab_size();
+
+    let loss = m.forward(&inputs, &targets, b, t);
+    let want = g["loss"].1[0];
+    assert!(
+        ((loss - want) / want).abs() < 1e-4,
+        "loss {loss} vs PyTorch {want}"
+    );
+    m.zero_grad();
+    m.backward();
+    for spec in m.layout().tensors() {
+        let (shape, want) = &g[&format!("grad.{}", spec.name)];
+        assert_eq!(shape, &spec.shape, "{}", spec.name);
+        let scale = want.iter().fold(0.0f32, |a, &x| a.max(x.abs()));
+        assert_close(
+            &m.grads()[spec.range()],
+            want,
+            1e-3,
+            1e-3 * scale,
+            &format!("grad.{}", spec.name),
+        );
+    }
+
+    // Logits come from the decoder, position by position (forward keeps only the loss and
+    // its gradient).
+    let logits = &g["logits"].1;
+    for bi in 0..b {
+        let mut dec = m.decoder();
+        for ti in 0..t {
+            let got = dec.feed(inputs[bi * t + ti]);
+            let want = &logits[(bi * t + ti) * v..][..v];
+            assert_close(got, want, 1e-4, 1e-5, &format!("logits[{bi}, {ti}]"));
+        }
+    }
+}
+
+/// Central differences of the mean loss, in f32 with ε = 1e-2 on weights of order 0.3 (the
+/// loss is smooth; f32 rounding of the loss contributes ~1e-5 to each estimate).
+#[test]
+fn gradients_match_finite_differences_for_every_parameter_group() {
+    let config = LstmConfig::new(13, 5, 2);
+    let mut m = perturbed(config, 3);
+    let (b, t) = (2, 4);
+    let mut rng = TestRng::new(11);
+    let (inputs, targets) = batch(&mut rng, b, t, 13);
+    m.forward(&inputs, &targets, b, t);
+    m.zero_grad();
+    m.backward();
+    let analytic = m.grads().to_vec();
+    let eps = 1e-2;
+    let layout = m.layout().clone();
+    for spec in layout.tensors() {
+        // The entries with the largest gradients plus a few random ones.
+        let range = spec.range();
+        let mut idx: Vec<usize> = range.clone().collect();
+        idx.sort_by(|&i, &j| analytic[j].abs().total_cmp(&analytic[i].abs()));
+        idx.truncate(4);
+        idx.extend((0..4).map(|_| range.start + rng.below(range.len())));
+        for i in idx {
+            let orig = m.params()[i];
+            m.params_mut()[i] = orig + eps;
+            let up = m.forward(&inputs, &targets, b, t) as f64;
+            m.params_mut()[i] = orig - eps;
+            let down = m.forward(&inputs, &targets, b, t) as f64;
+            m.params_mut()[i] = orig;
+            let fd = ((up - down) / (2.0 * eps as f64)) as f32;
+            let an = analytic[i];
+            assert!(
+                (fd - an).abs() <= 2e-2 * an.abs().max(fd.abs()) + 2e-4,
+                "{}[{}]: analytic {an}, finite difference {fd}",
+                spec.name,
+                i - range.start
+            );
+        }
+    }
+}
+
+#[test]
+fn decoder_equals_the_full_forward_position_by_position() {
+    let mut m = perturbed(LstmConfig::new(29, 2 * kernels::simd::LANES + 3, 3), 5);
+    let (b, t, v) = (3, 9, 29);
+    let (inputs, targets) = batch(&mut TestRng::new(2), b, t, v);
+    m.forward(&inputs, &targets, b, t);
+    let want = m.token_losses().to_vec();
+    let mut got = vec![0.0; b * t];
+    let mut dec = m.decoder();
+    for bi in 0..b {
+        dec.reset();
+        for ti in 0..t {
+            let logits = dec.feed(inputs[bi * t + ti]);
+            let max = logits.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+            let lse = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+            got[bi * t + ti] = lse - logits[targets[bi * t + ti] as usize];
+        }
+        assert_eq!(dec.position(), t);
+    }
+    assert_close(&got, &want, 1e-5, 1e-5, "token losses");
+    assert_eq!(dec.capacity(), None);
+}
+
+#[test]
+fn carried_state_continues_the_sequence_and_reset_forgets_it() {
+    let config = LstmConfig::new(17, 21, 2);
+    let (b, t, v) = (2, 6, 17);
+    let (inputs, targets) = batch(&mut TestRng::new(4), b, 2 * t, v);
+    let half = |x: &[u32], k: usize| -> Vec<u32> {
+        x.chunks_exact(2 * t)
+            .flat_map(|row| row[k * t..][..t].to_vec())
+            .collect()
+    };
+    let (in1, in2) = (half(&inputs, 0), half(&inputs, 1));
+    let (tg1, tg2) = (half(&targets, 0), half(&targets, 1));
+
+    // One window of 2T == two windows of T with the state carried.
+    let mut whole = perturbed(config.clone(), 9);
+    whole.forward(&inputs, &targets, b, 2 * t);
+    let want = half_losses(whole.token_losses(), 2 * t, t);
+    let mut m = perturbed(config.clone(), 9);
+    m.set_carry_state(true);
+    m.forward(&in1, &tg1, b, t);
+    m.forward(&in2, &tg2, b, t);
+    assert_close(m.token_losses(), &want, 1e-5, 1e-6, "carried second window");
+    // The carried state is detached: backward still works on the second window alone.
+    m.zero_grad();
+    m.backward();
+    assert!(m.grads().iter().all(|g| g.is_finite()));
+
+    // Reset (or no carrying) starts from zeros: the same as a fresh model.
+    let mut fresh = perturbed(config, 9);
+    fresh.forward(&in2, &tg2, b, t);
+    m.reset_state();
+    m.forward(&in2, &tg2, b, t);
+    assert_eq!(m.token_losses(), fresh.token_losses());
+    m.set_carry_state(false);
+    m.forward(&in2, &tg2, b, t);
+    assert_eq!(m.token_losses(), fresh.token_losses());
+    assert!(m.token_losses() != want.as_slice());
+}
+
+/// The second half (positions T..2T) of each row of (B, 2T) losses.
+fn half_losses(l: &[f32], row: usize, t: usize) -> Vec<f32> {
+    l.chunks_exact(row).flat_map(|r| r[t..].to_vec()).collect()
+}
+
+#[test]
+fn checkpoint_round_trips_through_load_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let mut m = perturbed(LstmConfig::tiny(257), 1);
+    save_checkpoint(&ckpt, &m, None).unwrap();
+    let mut back = load_checkpoint(&ckpt).unwrap();
+    assert_eq!(back.params(), m.params());
+    assert_eq!(back.config_json(), m.config_json());
+    let (inputs, targets) = batch(&mut TestRng::new(1), 2, 5, 257);
+    assert_eq!(
+        back.forward(&inputs, &targets, 2, 5),
+        m.forward(&inputs, &targets, 2, 5)
+    );
+    // PyTorch's own file loads as well (the fixture's config.json + model.safetensors).
+    assert_eq!(load_checkpoint(&fixture_dir()).unwrap().vocab_size(), 257);
+}
+
+#[test]
+fn bad_checkpoints_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let m = Lstm::new(LstmConfig::new(11, 8, 1), 0);
+    let err = |e: CheckpointError| e.to_string();
+
+    let e = err(load_checkpoint(&ckpt).err().unwrap());
+    assert!(e.contains("not a checkpoint directory"), "{e}");
+
+    save_checkpoint(&ckpt, &m, None).unwrap();
+    let config_path = ckpt.join(checkpoint::CONFIG_FILE);
+    let good = checkpoint::read_json(&config_path).unwrap();
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = good.clone();
+        f(&mut c);
+        checkpoint::write_json(&config_path, &c).unwrap();
+        err(load_checkpoint(&ckpt).err().unwrap())
+    };
+    let e = with(&|c| c["model_type"] = "rnn".into());
+    assert!(e.contains("unknown model_type") && e.contains("rnn"), "{e}");
+    let e = with(&|c| c["num_layers"] = "three".into());
+    assert!(e.contains("num_layers") && e.contains("config.json"), "{e}");
+    let e = with(&|c| c["hidden_size"] = 9.into());
+    // Whichever tensor the file lists first is named, with both shapes.
+    assert!(
+        e.contains("has shape")
+            && e.contains("the config implies")
+            && e.contains("model.safetensors"),
+        "{e}"
+    );
+    let e = with(&|c| c["num_layers"] = 2.into());
+    assert!(
+        e.contains("lstm.weight_ih_l1") && e.contains("missing"),
+        "{e}"
+    );
+    checkpoint::write_json(&config_path, &good).unwrap();
+    let weights = ckpt.join(checkpoint::MODEL_FILE);
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let e = err(load_checkpoint(&ckpt).err().unwrap());
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
+    // A valid file with no tensors (8-byte header length, then the JSON header `{}`).
+    std::fs::write(&weights, b"\x02\0\0\0\0\0\0\0{}").unwrap();
+    let e = err(load_checkpoint(&ckpt).err().unwrap());
+    assert!(e.contains("`emb.weight` is missing"), "{e}");
+}
