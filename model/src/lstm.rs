@@ -42,6 +42,7 @@ use crate::params::ParamLayout;
 use crate::pending::{
     bias_backward, cross_entropy_fused_inplace, embedding_backward, embedding_forward,
 };
+use crate::rng::SplitMix64;
 
 /// `model_type` in an LSTM checkpoint's config.json.
 pub const MODEL_TYPE: &str = "lanes-lstm";
@@ -268,16 +269,16 @@ impl Lstm {
     /// seeded generator in layout order, so a seed gives the same model everywhere.
     pub fn new(config: LstmConfig, seed: u64) -> Self {
         let mut model = Self::zeros(config);
-        let mut rng = init_rng::Rng::new(seed);
+        let mut rng = SplitMix64::new(seed);
         let bound = 1.0 / (model.config.hidden_size as f64).sqrt();
         let emb = model.at.emb.clone();
         for t in model.layout.tensors() {
             let p = &mut model.params[t.range()];
             if t.range() == emb {
-                p.iter_mut().for_each(|x| *x = rng.normal() as f32);
+                p.iter_mut().for_each(|x| *x = normal(&mut rng) as f32);
             } else {
                 p.iter_mut()
-                    .for_each(|x| *x = (bound * (2.0 * rng.uniform_f64() - 1.0)) as f32);
+                    .for_each(|x| *x = (bound * (2.0 * rng.next_f64() - 1.0)) as f32);
             }
         }
         model
@@ -783,36 +784,11 @@ impl Decoder for LstmDecoder<'_> {
     }
 }
 
-// TODO(rng): use the crate's shared seeded generator once it is on main (the GPT and data
-// branches each bring one); this is the same SplitMix64 with the same draws.
-mod init_rng {
-    pub struct Rng(u64);
-
-    impl Rng {
-        pub fn new(seed: u64) -> Self {
-            Rng(seed)
-        }
-
-        pub fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        /// Uniform in [0, 1) with 53 random bits.
-        pub fn uniform_f64(&mut self) -> f64 {
-            (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-        }
-
-        /// Standard normal (Box–Muller, one of the pair kept).
-        pub fn normal(&mut self) -> f64 {
-            let u1 = 1.0 - self.uniform_f64();
-            let u2 = self.uniform_f64();
-            (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-        }
-    }
+/// A standard normal draw from two uniforms (Box–Muller, one of the pair kept).
+fn normal(rng: &mut SplitMix64) -> f64 {
+    let u1 = 1.0 - rng.next_f64(); // (0, 1]: ln is finite
+    let u2 = rng.next_f64();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 #[cfg(test)]
