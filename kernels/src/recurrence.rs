@@ -406,35 +406,35 @@ fn tanh(x: F32s) -> F32s {
 /// the thread's `nu` panels, choosing the block shape at run time. Small batches (B ≤ 2):
 /// two panels at a time, so that 8 independent accumulator chains hide the FMA latency.
 /// Larger ones: one panel against blocks of 4 rows (16 accumulators), panels outermost so
-/// that each panel is fetched into L1/L2 once per step. (A macro because the kernels are
-/// const-generic in R and U and take different row types.)
+/// that each panel is fetched into L1/L2 once per step.
+///
+/// `reverse` sweeps the panels last to first. Callers alternate it from step to step
+/// (boustrophedon order), so the panels a step touched last — still in L2 when the thread's
+/// panels do not all fit — are the ones the next step touches first. The order of panels
+/// changes no element's arithmetic. (A macro because the kernels are const-generic in R and
+/// U and take different row types.)
 macro_rules! drive_blocks {
-    ($kernel:ident, $row:ident, $b:expr, $nu:expr, $packed:expr, $own:expr, $h:expr) => {{
-        let (b, nu, own, h, packed) = ($b, $nu, $own, $h, $packed);
+    ($kernel:ident, $row:ident, $b:expr, $nu:expr, $packed:expr, $own:expr, $h:expr, $reverse:expr) => {{
+        let (b, nu, own, h, packed, reverse) = ($b, $nu, $own, $h, $packed, $reverse);
         let panel = h * G * LANES;
+        let order = |i: usize, n: usize| if reverse { n - 1 - i } else { i };
         if b <= 2 {
             let mut r0 = $row(0);
-            let mut u = 0;
-            if b == 1 {
-                while u + 2 <= nu {
-                    $kernel::<1, 2>(&mut [&mut r0], &packed[u * panel..], u, own, h);
-                    u += 2;
-                }
-                if u < nu {
-                    $kernel::<1, 1>(&mut [&mut r0], &packed[u * panel..], u, own, h);
-                }
-            } else {
-                let mut r1 = $row(1);
-                while u + 2 <= nu {
-                    $kernel::<2, 2>(&mut [&mut r0, &mut r1], &packed[u * panel..], u, own, h);
-                    u += 2;
-                }
-                if u < nu {
-                    $kernel::<2, 1>(&mut [&mut r0, &mut r1], &packed[u * panel..], u, own, h);
+            let mut r1 = (b == 2).then(|| $row(1));
+            let pairs = nu.div_ceil(2);
+            for i in 0..pairs {
+                let u = 2 * order(i, pairs);
+                let p = &packed[u * panel..];
+                match (&mut r1, nu - u >= 2) {
+                    (None, true) => $kernel::<1, 2>(&mut [&mut r0], p, u, own, h),
+                    (None, false) => $kernel::<1, 1>(&mut [&mut r0], p, u, own, h),
+                    (Some(r1), true) => $kernel::<2, 2>(&mut [&mut r0, r1], p, u, own, h),
+                    (Some(r1), false) => $kernel::<2, 1>(&mut [&mut r0, r1], p, u, own, h),
                 }
             }
         } else {
-            for u in 0..nu {
+            for i in 0..nu {
+                let u = order(i, nu);
                 let p = &packed[u * panel..];
                 let mut b0 = 0;
                 while b0 + 4 <= b {
@@ -494,7 +494,16 @@ fn forward_step(
         }
     };
     let packed = &packed[units.start * h * G * LANES..units.end * h * G * LANES];
-    drive_blocks!(forward_block, row, b, units.len(), packed, j1 - j0, h);
+    drive_blocks!(
+        forward_block,
+        row,
+        b,
+        units.len(),
+        packed,
+        j1 - j0,
+        h,
+        step % 2 == 1
+    );
 }
 
 /// The micro-kernel: R rows × U panels (starting at panel `u` of the thread's range, whose
@@ -622,7 +631,16 @@ fn recurrent_backward_step(
         }
     };
     let packed = &packed[units.start * h * G * LANES..units.end * h * G * LANES];
-    drive_blocks!(backward_block, row, b, units.len(), packed, own, h);
+    drive_blocks!(
+        backward_block,
+        row,
+        b,
+        units.len(),
+        packed,
+        own,
+        h,
+        step % 2 == 1
+    );
 }
 
 /// One row at one backward step: all of its dgates (4H), and dh for the thread's own units.
