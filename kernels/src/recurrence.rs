@@ -372,10 +372,25 @@ impl<'a> Shared<'a> {
 #[inline(always)]
 fn load_n(s: &[f32], n: usize) -> F32s {
     if n == LANES {
-        load(s)
-    } else {
+        return load(s);
+    }
+    let s = &s[..n];
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        use std::arch::x86_64::_mm512_maskz_loadu_ps;
+        // SAFETY: the mask enables only the first n < 16 lanes, which lie inside `s`;
+        // masked-off lanes are neither read nor faulted on. AVX-512F is enabled for the
+        // whole build (and checked at startup by `cpu::check`). `F32s` is `f32x16` on this
+        // path, the same 64 bytes as `__m512`.
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, s.as_ptr());
+            std::mem::transmute::<std::arch::x86_64::__m512, F32s>(v)
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    {
         let mut a = [0.0; LANES];
-        a[..n].copy_from_slice(&s[..n]);
+        a[..n].copy_from_slice(s);
         F32s::from(a)
     }
 }
@@ -384,9 +399,22 @@ fn load_n(s: &[f32], n: usize) -> F32s {
 #[inline(always)]
 fn store_n(s: &mut [f32], v: F32s, n: usize) {
     if n == LANES {
-        store(s, v)
-    } else {
-        s[..n].copy_from_slice(&v.to_array()[..n]);
+        return store(s, v);
+    }
+    let s = &mut s[..n];
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    {
+        use std::arch::x86_64::_mm512_mask_storeu_ps;
+        // SAFETY: only the first n < 16 lanes are written, and they lie inside `s`;
+        // `F32s` and `__m512` are the same 64 bytes (see `load_n`).
+        unsafe {
+            let v = std::mem::transmute::<F32s, std::arch::x86_64::__m512>(v);
+            _mm512_mask_storeu_ps(s.as_mut_ptr(), ((1u32 << n) - 1) as u16, v)
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    {
+        s.copy_from_slice(&v.to_array()[..n]);
     }
 }
 
@@ -581,31 +609,41 @@ fn cell_backward_step(
         let (prev, next) = (step * b * h + bi * h, (step + 1) * b * h + bi * h);
         // SAFETY: each thread touches only its own units `j0..j1` of dh, dc and dgates[step];
         // dgates[step] is read by the others only after the barrier that follows this phase.
-        let (dg, dh, dc): ([&mut [f32]; G], _, _) = unsafe {
+        let (dgi, dgf, dgg, dgo, dh, dc) = unsafe {
             (
-                std::array::from_fn(|g| dgates.get_mut(g0 + g * h + j0, own)),
+                dgates.get_mut(g0 + j0, own),
+                dgates.get_mut(g0 + h + j0, own),
+                dgates.get_mut(g0 + 2 * h + j0, own),
+                dgates.get_mut(g0 + 3 * h + j0, own),
                 dh.get_mut(bi * h + j0, own),
                 dc.get_mut(bi * h + j0, own),
             )
         };
-        let sg: [&[f32]; G] = std::array::from_fn(|g| &gates[g0 + g * h + j0..][..own]);
+        let sg = &gates[g0..][..G * h];
+        let (si, sf, sgg, so) = (
+            &sg[j0..],
+            &sg[h + j0..],
+            &sg[2 * h + j0..],
+            &sg[3 * h + j0..],
+        );
         let dh_above = &dhs[prev + j0..][..own];
         let (c, cprev) = (&cs[next + j0..][..own], &cs[prev + j0..][..own]);
+        let one = F32s::ONE;
         for o in (0..own).step_by(LANES) {
             let n = LANES.min(own - o);
-            let [i, f, g, og] = std::array::from_fn(|k| load_n(&sg[k][o..], n));
+            let (i, f) = (load_n(&si[o..], n), load_n(&sf[o..], n));
+            let (g, og) = (load_n(&sgg[o..], n), load_n(&so[o..], n));
             let dhv = load_n(&dh_above[o..], n) + load_n(&dh[o..], n);
             let tc = tanh(load_n(&c[o..], n));
-            let one = F32s::ONE;
             let dcv = (dhv * og).mul_add(one - tc * tc, load_n(&dc[o..], n));
-            store_n(&mut dg[0][o..], dcv * g * i * (one - i), n);
+            store_n(&mut dgi[o..], dcv * g * i * (one - i), n);
             store_n(
-                &mut dg[1][o..],
+                &mut dgf[o..],
                 dcv * load_n(&cprev[o..], n) * f * (one - f),
                 n,
             );
-            store_n(&mut dg[2][o..], dcv * i * (one - g * g), n);
-            store_n(&mut dg[3][o..], dhv * tc * og * (one - og), n);
+            store_n(&mut dgg[o..], dcv * i * (one - g * g), n);
+            store_n(&mut dgo[o..], dhv * tc * og * (one - og), n);
             store_n(&mut dc[o..], dcv * f, n);
         }
     }
