@@ -30,17 +30,18 @@
 use std::ops::Range;
 use std::path::Path;
 
+use kernels::Transpose::{No, Yes};
 use kernels::recurrence::{
     lstm_backward, lstm_forward, lstm_pack_backward, lstm_pack_forward, lstm_packed_len,
 };
-use kernels::{Transpose, sgemm};
+use kernels::sgemm;
 use serde_json::json;
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::lm::{Decoder, LanguageModel, ModelKind};
 use crate::params::ParamLayout;
 use crate::pending::{
-    bias_backward, cross_entropy_fused_inplace, embedding_backward, embedding_forward,
+    bias_backward, bias_forward, cross_entropy_fused_inplace, embedding_backward, embedding_forward,
 };
 use crate::rng::SplitMix64;
 
@@ -148,18 +149,44 @@ impl LstmConfig {
 /// Where each tensor sits in the flat parameter buffer.
 #[derive(Clone, Debug)]
 struct Layout {
-    emb: Range<usize>,
+    emb: Span,
     layers: Vec<LayerParams>,
-    head_w: Range<usize>,
-    head_b: Range<usize>,
+    head_w: Span,
+    head_b: Span,
 }
 
 #[derive(Clone, Debug)]
 struct LayerParams {
-    w_ih: Range<usize>,
-    w_hh: Range<usize>,
-    b_ih: Range<usize>,
-    b_hh: Range<usize>,
+    w_ih: Span,
+    w_hh: Span,
+    b_ih: Span,
+    b_hh: Span,
+}
+
+/// One tensor's elements in a flat buffer (parameters or gradients).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    start: usize,
+    len: usize,
+}
+
+impl Span {
+    fn of(self, buf: &[f32]) -> &[f32] {
+        &buf[self.start..][..self.len]
+    }
+
+    fn of_mut(self, buf: &mut [f32]) -> &mut [f32] {
+        &mut buf[self.start..][..self.len]
+    }
+}
+
+impl From<Range<usize>> for Span {
+    fn from(r: Range<usize>) -> Self {
+        Span {
+            start: r.start,
+            len: r.len(),
+        }
+    }
 }
 
 impl Layout {
@@ -167,17 +194,17 @@ impl Layout {
     fn new(c: &LstmConfig) -> (ParamLayout, Layout) {
         let (v, h) = (c.vocab_size, c.hidden_size);
         let mut p = ParamLayout::new();
-        let emb = p.push("emb.weight", &[v, h]);
+        let emb = p.push("emb.weight", &[v, h]).into();
         let layers = (0..c.num_layers)
             .map(|l| LayerParams {
-                w_ih: p.push(format!("lstm.weight_ih_l{l}"), &[G * h, h]),
-                w_hh: p.push(format!("lstm.weight_hh_l{l}"), &[G * h, h]),
-                b_ih: p.push(format!("lstm.bias_ih_l{l}"), &[G * h]),
-                b_hh: p.push(format!("lstm.bias_hh_l{l}"), &[G * h]),
+                w_ih: p.push(format!("lstm.weight_ih_l{l}"), &[G * h, h]).into(),
+                w_hh: p.push(format!("lstm.weight_hh_l{l}"), &[G * h, h]).into(),
+                b_ih: p.push(format!("lstm.bias_ih_l{l}"), &[G * h]).into(),
+                b_hh: p.push(format!("lstm.bias_hh_l{l}"), &[G * h]).into(),
             })
             .collect();
-        let head_w = p.push("head.weight", &[v, h]);
-        let head_b = p.push("head.bias", &[v]);
+        let head_w = p.push("head.weight", &[v, h]).into();
+        let head_b = p.push("head.bias", &[v]).into();
         let at = Layout {
             emb,
             layers,
@@ -271,10 +298,10 @@ impl Lstm {
         let mut model = Self::zeros(config);
         let mut rng = SplitMix64::new(seed);
         let bound = 1.0 / (model.config.hidden_size as f64).sqrt();
-        let emb = model.at.emb.clone();
+        let emb = model.at.emb;
         for t in model.layout.tensors() {
             let p = &mut model.params[t.range()];
-            if t.range() == emb {
+            if Span::from(t.range()) == emb {
                 p.iter_mut().for_each(|x| *x = normal(&mut rng) as f32);
             } else {
                 p.iter_mut()
@@ -332,10 +359,6 @@ impl Lstm {
     pub fn carries_state(&self) -> bool {
         self.carry_state
     }
-
-    fn p(&self, r: &Range<usize>) -> &[f32] {
-        &self.params[r.clone()]
-    }
 }
 
 impl LanguageModel for Lstm {
@@ -375,123 +398,38 @@ impl LanguageModel for Lstm {
         self.grads.fill(0.0);
     }
 
+    #[rustfmt::skip] // one kernel call per line, as in llm.c, so forward and backward mirror
     fn forward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> f32 {
-        let (v, h, nl) = (
-            self.config.vocab_size,
-            self.config.hidden_size,
-            self.config.num_layers,
-        );
+        let (v, h, nl) = (self.config.vocab_size, self.config.hidden_size, self.config.num_layers);
         let n = b * t;
-        assert_eq!(
-            inputs.len(),
-            n,
-            "Lstm::forward: inputs is not (B, T) = ({b}, {t})"
-        );
-        assert_eq!(
-            targets.len(),
-            n,
-            "Lstm::forward: targets is not (B, T) = ({b}, {t})"
-        );
+        assert_eq!(inputs.len(), n, "Lstm::forward: inputs is not (B, T) = ({b}, {t})");
+        assert_eq!(targets.len(), n, "Lstm::forward: targets is not (B, T) = ({b}, {t})");
         if let Some(bad) = inputs.iter().chain(targets).find(|&&x| x as usize >= v) {
             panic!("Lstm::forward: token id {bad} is out of range for V = {v}");
         }
         self.acts.resize(&self.config, b, t);
-        let a = &mut self.acts;
-        let (p, at) = (&self.params, &self.at);
-        for (bi, (inp, tgt)) in inputs
-            .chunks_exact(t.max(1))
-            .zip(targets.chunks_exact(t.max(1)))
-            .enumerate()
-        {
-            for ti in 0..t {
-                a.inputs[ti * b + bi] = inp[ti];
-                a.targets[ti * b + bi] = tgt[ti];
-            }
-        }
-        let carried = self
-            .carried
-            .as_ref()
-            .filter(|c| self.carry_state && c.b == b);
-
-        embedding_forward(&mut a.x0, &a.inputs, &p[at.emb.clone()], n, h);
+        let carried = self.carried.as_ref().filter(|c| self.carry_state && c.b == b);
+        let (a, p, at) = (&mut self.acts, &self.params, &self.at);
+        transpose(&mut a.inputs, inputs, b, t); // (B, T) -> (T, B)
+        transpose(&mut a.targets, targets, b, t);
         let state = (t + 1) * b * h; // one layer's hs or cs
+
+        embedding_forward(&mut a.x0, &a.inputs, at.emb.of(p), h);
         for (l, lp) in at.layers.iter().enumerate() {
             let (below, here) = a.hs.split_at_mut(l * state);
-            let hs = &mut here[..state];
-            let cs = &mut a.cs[l * state..][..state];
-            let x = if l == 0 {
-                &a.x0[..]
-            } else {
-                &below[(l - 1) * state + b * h..]
-            };
+            let (hs, cs) = (&mut here[..state], &mut a.cs[l * state..][..state]);
+            let x = if l == 0 { &a.x0[..] } else { &below[(l - 1) * state + b * h..] };
             let gates = &mut a.gates[l * n * G * h..][..n * G * h];
-            // gates = b_ih + b_hh + x·W_ihᵀ: the input projection of all T steps at once.
-            for ((s, &bi), &bh) in a
-                .bias
-                .iter_mut()
-                .zip(&p[lp.b_ih.clone()])
-                .zip(&p[lp.b_hh.clone()])
-            {
-                *s = bi + bh;
-            }
-            gates
-                .chunks_exact_mut(G * h)
-                .for_each(|row| row.copy_from_slice(&a.bias));
-            let w_ih = &p[lp.w_ih.clone()];
-            sgemm(
-                Transpose::No,
-                Transpose::Yes,
-                n,
-                G * h,
-                h,
-                1.0,
-                x,
-                h,
-                w_ih,
-                h,
-                1.0,
-                gates,
-                G * h,
-            );
-            match carried {
-                Some(c) => {
-                    hs[..b * h].copy_from_slice(&c.h[l * b * h..][..b * h]);
-                    cs[..b * h].copy_from_slice(&c.c[l * b * h..][..b * h]);
-                }
-                None => {
-                    hs[..b * h].fill(0.0);
-                    cs[..b * h].fill(0.0);
-                }
-            }
-            lstm_pack_forward(&mut a.packed, &p[lp.w_hh.clone()], h);
-            lstm_forward(hs, cs, gates, &a.packed, b, t, h);
+            sum_into(&mut a.bias, lp.b_ih.of(p), lp.b_hh.of(p));
+            linear_forward(gates, x, lp.w_ih.of(p), &a.bias, n, h, G * h); // all T steps at once
+            initial_state(&mut hs[..b * h], &mut cs[..b * h], carried.map(|c| (&c.h[l * b * h..][..b * h], &c.c[l * b * h..][..b * h])));
+            lstm_pack_forward(&mut a.packed, lp.w_hh.of(p), h);
+            lstm_forward(hs, cs, gates, &a.packed, b, t, h); // the walk through time
         }
         let x_top = &a.hs[(nl - 1) * state + b * h..][..n * h]; // (T, B, H)
-        a.logits
-            .chunks_exact_mut(v)
-            .for_each(|row| row.copy_from_slice(&p[at.head_b.clone()]));
-        sgemm(
-            Transpose::No,
-            Transpose::Yes,
-            n,
-            v,
-            h,
-            1.0,
-            x_top,
-            h,
-            &p[at.head_w.clone()],
-            h,
-            1.0,
-            &mut a.logits,
-            v,
-        );
-        let loss =
-            cross_entropy_fused_inplace(&mut a.logits, &mut a.losses, &a.targets, n, v, None);
-        for bi in 0..b {
-            for ti in 0..t {
-                a.token_losses[bi * t + ti] = a.losses[ti * b + bi];
-            }
-        }
+        linear_forward(&mut a.logits, x_top, at.head_w.of(p), at.head_b.of(p), n, h, v);
+        let loss = cross_entropy_fused_inplace(&mut a.logits, &mut a.losses, &a.targets, n, v, None);
+        transpose(&mut a.token_losses, &a.losses, t, b); // (T, B) -> (B, T)
 
         if self.carry_state {
             let c = self.carried.get_or_insert_with(Carried::default);
@@ -512,139 +450,33 @@ impl LanguageModel for Lstm {
         &self.acts.token_losses
     }
 
+    #[rustfmt::skip] // one kernel call per line: forward read in reverse
     fn backward(&mut self) {
-        assert!(
-            self.ready_for_backward,
-            "Lstm::backward: call forward first (each forward supports one backward)"
-        );
+        assert!(self.ready_for_backward, "Lstm::backward: call forward first (each forward supports one backward)");
         self.ready_for_backward = false;
-        let (v, h, nl) = (
-            self.config.vocab_size,
-            self.config.hidden_size,
-            self.config.num_layers,
-        );
-        let a = &mut self.acts;
+        let (v, h, nl) = (self.config.vocab_size, self.config.hidden_size, self.config.num_layers);
+        let (a, p, at, d) = (&mut self.acts, &self.params, &self.at, &mut self.grads);
         let (b, t) = (a.b, a.t);
-        let n = b * t;
-        let state = (t + 1) * b * h;
-        let (p, at, d) = (&self.params, &self.at, &mut self.grads);
+        let (n, state) = (b * t, (t + 1) * b * h);
 
-        // Head: dW_head += dlogitsᵀ·x_L, db_head += Σ dlogits, dx_L = dlogits·W_head.
-        let dlogits = &a.logits; // (T·B, V), written by the loss
+        // The loss already wrote dlogits over the logits.
         let x_top = &a.hs[(nl - 1) * state + b * h..][..n * h];
-        sgemm(
-            Transpose::Yes,
-            Transpose::No,
-            v,
-            h,
-            n,
-            1.0,
-            dlogits,
-            v,
-            x_top,
-            h,
-            1.0,
-            &mut d[at.head_w.clone()],
-            h,
-        );
-        bias_backward(&mut d[at.head_b.clone()], dlogits, n, v);
-        sgemm(
-            Transpose::No,
-            Transpose::No,
-            n,
-            h,
-            v,
-            1.0,
-            dlogits,
-            v,
-            &p[at.head_w.clone()],
-            h,
-            0.0,
-            &mut a.dh,
-            h,
-        );
-
+        let (dw_head, db_head) = two_mut(d, at.head_w, at.head_b);
+        linear_backward(&mut a.dh, dw_head, db_head, &a.logits, x_top, at.head_w.of(p), n, h, v);
         for (l, lp) in at.layers.iter().enumerate().rev() {
             let hs = &a.hs[l * state..][..state];
             let cs = &a.cs[l * state..][..state];
-            let x = if l == 0 {
-                &a.x0[..]
-            } else {
-                &a.hs[(l - 1) * state + b * h..][..n * h]
-            };
+            let x = if l == 0 { &a.x0[..] } else { &a.hs[(l - 1) * state + b * h..][..n * h] };
             let gates = &a.gates[l * n * G * h..][..n * G * h];
-            // Through time: dgates from dh (the gradient into this layer's outputs).
-            lstm_pack_backward(&mut a.packed, &p[lp.w_hh.clone()], h);
-            lstm_backward(
-                &mut a.dgates,
-                &mut a.dh0,
-                &mut a.dc0,
-                &a.dh,
-                gates,
-                cs,
-                &a.packed,
-                b,
-                t,
-                h,
-            );
-            // dW_hh += dgatesᵀ·h_{t-1} and dW_ih += dgatesᵀ·x over all steps at once.
-            sgemm(
-                Transpose::Yes,
-                Transpose::No,
-                G * h,
-                h,
-                n,
-                1.0,
-                &a.dgates,
-                G * h,
-                &hs[..n * h],
-                h,
-                1.0,
-                &mut d[lp.w_hh.clone()],
-                h,
-            );
-            sgemm(
-                Transpose::Yes,
-                Transpose::No,
-                G * h,
-                h,
-                n,
-                1.0,
-                &a.dgates,
-                G * h,
-                x,
-                h,
-                1.0,
-                &mut d[lp.w_ih.clone()],
-                h,
-            );
-            // Both biases receive the gate gradient.
+            lstm_pack_backward(&mut a.packed, lp.w_hh.of(p), h);
+            lstm_backward(&mut a.dgates, &mut a.dh0, &mut a.dc0, &a.dh, gates, cs, &a.packed, b, t, h); // back through time
+            linear_weight_backward(lp.w_hh.of_mut(d), &a.dgates, &hs[..n * h], n, h, G * h); // h_{t-1}, all steps
             a.dbias.fill(0.0);
-            bias_backward(&mut a.dbias, &a.dgates, n, G * h);
-            for r in [&lp.b_ih, &lp.b_hh] {
-                d[r.clone()]
-                    .iter_mut()
-                    .zip(&a.dbias)
-                    .for_each(|(g, &s)| *g += s);
-            }
-            // dx = dgates·W_ih: the gradient into the layer below's outputs (or the embedding).
-            sgemm(
-                Transpose::No,
-                Transpose::No,
-                n,
-                h,
-                G * h,
-                1.0,
-                &a.dgates,
-                G * h,
-                &p[lp.w_ih.clone()],
-                h,
-                0.0,
-                &mut a.dh,
-                h,
-            );
+            linear_backward(&mut a.dh, lp.w_ih.of_mut(d), &mut a.dbias, &a.dgates, x, lp.w_ih.of(p), n, h, G * h);
+            add_into(lp.b_ih.of_mut(d), &a.dbias); // both biases get the gate gradient
+            add_into(lp.b_hh.of_mut(d), &a.dbias);
         }
-        embedding_backward(&mut d[at.emb.clone()], &a.dh, &a.inputs, n, h);
+        embedding_backward(at.emb.of_mut(d), &a.dh, &a.inputs, h);
     }
 
     fn reset_state(&mut self) {
@@ -657,6 +489,92 @@ impl LanguageModel for Lstm {
 
     fn decoder(&self) -> Box<dyn Decoder + '_> {
         Box::new(LstmDecoder::new(self))
+    }
+}
+
+/// `out` (N, OC) = `inp` (N, IC) · `w`ᵀ + `bias`, with `w` (OC, IC) in `nn.Linear`'s layout.
+fn linear_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    n: usize,
+    ic: usize,
+    oc: usize,
+) {
+    sgemm(No, Yes, n, oc, ic, 1.0, inp, ic, w, ic, 0.0, out, oc);
+    bias_forward(out, bias, n, oc);
+}
+
+/// Gradient of [`linear_forward`]: `dinp = dout · w` (overwritten), `dw += doutᵀ · inp`,
+/// `dbias += Σ_rows dout`.
+#[allow(clippy::too_many_arguments)]
+fn linear_backward(
+    dinp: &mut [f32],
+    dw: &mut [f32],
+    dbias: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    n: usize,
+    ic: usize,
+    oc: usize,
+) {
+    sgemm(No, No, n, ic, oc, 1.0, dout, oc, w, ic, 0.0, dinp, ic);
+    linear_weight_backward(dw, dout, inp, n, ic, oc);
+    bias_backward(dbias, dout, n, oc);
+}
+
+/// `dw` (OC, IC) += `dout`ᵀ (OC, N) · `inp` (N, IC).
+fn linear_weight_backward(
+    dw: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    n: usize,
+    ic: usize,
+    oc: usize,
+) {
+    sgemm(Yes, No, oc, ic, n, 1.0, dout, oc, inp, ic, 1.0, dw, ic);
+}
+
+/// `out` (C, R) = `inp` (R, C)ᵀ: token ids and losses between batch- and time-major.
+fn transpose<T: Copy>(out: &mut [T], inp: &[T], r: usize, c: usize) {
+    for (i, row) in inp.chunks_exact(c.max(1)).take(r).enumerate() {
+        for (j, &x) in row.iter().enumerate() {
+            out[j * r + i] = x;
+        }
+    }
+}
+
+/// `out = a + b`, elementwise (a layer's two biases, 4H numbers).
+fn sum_into(out: &mut [f32], a: &[f32], b: &[f32]) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = x + y;
+    }
+}
+
+/// `acc += x`, elementwise (a bias gradient, 4H numbers).
+fn add_into(acc: &mut [f32], x: &[f32]) {
+    acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b);
+}
+
+/// Two disjoint tensors of a flat buffer, mutably (`first` lies before `second`).
+fn two_mut(buf: &mut [f32], first: Span, second: Span) -> (&mut [f32], &mut [f32]) {
+    let (lo, hi) = buf.split_at_mut(second.start);
+    (first.of_mut(lo), &mut hi[..second.len])
+}
+
+/// A layer's initial state (h_0, c_0), (B, H) each: the carried state, or zeros.
+fn initial_state(h0: &mut [f32], c0: &mut [f32], carried: Option<(&[f32], &[f32])>) {
+    match carried {
+        Some((h, c)) => {
+            h0.copy_from_slice(h);
+            c0.copy_from_slice(c);
+        }
+        None => {
+            h0.fill(0.0);
+            c0.fill(0.0);
+        }
     }
 }
 
@@ -685,8 +603,16 @@ impl<'a> LstmDecoder<'a> {
         let mut packed = vec![0.0; nl * plen];
         let mut bias = vec![0.0; nl * G * h];
         for (l, lp) in model.at.layers.iter().enumerate() {
-            lstm_pack_forward(&mut packed[l * plen..][..plen], model.p(&lp.w_hh), h);
-            let pairs = model.p(&lp.b_ih).iter().zip(model.p(&lp.b_hh));
+            lstm_pack_forward(
+                &mut packed[l * plen..][..plen],
+                lp.w_hh.of(&model.params),
+                h,
+            );
+            let pairs = lp
+                .b_ih
+                .of(&model.params)
+                .iter()
+                .zip(lp.b_hh.of(&model.params));
             for (s, (&bi, &bh)) in bias[l * G * h..].iter_mut().zip(pairs) {
                 *s = bi + bh;
             }
@@ -706,65 +632,22 @@ impl<'a> LstmDecoder<'a> {
 }
 
 impl Decoder for LstmDecoder<'_> {
+    #[rustfmt::skip] // one kernel call per line, mirroring `Lstm::forward` with B = T = 1
     fn feed(&mut self, token: u32) -> &[f32] {
         let m = self.model;
         let (v, h) = (m.config.vocab_size, m.config.hidden_size);
-        assert!(
-            (token as usize) < v,
-            "LstmDecoder::feed: token id {token} is out of range for V = {v}"
-        );
+        assert!((token as usize) < v, "LstmDecoder::feed: token id {token} is out of range for V = {v}");
         let plen = lstm_packed_len(h);
-        embedding_forward(&mut self.x, &[token], m.p(&m.at.emb), 1, h);
+        embedding_forward(&mut self.x, &[token], m.at.emb.of(&m.params), h);
         for (l, lp) in m.at.layers.iter().enumerate() {
-            self.gates.copy_from_slice(&self.bias[l * G * h..][..G * h]);
-            sgemm(
-                Transpose::No,
-                Transpose::Yes,
-                1,
-                G * h,
-                h,
-                1.0,
-                &self.x,
-                h,
-                m.p(&lp.w_ih),
-                h,
-                1.0,
-                &mut self.gates,
-                G * h,
-            );
-            let (hs, cs) = (
-                &mut self.hs[l * 2 * h..][..2 * h],
-                &mut self.cs[l * 2 * h..][..2 * h],
-            );
-            lstm_forward(
-                hs,
-                cs,
-                &mut self.gates,
-                &self.packed[l * plen..][..plen],
-                1,
-                1,
-                h,
-            );
-            hs.copy_within(h.., 0);
+            let (hs, cs) = (&mut self.hs[l * 2 * h..][..2 * h], &mut self.cs[l * 2 * h..][..2 * h]);
+            linear_forward(&mut self.gates, &self.x, lp.w_ih.of(&m.params), &self.bias[l * G * h..][..G * h], 1, h, G * h);
+            lstm_forward(hs, cs, &mut self.gates, &self.packed[l * plen..][..plen], 1, 1, h);
+            hs.copy_within(h.., 0); // h_t becomes h_{t-1} of the next token
             cs.copy_within(h.., 0);
             self.x.copy_from_slice(&hs[..h]);
         }
-        self.logits.copy_from_slice(m.p(&m.at.head_b));
-        sgemm(
-            Transpose::No,
-            Transpose::Yes,
-            1,
-            v,
-            h,
-            1.0,
-            &self.x,
-            h,
-            m.p(&m.at.head_w),
-            h,
-            1.0,
-            &mut self.logits,
-            v,
-        );
+        linear_forward(&mut self.logits, &self.x, m.at.head_w.of(&m.params), m.at.head_b.of(&m.params), 1, h, v);
         self.position += 1;
         &self.logits
     }

@@ -2,12 +2,13 @@
 //! clipping, with their state saved beside a checkpoint for bit-exact resume.
 //!
 //! - [`Optimizer`]: AdamW (Loshchilov & Hutter: Adam with bias correction and *decoupled*
-//!   weight decay, applied only where the [`ParamLayout`] says a tensor decays — matrices and
-//!   embeddings, not biases or LayerNorm gains) or SGD with momentum. The update itself is a
-//!   kernel over contiguous runs of the flat buffer; this module keeps the state (moments,
-//!   step count) and the decay runs.
-//! - [`grad_norm`] and [`clip_scale`]: clipping by the global L2 norm is a scale factor the
-//!   optimizer folds into its update, so the gradients are never rewritten.
+//!   weight decay) or SGD with momentum, both with PyTorch's semantics; weight decay applies
+//!   only where the [`ParamLayout`] says a tensor decays (matrices and embeddings, not biases
+//!   or LayerNorm gains). The update itself is a kernel over contiguous runs of the flat
+//!   buffer; this module keeps the state (moments, step count) and the decay runs.
+//! - Clipping by the global L2 norm ([`Optimizer::step_clipped`], `clip_grad_norm_`'s rule):
+//!   the model's gradients stay as they are; when clipping is needed the update reads a scaled
+//!   copy.
 //! - [`Schedule`]: linear warmup then cosine decay to a floor (GPT-2/nanoGPT style).
 //!
 //! State on disk: `optimizer.safetensors` holds the moments as tensors named after PyTorch's
@@ -23,7 +24,7 @@ use serde_json::json;
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::params::ParamLayout;
-use crate::pending::{adamw, norm, sgd};
+use crate::pending::{self as k, adamw_step, global_norm, sgd_step};
 
 /// AdamW hyperparameters; the defaults are PyTorch's `torch.optim.AdamW`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -46,18 +47,24 @@ impl Default for AdamWConfig {
     }
 }
 
-/// SGD hyperparameters: `buf = momentum·buf + g`, `p −= lr·(buf + weight_decay·p)`.
+/// SGD hyperparameters, as `torch.optim.SGD`: `d = g + weight_decay·p` (coupled L2), `buf =
+/// momentum·buf + (1 − dampening)·d` (a copy of d at the first step), `p −= lr·buf` (or
+/// `lr·(d + momentum·buf)` with Nesterov). Defaults: momentum 0.9, the rest off.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdConfig {
     pub momentum: f32,
+    pub dampening: f32,
     pub weight_decay: f32,
+    pub nesterov: bool,
 }
 
 impl Default for SgdConfig {
     fn default() -> Self {
         SgdConfig {
             momentum: 0.9,
+            dampening: 0.0,
             weight_decay: 0.0,
+            nesterov: false,
         }
     }
 }
@@ -81,6 +88,8 @@ pub struct Optimizer {
     runs: Vec<(Range<usize>, bool)>,
     /// Names and shapes of `state` as saved.
     state_layout: ParamLayout,
+    /// Clipped gradients, when a step needs them (allocated on first use).
+    clipped: Vec<f32>,
 }
 
 impl Optimizer {
@@ -111,6 +120,7 @@ impl Optimizer {
             state: vec![0.0; state_layout.len()],
             runs,
             state_layout,
+            clipped: Vec::new(),
         }
     }
 
@@ -123,9 +133,8 @@ impl Optimizer {
         self.step
     }
 
-    /// One update of `params` from `grads · grad_scale` (1.0, or [`clip_scale`] to clip) at
-    /// learning rate `lr`.
-    pub fn step(&mut self, params: &mut [f32], grads: &[f32], lr: f32, grad_scale: f32) {
+    /// One update of `params` from `grads` at learning rate `lr`.
+    pub fn step(&mut self, params: &mut [f32], grads: &[f32], lr: f32) {
         let n = self.state_layout.len() / self.moments();
         assert_eq!(
             params.len(),
@@ -143,18 +152,56 @@ impl Optimizer {
             let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
             match self.config {
                 OptimizerConfig::AdamW(c) => {
-                    let wd = if *decays { c.weight_decay } else { 0.0 };
+                    let cfg = k::AdamW {
+                        lr,
+                        beta1: c.beta1,
+                        beta2: c.beta2,
+                        eps: c.eps,
+                        weight_decay: if *decays { c.weight_decay } else { 0.0 },
+                    };
                     let (m, v) = (&mut first[r.clone()], &mut second[r.clone()]);
-                    adamw(
-                        p, g, m, v, lr, c.beta1, c.beta2, c.eps, wd, self.step, grad_scale,
-                    );
+                    adamw_step(p, g, m, v, &cfg, self.step);
                 }
                 OptimizerConfig::Sgd(c) => {
-                    let wd = if *decays { c.weight_decay } else { 0.0 };
-                    sgd(p, g, &mut first[r.clone()], lr, c.momentum, wd, grad_scale);
+                    let cfg = k::Sgd {
+                        lr,
+                        momentum: c.momentum,
+                        dampening: c.dampening,
+                        weight_decay: if *decays { c.weight_decay } else { 0.0 },
+                        nesterov: c.nesterov,
+                    };
+                    sgd_step(p, g, &mut first[r.clone()], &cfg, self.step);
                 }
             }
         }
+    }
+
+    /// [`Self::step`] with the gradients clipped to global L2 norm `max_norm` as PyTorch's
+    /// `clip_grad_norm_` does (scaled by `max_norm / (norm + 1e-6)` when that is below 1).
+    /// Returns the norm before clipping; a non-finite norm is returned and the step taken
+    /// unclipped, so the caller sees the blow-up.
+    pub fn step_clipped(
+        &mut self,
+        params: &mut [f32],
+        grads: &[f32],
+        lr: f32,
+        max_norm: f32,
+    ) -> f32 {
+        let norm = grad_norm(grads);
+        let scale = (max_norm as f64 / (norm as f64 + 1e-6)) as f32;
+        if scale < 1.0 {
+            let mut clipped = std::mem::take(&mut self.clipped);
+            clipped.resize(grads.len(), 0.0);
+            clipped
+                .iter_mut()
+                .zip(grads)
+                .for_each(|(c, &g)| *c = g * scale);
+            self.step(params, &clipped, lr);
+            self.clipped = clipped;
+        } else {
+            self.step(params, grads, lr);
+        }
+        norm
     }
 
     fn moments(&self) -> usize {
@@ -173,7 +220,8 @@ impl Optimizer {
             }),
             OptimizerConfig::Sgd(c) => json!({
                 "kind": "sgd", "step": self.step, "momentum": c.momentum,
-                "weight_decay": c.weight_decay,
+                "dampening": c.dampening, "weight_decay": c.weight_decay,
+                "nesterov": c.nesterov,
             }),
         }
     }
@@ -215,7 +263,14 @@ impl Optimizer {
             }),
             Some("sgd") => OptimizerConfig::Sgd(SgdConfig {
                 momentum: float("momentum")?,
+                dampening: float("dampening")?,
                 weight_decay: float("weight_decay")?,
+                nesterov: value
+                    .get("nesterov")
+                    .and_then(|v| v.as_bool())
+                    .ok_or_else(|| {
+                        err("optimizer field `nesterov` is missing or not a bool".into())
+                    })?,
             }),
             other => {
                 return Err(err(format!(
@@ -235,22 +290,9 @@ impl Optimizer {
     }
 }
 
-/// Global L2 norm of the gradients, ‖g‖₂ (the quantity clipping compares with its bound).
+/// Global L2 norm of the gradients, ‖g‖₂ (what clipping compares with its bound).
 pub fn grad_norm(grads: &[f32]) -> f32 {
-    norm(grads)
-}
-
-/// The factor that clips gradients of norm `norm` to at most `max_norm` (PyTorch's
-/// `clip_grad_norm_`: `max_norm / (norm + 1e-6)` when above, else 1). Pass it to
-/// [`Optimizer::step`]; a non-finite norm gives a non-finite factor, so a blow-up is not
-/// hidden.
-pub fn clip_scale(norm: f32, max_norm: f32) -> f32 {
-    let scale = max_norm / (norm + 1e-6);
-    if scale < 1.0 || !norm.is_finite() {
-        scale
-    } else {
-        1.0
-    }
+    global_norm(&[grads])
 }
 
 /// Learning rate per step: linear warmup from `lr / warmup` to `lr` over `warmup` steps, then
@@ -312,7 +354,7 @@ mod tests {
         let mut opt = Optimizer::new(OptimizerConfig::AdamW(c), &l);
         let mut p = vec![1.0; l.len()];
         let g = vec![2.0; l.len()];
-        opt.step(&mut p, &g, 0.1, 1.0);
+        opt.step(&mut p, &g, 0.1);
         for t in l.tensors() {
             let want = if t.decays() { 0.85 } else { 0.9 };
             for &x in &p[t.range()] {
@@ -329,9 +371,9 @@ mod tests {
         let mut opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig::default()), &l);
         let mut p = vec![0.0; l.len()];
         let g = vec![1.0; l.len()];
-        opt.step(&mut p, &g, 0.1, 1.0);
-        opt.step(&mut p, &g, 0.1, 1.0);
-        // buf: 1, then 1.9; p = -0.1 - 0.19.
+        opt.step(&mut p, &g, 0.1);
+        opt.step(&mut p, &g, 0.1);
+        // buf: 1 (a copy at the first step), then 1.9; p = -0.1 - 0.19.
         assert!(p.iter().all(|&x| (x + 0.29).abs() < 1e-6), "{p:?}");
     }
 
@@ -347,7 +389,7 @@ mod tests {
             let mut opt = Optimizer::new(config, &l);
             let mut p: Vec<f32> = (0..l.len()).map(|i| i as f32 * 0.3).collect();
             let g: Vec<f32> = (0..l.len()).map(|i| 1.0 - i as f32 * 0.1).collect();
-            opt.step(&mut p, &g, 0.01, 1.0);
+            opt.step(&mut p, &g, 0.01);
             opt.write_state(&path).unwrap();
             let json = serde_json::from_str(&opt.state_json().to_string()).unwrap();
             let mut back =
@@ -355,8 +397,8 @@ mod tests {
             assert_eq!((back.config, back.step), (opt.config, opt.step));
             assert_eq!(back.state, opt.state);
             let mut q = p.clone();
-            opt.step(&mut p, &g, 0.01, 1.0);
-            back.step(&mut q, &g, 0.01, 1.0);
+            opt.step(&mut p, &g, 0.01);
+            back.step(&mut q, &g, 0.01);
             assert_eq!(p, q);
         }
         let e = Optimizer::read_state(&json!({"kind": "lion"}), Path::new("state.json"), &path, &l)
@@ -366,11 +408,31 @@ mod tests {
     }
 
     #[test]
-    fn clipping_and_schedule() {
-        assert_eq!(grad_norm(&[3.0, 4.0]), 5.0);
-        assert!((clip_scale(5.0, 1.0) - 0.2).abs() < 1e-6);
-        assert_eq!(clip_scale(0.5, 1.0), 1.0);
-        assert!(clip_scale(f32::NAN, 1.0).is_nan());
+    fn clipping_scales_the_update_not_the_gradients() {
+        let l = layout();
+        let sgd = OptimizerConfig::Sgd(SgdConfig {
+            momentum: 0.0,
+            ..Default::default()
+        });
+        let g: Vec<f32> = (0..l.len())
+            .map(|i| if i < 2 { [3.0, 4.0][i] } else { 0.0 })
+            .collect();
+        let mut opt = Optimizer::new(sgd, &l);
+        let mut p = vec![0.0; l.len()];
+        assert_eq!(opt.step_clipped(&mut p, &g, 1.0, 1.0), 5.0);
+        // Scaled by 1 / (5 + 1e-6): p = -g / 5.
+        assert!(
+            (p[0] + 0.6).abs() < 1e-6 && (p[1] + 0.8).abs() < 1e-6,
+            "{p:?}"
+        );
+        assert_eq!(g[0], 3.0);
+        let mut q = vec![0.0; l.len()];
+        opt.step_clipped(&mut q, &g, 1.0, 10.0);
+        assert_eq!(q[..2], [-3.0, -4.0]);
+    }
+
+    #[test]
+    fn warmup_then_cosine() {
         let s = Schedule {
             lr: 1.0,
             min_lr: 0.1,

@@ -1,37 +1,46 @@
 //! TEMPORARY scalar stand-ins for pointwise kernels that are being written on the `pointwise`
-//! branch (issue 3) and are not on main yet. Same argument order and contracts as there
-//! (outputs first; parameter gradients accumulate, activation gradients overwrite), so that
-//! switching is a change of `use` lines. Delete this file when those kernels land; nothing
-//! here is meant to be fast.
+//! branch (issue 3) and are not on main yet: the same names, signatures and contracts as there
+//! (`kernels::{embedding, elementwise, cross_entropy, optim}`), so that switching is a change
+//! of `use` lines. Delete this file when those kernels land; nothing here is meant to be fast.
 
-/// `out[r] = table[ids[r]]` for r in 0..n rows of width c.
-pub fn embedding_forward(out: &mut [f32], ids: &[u32], table: &[f32], n: usize, c: usize) {
-    assert_eq!(out.len(), n * c);
-    for (row, &id) in out.chunks_exact_mut(c.max(1)).zip(&ids[..n]) {
+/// As `kernels::embedding::embedding_forward`: `out[r] = table[ids[r]]`, rows of width c.
+pub fn embedding_forward(out: &mut [f32], ids: &[u32], table: &[f32], c: usize) {
+    assert_eq!(out.len(), ids.len() * c);
+    for (row, &id) in out.chunks_exact_mut(c.max(1)).zip(ids) {
         row.copy_from_slice(&table[id as usize * c..][..c]);
     }
 }
 
-/// `dtable[ids[r]] += dout[r]`, rows in order.
-pub fn embedding_backward(dtable: &mut [f32], dout: &[f32], ids: &[u32], n: usize, c: usize) {
-    assert_eq!(dout.len(), n * c);
-    for (row, &id) in dout.chunks_exact(c.max(1)).zip(&ids[..n]) {
+/// As `kernels::embedding::embedding_backward`: `dtable[ids[r]] += dout[r]`, rows in order.
+pub fn embedding_backward(dtable: &mut [f32], dout: &[f32], ids: &[u32], c: usize) {
+    assert_eq!(dout.len(), ids.len() * c);
+    for (row, &id) in dout.chunks_exact(c.max(1)).zip(ids) {
         for (d, &g) in dtable[id as usize * c..][..c].iter_mut().zip(row) {
             *d += g;
         }
     }
 }
 
-/// `dbias[j] += Σ_r dout[r, j]`.
-pub fn bias_backward(dbias: &mut [f32], dout: &[f32], n: usize, c: usize) {
-    assert_eq!(dout.len(), n * c);
-    for j in 0..c {
-        let s: f64 = (0..n).map(|r| dout[r * c + j] as f64).sum();
-        dbias[j] += s as f32;
+/// As `kernels::elementwise::bias_forward`: `out[r, j] += bias[j]`.
+pub fn bias_forward(out: &mut [f32], bias: &[f32], n: usize, oc: usize) {
+    assert_eq!(out.len(), n * oc);
+    for row in out.chunks_exact_mut(oc.max(1)) {
+        row.iter_mut().zip(bias).for_each(|(o, &b)| *o += b);
     }
 }
 
-/// Fused softmax cross-entropy, gradient over the logits, mean over rows.
+/// As `kernels::elementwise::bias_backward`: `dbias[j] += Σ_r dout[r, j]`.
+pub fn bias_backward(dbias: &mut [f32], dout: &[f32], n: usize, oc: usize) {
+    assert_eq!(dout.len(), n * oc);
+    let mut sum = vec![0.0f32; oc];
+    for row in dout.chunks_exact(oc.max(1)) {
+        sum.iter_mut().zip(row).for_each(|(s, &d)| *s += d);
+    }
+    dbias.iter_mut().zip(&sum).for_each(|(d, &s)| *d += s);
+}
+
+/// As `kernels::cross_entropy::cross_entropy_fused_inplace`: per-row losses, the gradient of
+/// the mean loss written over the logits, the mean returned.
 pub fn cross_entropy_fused_inplace(
     logits: &mut [f32],
     losses: &mut [f32],
@@ -59,51 +68,76 @@ pub fn cross_entropy_fused_inplace(
     (total * inv_n) as f32
 }
 
-/// AdamW step with bias correction and decoupled weight decay; `grad_scale` multiplies every
-/// gradient first (gradient clipping).
-#[allow(clippy::too_many_arguments)]
-pub fn adamw(
+/// As `kernels::optim::AdamW`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+/// As `kernels::optim::Sgd`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sgd {
+    pub lr: f32,
+    pub momentum: f32,
+    pub dampening: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+}
+
+/// As `kernels::optim::adamw_step` (PyTorch's AdamW at step `t` ≥ 1).
+pub fn adamw_step(
     params: &mut [f32],
     grads: &[f32],
     m: &mut [f32],
     v: &mut [f32],
-    lr: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    weight_decay: f32,
-    step: u64,
-    grad_scale: f32,
+    cfg: &AdamW,
+    t: u64,
 ) {
-    let bc1 = 1.0 - beta1.powi(step as i32);
-    let bc2 = 1.0 - beta2.powi(step as i32);
+    let bc1 = 1.0 - (cfg.beta1 as f64).powf(t as f64);
+    let bc2 = 1.0 - (cfg.beta2 as f64).powf(t as f64);
+    let decay = (1.0 - cfg.lr as f64 * cfg.weight_decay as f64) as f32;
+    let step_size = (cfg.lr as f64 / bc1) as f32;
+    let inv_bc2_sqrt = (1.0 / bc2.sqrt()) as f32;
     for i in 0..params.len() {
-        let g = grads[i] * grad_scale;
-        m[i] = beta1 * m[i] + (1.0 - beta1) * g;
-        v[i] = beta2 * v[i] + (1.0 - beta2) * g * g;
-        let update = (m[i] / bc1) / ((v[i] / bc2).sqrt() + eps);
-        params[i] -= lr * (update + weight_decay * params[i]);
+        let g = grads[i];
+        m[i] += (1.0 - cfg.beta1) * (g - m[i]);
+        v[i] = cfg.beta2 * v[i] + (1.0 - cfg.beta2) * g * g;
+        let denom = v[i].sqrt() * inv_bc2_sqrt + cfg.eps;
+        params[i] = params[i] * decay - step_size * (m[i] / denom);
     }
 }
 
-/// SGD with momentum (PyTorch's form: buf = μ·buf + g, p -= lr·buf) and decoupled weight
-/// decay.
-pub fn sgd(
-    params: &mut [f32],
-    grads: &[f32],
-    buf: &mut [f32],
-    lr: f32,
-    momentum: f32,
-    weight_decay: f32,
-    grad_scale: f32,
-) {
+/// As `kernels::optim::sgd_step` (PyTorch's SGD at step `t` ≥ 1: coupled weight decay,
+/// the buffer starts as a copy of the first gradient).
+pub fn sgd_step(params: &mut [f32], grads: &[f32], buf: &mut [f32], cfg: &Sgd, t: u64) {
     for i in 0..params.len() {
-        buf[i] = momentum * buf[i] + grads[i] * grad_scale;
-        params[i] -= lr * (buf[i] + weight_decay * params[i]);
+        let mut d = grads[i] + cfg.weight_decay * params[i];
+        if cfg.momentum != 0.0 {
+            buf[i] = if t == 1 {
+                d
+            } else {
+                cfg.momentum * buf[i] + (1.0 - cfg.dampening) * d
+            };
+            d = if cfg.nesterov {
+                d + cfg.momentum * buf[i]
+            } else {
+                buf[i]
+            };
+        }
+        params[i] -= cfg.lr * d;
     }
 }
 
-/// Euclidean norm, summed in f64.
-pub fn norm(x: &[f32]) -> f32 {
-    x.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt() as f32
+/// As `kernels::optim::global_norm`: √(Σ x²) over all slices, summed in f64.
+pub fn global_norm(slices: &[&[f32]]) -> f32 {
+    let sum: f64 = slices
+        .iter()
+        .flat_map(|s| s.iter())
+        .map(|&x| x as f64 * x as f64)
+        .sum();
+    sum.sqrt() as f32
 }

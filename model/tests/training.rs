@@ -5,7 +5,6 @@
 //! Each property runs for every model on main (add a line to `models()` when one lands).
 
 use kernels::testutil::TestRng;
-use model::optim::{clip_scale, grad_norm};
 use model::{
     AdamWConfig, LanguageModel, Lstm, LstmConfig, Optimizer, OptimizerConfig, Schedule,
     load_checkpoint, load_resume, save_checkpoint,
@@ -46,9 +45,8 @@ fn train_step(
     let loss = m.forward(inputs, targets, b, t);
     m.zero_grad();
     m.backward();
-    let scale = clip_scale(grad_norm(m.grads()), 1.0);
     let (params, grads) = m.params_and_grads();
-    opt.step(params, grads, lr, scale);
+    opt.step_clipped(params, grads, lr, 1.0);
     loss
 }
 
