@@ -13,22 +13,27 @@
 //!
 //! ## Layout and threads
 //!
-//! - W_hh (4H, H) is packed once per call into panels of [`LANES`] hidden units
-//!   ([`lstm_pack_forward`]): panel u holds, for every input index k, the four gate rows of its
-//!   units side by side, `[k][gate][lane]`. A step then streams each panel once, front to back,
-//!   keeping four accumulators (i, f, g, o) per row of the batch in registers, and applies the
-//!   cell to them before they leave the registers: the gates never make a round trip through
-//!   memory between the product and the activation.
+//! - W_hh (4H, H) is packed by the caller, once per forward (or per decoder), into panels of
+//!   [`LANES`] hidden units ([`lstm_pack_forward`]): panel u holds, for every input index k,
+//!   the four gate rows of its units side by side, `[k][gate][lane]`. A step streams each
+//!   panel once, front to back, keeping four accumulators (i, f, g, o) per row of the batch in
+//!   registers, and applies the cell to them before they leave the registers: the gates never
+//!   make a round trip through memory between the product and the activation.
 //! - The hidden units are split between the threads for the whole walk (contiguous panel
 //!   ranges): each thread owns its units' panels, which stay in its core's L2 from one step to
-//!   the next (W_hh of the 360-unit model is 2 MiB; half of it per core fits a 1 MiB-class L2
-//!   much better than all of it re-read from L3 every step). A step needs all of h_{t-1}, so
-//!   the threads meet at a spin barrier once per step: a few hundred nanoseconds, against a
-//!   rayon fork/join per step (microseconds) that would also move panels between cores.
+//!   the next (W_hh of the 360-unit model is 2 MiB; half of it per core fits a 1 MiB L2 much
+//!   better than all of it re-read from L3 every step). A step needs all of h_{t-1}, so the
+//!   threads meet at a spin barrier once per step — one cache line handed between cores —
+//!   instead of a rayon fork/join per step, which costs microseconds and would move panels
+//!   between cores. Panels are swept in alternating order from step to step (boustrophedon),
+//!   so when a thread's panels do not all fit in L2, those it touched last are touched first.
 //! - Backward through time, per step: (A) the cell backward for the thread's own units gives
 //!   dgates_t; barrier; (B) `dh_{t-1} = dgates_t·W_hh` for the thread's own units, from panels
 //!   packed by [`lstm_pack_backward`] (`[j][gate][lane]` over the output index). B writes
 //!   exactly the units the same thread reads in the next A, so one barrier per step suffices.
+//! - A barrier per step needs the threads to own their cores: on a machine with more runnable
+//!   threads than cores, a descheduled partner stalls every step, and 2 threads can be slower
+//!   than 1.
 //!
 //! Every output element is computed by the same sequence of operations whatever the thread
 //! count and blocking (the sum over k runs in order; backward keeps one partial sum per gate
@@ -50,7 +55,9 @@ use crate::simd::{F32s, LANES, load, store};
 const G: usize = 4;
 
 /// Spins before a waiting thread starts yielding its core (a partner thread that was
-/// descheduled on a busy machine should not be starved by our spinning).
+/// descheduled on a busy machine should not be starved by our spinning). A spin is a `pause`,
+/// about 24 ns on Zen 5, so this waits ~25 µs: far longer than the partner's lag on a quiet
+/// machine (about a microsecond), far shorter than a scheduler time slice.
 const SPIN_LIMIT: u32 = 1 << 10;
 
 /// Number of floats [`lstm_pack_forward`] and [`lstm_pack_backward`] write for hidden size `h`:
