@@ -66,78 +66,58 @@ pub fn lstm_packed_len(h: usize) -> usize {
     h.div_ceil(LANES) * h * G * LANES
 }
 
-/// Packs W_hh (4H, H), PyTorch layout (row `g·H + j` holds gate g of unit j), for
-/// [`lstm_forward`]: `packed[u][k][g][l] = W_hh[g·H + u·LANES + l][k]`, zero for units ≥ H.
-pub fn lstm_pack_forward(packed: &mut [f32], w_hh: &[f32], h: usize) {
+/// Checks a packing's arguments and returns its panels (one per LANES hidden units), in
+/// parallel, with their index.
+fn panels_of<'a>(
+    kernel: &str,
+    packed: &'a mut [f32],
+    w_hh: &[f32],
+    h: usize,
+) -> rayon::iter::Enumerate<rayon::slice::ChunksMut<'a, f32>> {
+    check_len(kernel, "w_hh", w_hh.len(), G * h * h, "(4H, H)");
     check_len(
-        "lstm_pack_forward",
-        "w_hh",
-        w_hh.len(),
-        G * h * h,
-        "(4H, H)",
-    );
-    check_len(
-        "lstm_pack_forward",
+        kernel,
         "packed",
         packed.len(),
         lstm_packed_len(h),
         "(lstm_packed_len(H))",
     );
-    if h == 0 {
-        return;
-    }
-    packed
-        .par_chunks_mut(h * G * LANES)
-        .enumerate()
-        .for_each(|(u, panel)| {
-            for g in 0..G {
-                for l in 0..LANES {
-                    let j = u * LANES + l;
-                    let dst = panel[g * LANES + l..].iter_mut().step_by(G * LANES);
-                    if j < h {
-                        let row = &w_hh[(g * h + j) * h..][..h];
-                        dst.zip(row).for_each(|(d, &w)| *d = w);
-                    } else {
-                        dst.for_each(|d| *d = 0.0);
-                    }
+    // h = 0 has no panels; chunks of 0 elements would panic.
+    packed.par_chunks_mut((h * G * LANES).max(1)).enumerate()
+}
+
+/// Packs W_hh (4H, H), PyTorch layout (row `g·H + j` holds gate g of unit j), for
+/// [`lstm_forward`]: `packed[u][k][g][l] = W_hh[g·H + u·LANES + l][k]`, zero for units ≥ H.
+pub fn lstm_pack_forward(packed: &mut [f32], w_hh: &[f32], h: usize) {
+    panels_of("lstm_pack_forward", packed, w_hh, h).for_each(|(u, panel)| {
+        for g in 0..G {
+            for l in 0..LANES {
+                let j = u * LANES + l;
+                let dst = panel[g * LANES + l..].iter_mut().step_by(G * LANES);
+                if j < h {
+                    let row = &w_hh[(g * h + j) * h..][..h];
+                    dst.zip(row).for_each(|(d, &w)| *d = w);
+                } else {
+                    dst.for_each(|d| *d = 0.0);
                 }
             }
-        });
+        }
+    });
 }
 
 /// Packs W_hh (4H, H) for [`lstm_backward`]: `packed[q][j][g][l] = W_hh[g·H + j][q·LANES + l]`,
 /// zero for columns ≥ H.
 pub fn lstm_pack_backward(packed: &mut [f32], w_hh: &[f32], h: usize) {
-    check_len(
-        "lstm_pack_backward",
-        "w_hh",
-        w_hh.len(),
-        G * h * h,
-        "(4H, H)",
-    );
-    check_len(
-        "lstm_pack_backward",
-        "packed",
-        packed.len(),
-        lstm_packed_len(h),
-        "(lstm_packed_len(H))",
-    );
-    if h == 0 {
-        return;
-    }
-    packed
-        .par_chunks_mut(h * G * LANES)
-        .enumerate()
-        .for_each(|(q, panel)| {
-            let k0 = q * LANES;
-            let n = LANES.min(h - k0);
-            for (j, unit) in panel.chunks_exact_mut(G * LANES).enumerate() {
-                for (g, dst) in unit.chunks_exact_mut(LANES).enumerate() {
-                    dst[..n].copy_from_slice(&w_hh[(g * h + j) * h + k0..][..n]);
-                    dst[n..].fill(0.0);
-                }
+    panels_of("lstm_pack_backward", packed, w_hh, h).for_each(|(q, panel)| {
+        let k0 = q * LANES;
+        let n = LANES.min(h - k0);
+        for (j, unit) in panel.chunks_exact_mut(G * LANES).enumerate() {
+            for (g, dst) in unit.chunks_exact_mut(LANES).enumerate() {
+                dst[..n].copy_from_slice(&w_hh[(g * h + j) * h + k0..][..n]);
+                dst[n..].fill(0.0);
             }
-        });
+        }
+    });
 }
 
 /// Forward through time of one LSTM layer: B sequences, T steps, hidden size H.
@@ -166,9 +146,7 @@ pub fn lstm_forward(
     h: usize,
 ) {
     const K: &str = "lstm_forward";
-    check_len(K, "hs", hs.len(), (t + 1) * b * h, "(T+1, B, H)");
-    check_len(K, "cs", cs.len(), (t + 1) * b * h, "(T+1, B, H)");
-    check_len(K, "gates", gates.len(), t * b * G * h, "(T, B, 4H)");
+    check_forward(K, hs, cs, gates, b, t, h);
     check_len(
         K,
         "w_hh_packed",
@@ -225,12 +203,20 @@ pub fn lstm_backward(
     h: usize,
 ) {
     const K: &str = "lstm_backward";
-    check_len(K, "dgates", dgates.len(), t * b * G * h, "(T, B, 4H)");
-    check_len(K, "dh0", dh0.len(), b * h, "(B, H)");
-    check_len(K, "dc0", dc0.len(), b * h, "(B, H)");
-    check_len(K, "dhs", dhs.len(), t * b * h, "(T, B, H)");
-    check_len(K, "gates", gates.len(), t * b * G * h, "(T, B, 4H)");
-    check_len(K, "cs", cs.len(), (t + 1) * b * h, "(T+1, B, H)");
+    check_backward(
+        K,
+        [
+            dgates.len(),
+            dh0.len(),
+            dc0.len(),
+            dhs.len(),
+            gates.len(),
+            cs.len(),
+        ],
+        b,
+        t,
+        h,
+    );
     check_len(
         K,
         "w_hh_packed",
@@ -747,6 +733,39 @@ fn check_len(kernel: &str, arg: &str, got: usize, want: usize, shape: &str) {
     );
 }
 
+/// The state and gate buffers of a forward walk (shared by the kernel and its reference).
+#[track_caller]
+fn check_forward(
+    kernel: &str,
+    hs: &[f32],
+    cs: &[f32],
+    gates: &[f32],
+    b: usize,
+    t: usize,
+    h: usize,
+) {
+    check_len(kernel, "hs", hs.len(), (t + 1) * b * h, "(T+1, B, H)");
+    check_len(kernel, "cs", cs.len(), (t + 1) * b * h, "(T+1, B, H)");
+    check_len(kernel, "gates", gates.len(), t * b * G * h, "(T, B, 4H)");
+}
+
+/// The buffers of a backward walk, lengths in argument order (dgates, dh0, dc0, dhs, gates, cs).
+#[track_caller]
+fn check_backward(kernel: &str, lens: [usize; 6], b: usize, t: usize, h: usize) {
+    let (gates, state, step) = (t * b * G * h, (t + 1) * b * h, b * h);
+    let want = [
+        ("dgates", gates, "(T, B, 4H)"),
+        ("dh0", step, "(B, H)"),
+        ("dc0", step, "(B, H)"),
+        ("dhs", t * b * h, "(T, B, H)"),
+        ("gates", gates, "(T, B, 4H)"),
+        ("cs", state, "(T+1, B, H)"),
+    ];
+    for (len, (arg, n, shape)) in lens.into_iter().zip(want) {
+        check_len(kernel, arg, len, n, shape);
+    }
+}
+
 /// Scalar reference for [`lstm_forward`], on the unpacked W_hh (4H, H): the textbook loops.
 #[allow(clippy::too_many_arguments)]
 pub fn lstm_forward_ref(
@@ -759,9 +778,7 @@ pub fn lstm_forward_ref(
     h: usize,
 ) {
     const K: &str = "lstm_forward_ref";
-    check_len(K, "hs", hs.len(), (t + 1) * b * h, "(T+1, B, H)");
-    check_len(K, "cs", cs.len(), (t + 1) * b * h, "(T+1, B, H)");
-    check_len(K, "gates", gates.len(), t * b * G * h, "(T, B, 4H)");
+    check_forward(K, hs, cs, gates, b, t, h);
     check_len(K, "w_hh", w_hh.len(), G * h * h, "(4H, H)");
     let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
     for step in 0..t {
@@ -802,12 +819,20 @@ pub fn lstm_backward_ref(
     h: usize,
 ) {
     const K: &str = "lstm_backward_ref";
-    check_len(K, "dgates", dgates.len(), t * b * G * h, "(T, B, 4H)");
-    check_len(K, "dh0", dh0.len(), b * h, "(B, H)");
-    check_len(K, "dc0", dc0.len(), b * h, "(B, H)");
-    check_len(K, "dhs", dhs.len(), t * b * h, "(T, B, H)");
-    check_len(K, "gates", gates.len(), t * b * G * h, "(T, B, 4H)");
-    check_len(K, "cs", cs.len(), (t + 1) * b * h, "(T+1, B, H)");
+    check_backward(
+        K,
+        [
+            dgates.len(),
+            dh0.len(),
+            dc0.len(),
+            dhs.len(),
+            gates.len(),
+            cs.len(),
+        ],
+        b,
+        t,
+        h,
+    );
     check_len(K, "w_hh", w_hh.len(), G * h * h, "(4H, H)");
     dh0.fill(0.0);
     dc0.fill(0.0);
