@@ -273,3 +273,21 @@ fn bad_checkpoints_say_what_is_wrong() {
     let e = err(load_checkpoint(&ckpt).err().unwrap());
     assert!(e.contains("`emb.weight` is missing"), "{e}");
 }
+
+#[test]
+fn empty_windows_are_harmless_and_bad_tokens_are_named() {
+    let mut m = Lstm::new(LstmConfig::new(7, 4, 2), 0);
+    for (b, t) in [(0, 5), (3, 0)] {
+        assert_eq!(m.forward(&[], &[], b, t), 0.0);
+        m.zero_grad();
+        m.backward();
+        assert!(m.grads().iter().all(|&g| g == 0.0));
+        assert!(m.token_losses().is_empty());
+    }
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        m.forward(&[1, 7], &[0, 0], 1, 2);
+    }))
+    .unwrap_err();
+    let msg = err.downcast_ref::<String>().unwrap();
+    assert!(msg.contains("token id 7") && msg.contains("V = 7"), "{msg}");
+}
