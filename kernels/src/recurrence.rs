@@ -48,8 +48,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
-use crate::math::exp;
-use crate::simd::{F32s, LANES, load, store};
+use crate::lanes::{Block, check_len};
+use crate::math::{sigmoid, tanh};
+use crate::simd::{F32s, LANES, load};
 
 /// Gates per hidden unit (i, f, g, o).
 const G: usize = 4;
@@ -74,13 +75,19 @@ fn panels_of<'a>(
     w_hh: &[f32],
     h: usize,
 ) -> rayon::iter::Enumerate<rayon::slice::ChunksMut<'a, f32>> {
-    check_len(kernel, "w_hh", w_hh.len(), G * h * h, "(4H, H)");
+    check_len(
+        kernel,
+        "w_hh",
+        w_hh.len(),
+        G * h * h,
+        format_args!("(4H, H)"),
+    );
     check_len(
         kernel,
         "packed",
         packed.len(),
         lstm_packed_len(h),
-        "(lstm_packed_len(H))",
+        format_args!("(lstm_packed_len(H))"),
     );
     // h = 0 has no panels; chunks of 0 elements would panic.
     packed.par_chunks_mut((h * G * LANES).max(1)).enumerate()
@@ -152,7 +159,7 @@ pub fn lstm_forward(
         "w_hh_packed",
         w_hh_packed.len(),
         lstm_packed_len(h),
-        "(lstm_packed_len(H))",
+        format_args!("(lstm_packed_len(H))"),
     );
     if b * t * h == 0 {
         return;
@@ -222,7 +229,7 @@ pub fn lstm_backward(
         "w_hh_packed",
         w_hh_packed.len(),
         lstm_packed_len(h),
-        "(lstm_packed_len(H))",
+        format_args!("(lstm_packed_len(H))"),
     );
     // dh0 and dc0 carry dh_rec and dc_rec through the walk, starting from zero at t = T.
     dh0.fill(0.0);
@@ -361,68 +368,6 @@ impl<'a> Shared<'a> {
     }
 }
 
-/// The first `n` (≤ LANES) floats of `s` in the low lanes, zeros above.
-#[inline(always)]
-fn load_n(s: &[f32], n: usize) -> F32s {
-    if n == LANES {
-        return load(s);
-    }
-    let s = &s[..n];
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    {
-        use std::arch::x86_64::_mm512_maskz_loadu_ps;
-        // SAFETY: the mask enables only the first n < 16 lanes, which lie inside `s`;
-        // masked-off lanes are neither read nor faulted on. AVX-512F is enabled for the
-        // whole build (and checked at startup by `cpu::check`). `F32s` is `f32x16` on this
-        // path, the same 64 bytes as `__m512`.
-        unsafe {
-            let v = _mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, s.as_ptr());
-            std::mem::transmute::<std::arch::x86_64::__m512, F32s>(v)
-        }
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
-    {
-        let mut a = [0.0; LANES];
-        a[..n].copy_from_slice(s);
-        F32s::from(a)
-    }
-}
-
-/// Stores the low `n` (≤ LANES) lanes of `v` into `s`.
-#[inline(always)]
-fn store_n(s: &mut [f32], v: F32s, n: usize) {
-    if n == LANES {
-        return store(s, v);
-    }
-    let s = &mut s[..n];
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    {
-        use std::arch::x86_64::_mm512_mask_storeu_ps;
-        // SAFETY: only the first n < 16 lanes are written, and they lie inside `s`;
-        // `F32s` and `__m512` are the same 64 bytes (see `load_n`).
-        unsafe {
-            let v = std::mem::transmute::<F32s, std::arch::x86_64::__m512>(v);
-            _mm512_mask_storeu_ps(s.as_mut_ptr(), ((1u32 << n) - 1) as u16, v)
-        }
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
-    {
-        s.copy_from_slice(&v.to_array()[..n]);
-    }
-}
-
-// TODO(pointwise): use `math::sigmoid` / `math::tanh` once the pointwise branch lands; these
-// two are the textbook forms on `exp`, accurate to a few 1e-7 absolute.
-#[inline(always)]
-fn sigmoid(x: F32s) -> F32s {
-    F32s::ONE / (F32s::ONE + exp(-x))
-}
-
-#[inline(always)]
-fn tanh(x: F32s) -> F32s {
-    sigmoid(x + x).mul_add(F32s::splat(2.0), F32s::splat(-1.0))
-}
-
 /// Runs a micro-kernel (`forward_block` or `backward_block`) over all rows of the batch and
 /// the thread's `nu` panels, choosing the block shape at run time. Small batches (B ≤ 2):
 /// two panels at a time, so that 8 independent accumulator chains hide the FMA latency.
@@ -541,13 +486,19 @@ fn forward_block<const R: usize, const U: usize>(
     h: usize,
 ) {
     let panel = h * G * LANES;
-    let offs: [usize; U] = std::array::from_fn(|v| (u + v) * LANES);
-    let lanes: [usize; U] = std::array::from_fn(|v| LANES.min(own - offs[v]));
+    // The U panels' units within the thread's range (the last may be a partial vector).
+    let blocks: [Block; U] = std::array::from_fn(|v| {
+        let i = (u + v) * LANES;
+        Block {
+            i,
+            n: LANES.min(own - i),
+        }
+    });
     let mut acc = [[[F32s::ZERO; G]; U]; R];
     for r in 0..R {
         for v in 0..U {
             for g in 0..G {
-                acc[r][v][g] = load_n(&rows[r].gates[g][offs[v]..], lanes[v]);
+                acc[r][v][g] = blocks[v].load(rows[r].gates[g]);
             }
         }
     }
@@ -570,17 +521,17 @@ fn forward_block<const R: usize, const U: usize>(
     }
     for r in 0..R {
         for v in 0..U {
-            let (o, n) = (offs[v], lanes[v]);
+            let k = blocks[v];
             let [ai, af, ag, ao] = acc[r][v];
             let (i, f, g, og) = (sigmoid(ai), sigmoid(af), tanh(ag), sigmoid(ao));
-            let c = f.mul_add(load_n(&rows[r].cprev[o..], n), i * g);
+            let c = f.mul_add(k.load(rows[r].cprev), i * g);
             let row = &mut *rows[r];
-            store_n(&mut row.gates[0][o..], i, n);
-            store_n(&mut row.gates[1][o..], f, n);
-            store_n(&mut row.gates[2][o..], g, n);
-            store_n(&mut row.gates[3][o..], og, n);
-            store_n(&mut row.c[o..], c, n);
-            store_n(&mut row.h[o..], og * tanh(c), n);
+            k.store(row.gates[0], i);
+            k.store(row.gates[1], f);
+            k.store(row.gates[2], g);
+            k.store(row.gates[3], og);
+            k.store(row.c, c);
+            k.store(row.h, og * tanh(c));
         }
     }
 }
@@ -623,21 +574,19 @@ fn cell_backward_step(
         let (c, cprev) = (&cs[next + j0..][..own], &cs[prev + j0..][..own]);
         let one = F32s::ONE;
         for o in (0..own).step_by(LANES) {
-            let n = LANES.min(own - o);
-            let (i, f) = (load_n(&si[o..], n), load_n(&sf[o..], n));
-            let (g, og) = (load_n(&sgg[o..], n), load_n(&so[o..], n));
-            let dhv = load_n(&dh_above[o..], n) + load_n(&dh[o..], n);
-            let tc = tanh(load_n(&c[o..], n));
-            let dcv = (dhv * og).mul_add(one - tc * tc, load_n(&dc[o..], n));
-            store_n(&mut dgi[o..], dcv * g * i * (one - i), n);
-            store_n(
-                &mut dgf[o..],
-                dcv * load_n(&cprev[o..], n) * f * (one - f),
-                n,
-            );
-            store_n(&mut dgg[o..], dcv * i * (one - g * g), n);
-            store_n(&mut dgo[o..], dhv * tc * og * (one - og), n);
-            store_n(&mut dc[o..], dcv * f, n);
+            let k = Block {
+                i: o,
+                n: LANES.min(own - o),
+            };
+            let (i, f, g, og) = (k.load(si), k.load(sf), k.load(sgg), k.load(so));
+            let dhv = k.load(dh_above) + k.load(dh);
+            let tc = tanh(k.load(c));
+            let dcv = (dhv * og).mul_add(one - tc * tc, k.load(dc));
+            k.store(dgi, dcv * g * i * (one - i));
+            k.store(dgf, dcv * k.load(cprev) * f * (one - f));
+            k.store(dgg, dcv * i * (one - g * g));
+            k.store(dgo, dhv * tc * og * (one - og));
+            k.store(dc, dcv * f);
         }
     }
 }
@@ -714,23 +663,15 @@ fn backward_block<const R: usize, const U: usize>(
     }
     for r in 0..R {
         for v in 0..U {
-            let o = (u + v) * LANES;
+            let i = (u + v) * LANES;
             let [ai, af, ag, ao] = acc[r][v];
-            store_n(
-                &mut rows[r].dh[o..],
-                (ai + af) + (ag + ao),
-                LANES.min(own - o),
-            );
+            Block {
+                i,
+                n: LANES.min(own - i),
+            }
+            .store(rows[r].dh, (ai + af) + (ag + ao));
         }
     }
-}
-
-#[track_caller]
-fn check_len(kernel: &str, arg: &str, got: usize, want: usize, shape: &str) {
-    assert!(
-        got == want,
-        "{kernel}: {arg} has {got} elements, expected {want} {shape}"
-    );
 }
 
 /// The state and gate buffers of a forward walk (shared by the kernel and its reference).
@@ -744,9 +685,27 @@ fn check_forward(
     t: usize,
     h: usize,
 ) {
-    check_len(kernel, "hs", hs.len(), (t + 1) * b * h, "(T+1, B, H)");
-    check_len(kernel, "cs", cs.len(), (t + 1) * b * h, "(T+1, B, H)");
-    check_len(kernel, "gates", gates.len(), t * b * G * h, "(T, B, 4H)");
+    check_len(
+        kernel,
+        "hs",
+        hs.len(),
+        (t + 1) * b * h,
+        format_args!("(T+1, B, H)"),
+    );
+    check_len(
+        kernel,
+        "cs",
+        cs.len(),
+        (t + 1) * b * h,
+        format_args!("(T+1, B, H)"),
+    );
+    check_len(
+        kernel,
+        "gates",
+        gates.len(),
+        t * b * G * h,
+        format_args!("(T, B, 4H)"),
+    );
 }
 
 /// The buffers of a backward walk, lengths in argument order (dgates, dh0, dc0, dhs, gates, cs).
@@ -762,7 +721,7 @@ fn check_backward(kernel: &str, lens: [usize; 6], b: usize, t: usize, h: usize) 
         ("cs", state, "(T+1, B, H)"),
     ];
     for (len, (arg, n, shape)) in lens.into_iter().zip(want) {
-        check_len(kernel, arg, len, n, shape);
+        check_len(kernel, arg, len, n, format_args!("{shape}"));
     }
 }
 
@@ -779,7 +738,7 @@ pub fn lstm_forward_ref(
 ) {
     const K: &str = "lstm_forward_ref";
     check_forward(K, hs, cs, gates, b, t, h);
-    check_len(K, "w_hh", w_hh.len(), G * h * h, "(4H, H)");
+    check_len(K, "w_hh", w_hh.len(), G * h * h, format_args!("(4H, H)"));
     let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
     for step in 0..t {
         for bi in 0..b {
@@ -833,7 +792,7 @@ pub fn lstm_backward_ref(
         t,
         h,
     );
-    check_len(K, "w_hh", w_hh.len(), G * h * h, "(4H, H)");
+    check_len(K, "w_hh", w_hh.len(), G * h * h, format_args!("(4H, H)"));
     dh0.fill(0.0);
     dc0.fill(0.0);
     for step in (0..t).rev() {

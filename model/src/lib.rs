@@ -31,7 +31,6 @@ pub mod load;
 pub mod lstm;
 pub mod optim;
 pub mod params;
-mod pending;
 pub mod rng;
 pub mod tokenizer;
 

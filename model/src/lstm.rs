@@ -31,6 +31,9 @@ use std::ops::Range;
 use std::path::Path;
 
 use kernels::Transpose::{No, Yes};
+use kernels::cross_entropy::cross_entropy_fused_inplace;
+use kernels::elementwise::{bias_backward, bias_forward};
+use kernels::embedding::{embedding_backward, embedding_forward};
 use kernels::recurrence::{
     lstm_backward, lstm_forward, lstm_pack_backward, lstm_pack_forward, lstm_packed_len,
 };
@@ -40,9 +43,6 @@ use serde_json::json;
 use crate::checkpoint::{self, CheckpointError};
 use crate::lm::{Decoder, LanguageModel, ModelKind};
 use crate::params::ParamLayout;
-use crate::pending::{
-    bias_backward, bias_forward, cross_entropy_fused_inplace, embedding_backward, embedding_forward,
-};
 use crate::rng::SplitMix64;
 
 /// `model_type` in an LSTM checkpoint's config.json.

@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::params::ParamLayout;
-use crate::pending::{self as k, adamw_step, global_norm, sgd_step};
+use kernels::optim::{self as k, adamw_step, global_norm, sgd_step};
 
 /// AdamW hyperparameters; the defaults are PyTorch's `torch.optim.AdamW`.
 #[derive(Clone, Copy, Debug, PartialEq)]
