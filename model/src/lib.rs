@@ -38,7 +38,7 @@ pub use data::{DataError, Dataset, Split};
 pub use gpt::{Gpt, GptConfig};
 pub use lm::{Decoder, LanguageModel, ModelKind};
 pub use load::{load_checkpoint, load_resume, save_checkpoint};
-pub use lstm::{Lstm, LstmConfig};
+pub use lstm::{InputProjection, Lstm, LstmConfig};
 pub use optim::{AdamWConfig, Optimizer, OptimizerConfig, Schedule, SgdConfig};
 pub use params::{ParamLayout, TensorSpec};
 pub use tokenizer::{Tokenizer, TokenizerKind};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use kernels::testutil::{TestRng, assert_close};
 use model::checkpoint::{self, CheckpointError};
-use model::{LanguageModel, Lstm, LstmConfig, load_checkpoint, save_checkpoint};
+use model::{InputProjection, LanguageModel, Lstm, LstmConfig, load_checkpoint, save_checkpoint};
 use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
 
@@ -54,10 +54,20 @@ fn perturbed(config: LstmConfig, seed: u64) -> Lstm {
     m
 }
 
+/// Both ways of projecting layer 0's input (see `InputProjection`) are checked.
+const PROJECTIONS: [InputProjection; 2] = [InputProjection::Direct, InputProjection::Table];
+
 #[test]
 fn golden_loss_logits_and_gradients_match_pytorch() {
+    for how in PROJECTIONS {
+        golden_matches_pytorch(how);
+    }
+}
+
+fn golden_matches_pytorch(how: InputProjection) {
     let g = golden();
     let mut m = Lstm::load(&fixture_dir()).unwrap();
+    m.set_input_projection(how);
     let (shape, inputs) = &g["inputs"];
     let (b, t) = (shape[0], shape[1]);
     let (inputs, targets) = (tokens(inputs), tokens(&g["targets"].1));
@@ -67,7 +77,7 @@ fn golden_loss_logits_and_gradients_match_pytorch() {
     let want = g["loss"].1[0];
     assert!(
         ((loss - want) / want).abs() < 1e-4,
-        "loss {loss} vs PyTorch {want}"
+        "{how:?}: loss {loss} vs PyTorch {want}"
     );
     m.zero_grad();
     m.backward();
@@ -80,7 +90,7 @@ fn golden_loss_logits_and_gradients_match_pytorch() {
             want,
             1e-3,
             1e-3 * scale,
-            &format!("grad.{}", spec.name),
+            &format!("{how:?}: grad.{}", spec.name),
         );
     }
 
@@ -101,8 +111,15 @@ fn golden_loss_logits_and_gradients_match_pytorch() {
 /// loss is smooth; f32 rounding of the loss contributes ~1e-5 to each estimate).
 #[test]
 fn gradients_match_finite_differences_for_every_parameter_group() {
+    for how in PROJECTIONS {
+        finite_differences(how);
+    }
+}
+
+fn finite_differences(how: InputProjection) {
     let config = LstmConfig::new(13, 5, 2);
     let mut m = perturbed(config, 3);
+    m.set_input_projection(how);
     let (b, t) = (2, 4);
     let mut rng = TestRng::new(11);
     let (inputs, targets) = batch(&mut rng, b, t, 13);
@@ -130,7 +147,7 @@ fn gradients_match_finite_differences_for_every_parameter_group() {
             let an = analytic[i];
             assert!(
                 (fd - an).abs() <= 2e-2 * an.abs().max(fd.abs()) + 2e-4,
-                "{}[{}]: analytic {an}, finite difference {fd}",
+                "{how:?}: {}[{}]: analytic {an}, finite difference {fd}",
                 spec.name,
                 i - range.start
             );
