@@ -993,6 +993,35 @@ mod tests {
         }
     }
 
+    /// Walks started concurrently on one pool (parallel tests, a par_iter over models) must
+    /// not deadlock: rayon queues each broadcast's jobs on every worker under one lock, in
+    /// FIFO order, so all workers run the walks in the same order and never wait on each
+    /// other across two of them. (A deadlock hangs this test.)
+    #[test]
+    fn concurrent_walks_on_one_pool_finish_with_the_same_results() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let c = case(3, 5, 2 * LANES + 7, 17);
+        let want = forward(&c);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..20 {
+                        assert!(pool.install(|| forward(&c)) == want);
+                    }
+                });
+            }
+        });
+        // Nested: walks launched from inside the pool's own parallel loop.
+        let all: Vec<_> = pool.install(|| {
+            use rayon::prelude::*;
+            (0..8).into_par_iter().map(|_| forward(&c)).collect()
+        });
+        assert!(all.iter().all(|got| *got == want));
+    }
+
     /// The reference backward is the gradient of the reference forward: finite differences in
     /// f32 on L = Σ dhs ⊙ h_{1..T} (central, ε = 1e-2 on inputs of order 1, tolerances to
     /// match). With the reference checked here and the fast kernels checked against the
