@@ -20,6 +20,17 @@
 //!
 //! - [`gpt`]: the GPT-2-architecture transformer ([`Gpt`]), Hugging Face checkpoints, KV-cache
 //!   decoding.
+//! - [`lstm`]: the multi-layer LSTM ([`Lstm`]) as PyTorch's `nn.LSTM`, PyTorch checkpoints,
+//!   (h, c) decoding, hidden state carried or reset between windows.
+//! - [`lm`]: the [`LanguageModel`] and [`Decoder`] interface both implement.
+//!
+//! ## Training and checkpoints
+//!
+//! - [`optim`]: AdamW and SGD over the flat parameters, clipping, warmup + cosine schedule, and
+//!   their saved state.
+//! - [`load`]: whole checkpoint directories for any model ([`load_checkpoint`] dispatches on
+//!   `model_type`; [`save_checkpoint`] and [`load_resume`] add the optimizer and trainer state).
+//! - [`checkpoint`] and [`params`]: the generic safetensors/JSON I/O and flat parameter layout.
 #![deny(unsafe_code)]
 
 pub mod checkpoint;

@@ -11,25 +11,25 @@
 use std::path::Path;
 
 use crate::checkpoint::{self, CheckpointError};
+use crate::gpt::Gpt;
 use crate::lm::LanguageModel;
 use crate::lstm::{self, Lstm};
 use crate::optim::Optimizer;
 use crate::params::ParamLayout;
 
 /// Loads the model in checkpoint directory `dir`, dispatching on config.json's `model_type`
-/// (`"lanes-lstm"` → [`Lstm`]).
+/// (`"gpt2"` → [`Gpt`], Hugging Face's GPT-2 checkpoints included; `"lanes-lstm"` → [`Lstm`]).
 pub fn load_checkpoint(dir: &Path) -> Result<Box<dyn LanguageModel>, CheckpointError> {
     let dir = checkpoint::resolve(dir)?;
     let path = dir.join(checkpoint::CONFIG_FILE);
     let config = checkpoint::read_json(&path)?;
     match config.get("model_type").and_then(|t| t.as_str()) {
+        Some("gpt2") => Ok(Box::new(Gpt::load(&dir)?)),
         Some(lstm::MODEL_TYPE) => Ok(Box::new(Lstm::load(&dir)?)),
-        // TODO(gpt): `Some("gpt2") => Ok(Box::new(Gpt::load(&dir)?))` once the transformer
-        // (branch `gpt`) is on main.
         other => Err(CheckpointError::Config {
             path,
             message: format!(
-                "unknown model_type {other:?} (this build loads \"{}\")",
+                "unknown model_type {other:?} (Lanes loads \"gpt2\" and \"{}\")",
                 lstm::MODEL_TYPE
             ),
         }),

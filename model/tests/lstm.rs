@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use kernels::testutil::{TestRng, assert_close};
 use model::checkpoint::{self, CheckpointError};
-use model::{InputProjection, LanguageModel, Lstm, LstmConfig, load_checkpoint, save_checkpoint};
+use model::{
+    InputProjection, LanguageModel, Lstm, LstmConfig, ModelKind, load_checkpoint, save_checkpoint,
+};
 use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
 
@@ -236,8 +238,14 @@ fn checkpoint_round_trips_through_load_checkpoint() {
         back.forward(&inputs, &targets, 2, 5),
         m.forward(&inputs, &targets, 2, 5)
     );
-    // PyTorch's own file loads as well (the fixture's config.json + model.safetensors).
-    assert_eq!(load_checkpoint(&fixture_dir()).unwrap().vocab_size(), 257);
+    // PyTorch's own file loads as well (the fixture's config.json + model.safetensors), and
+    // the dispatch picks the transformer for a Hugging Face GPT-2 directory.
+    assert_eq!(
+        load_checkpoint(&fixture_dir()).unwrap().kind(),
+        ModelKind::Lstm
+    );
+    let gpt2 = fixture_dir().with_file_name("gpt2_v257");
+    assert_eq!(load_checkpoint(&gpt2).unwrap().kind(), ModelKind::Gpt);
 }
 
 #[test]

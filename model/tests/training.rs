@@ -2,24 +2,28 @@
 //! it can overfit a single small batch, a run is bitwise identical on 1 and 2 threads, and a
 //! run resumed from a checkpoint reproduces the uninterrupted run's losses exactly.
 //!
-//! Each property runs for every model on main (add a line to `models()` when one lands).
+//! Each property runs for every model (`models()`): the transformer and the LSTM.
 
 use kernels::testutil::TestRng;
 use model::{
-    AdamWConfig, LanguageModel, Lstm, LstmConfig, Optimizer, OptimizerConfig, Schedule,
-    load_checkpoint, load_resume, save_checkpoint,
+    AdamWConfig, Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, Optimizer, OptimizerConfig,
+    Schedule, load_checkpoint, load_resume, save_checkpoint,
 };
 
 /// Makes a fresh model; each call gives the same initial weights.
 type Factory = fn() -> Box<dyn LanguageModel>;
 
-/// A tiny instance of every model, by name.
+/// A tiny instance of every model, by name (byte vocabulary).
 fn models() -> Vec<(&'static str, Factory)> {
-    // TODO(gpt): add ("gpt", || Box::new(Gpt::new(GptConfig::tiny(64), 7))) when it lands.
-    vec![("lstm", || Box::new(Lstm::new(LstmConfig::tiny(64), 7)))]
+    vec![
+        ("gpt", || {
+            Box::new(Gpt::new(GptConfig::preset("tiny").unwrap(), 7).unwrap())
+        }),
+        ("lstm", || Box::new(Lstm::new(LstmConfig::tiny(V), 7))),
+    ]
 }
 
-const V: usize = 64;
+const V: usize = 257;
 
 /// Batch `step` of a fixed synthetic stream: (B, T) inputs and next-token targets, a pure
 /// function of the step (as the real loader is of seed and step).
