@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench train_step            # everything
 //! cargo bench --bench train_step -- gpt     # the transformer only
+//! cargo bench --bench train_step -- lstm    # the LSTM only (about a minute)
 //! ```
 //!
 //! Each model has one function here that registers its groups; the step is the same the
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kernels::optim::{AdamW, adamw_step};
-use model::{Gpt, GptConfig, LanguageModel};
+use model::{Gpt, GptConfig, LanguageModel, Lstm, LstmConfig};
 
 /// Deterministic pseudo-random tokens in `0..v`.
 fn tokens(n: usize, v: usize, seed: u64) -> Vec<u32> {
@@ -24,7 +25,7 @@ fn tokens(n: usize, v: usize, seed: u64) -> Vec<u32> {
 
 /// A model, its AdamW moments, and one batch: everything a training step touches.
 struct Trainer {
-    model: Gpt,
+    model: Box<dyn LanguageModel>,
     m: Vec<f32>,
     v: Vec<f32>,
     inputs: Vec<u32>,
@@ -35,8 +36,7 @@ struct Trainer {
 }
 
 impl Trainer {
-    fn new(cfg: GptConfig, b: usize, t: usize) -> Self {
-        let model = Gpt::new(cfg, 0).unwrap();
+    fn new(model: Box<dyn LanguageModel>, b: usize, t: usize) -> Self {
         let n = model.params().len();
         let v = model.vocab_size();
         Trainer {
@@ -77,45 +77,63 @@ impl Trainer {
 /// preset at B=4, T=64 (time per step), each on 1 and 2 threads.
 fn gpt(c: &mut Criterion) {
     let small = GptConfig::preset("small").unwrap();
-    let cases = [
-        ("gpt_small", small.clone(), 16, 256),
-        (
-            "gpt_small",
-            GptConfig {
-                n_positions: 1024,
-                ..small
-            },
-            1,
-            1024,
-        ),
-        ("gpt2_124m", GptConfig::preset("gpt2").unwrap(), 4, 64),
-    ];
-    for (name, cfg, b, t) in cases {
-        let mut group = c.benchmark_group(format!("train_step/{name}"));
-        group.sample_size(10);
-        group.warm_up_time(Duration::from_secs(2));
-        group.measurement_time(Duration::from_secs(if name == "gpt2_124m" {
-            15
-        } else {
-            8
-        }));
-        group.throughput(Throughput::Elements((b * t) as u64));
-        // Built by the first benchmark that runs, so a filtered-out case costs nothing.
-        let mut trainer = None;
-        for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let id = BenchmarkId::new(format!("B{b}_T{t}"), format!("{threads}t"));
-            group.bench_function(id, |bench| {
-                let trainer = trainer.get_or_insert_with(|| Trainer::new(cfg.clone(), b, t));
-                pool.install(|| bench.iter(|| trainer.step()))
-            });
-        }
-        group.finish();
-    }
+    let long = GptConfig {
+        n_positions: 1024,
+        ..small.clone()
+    };
+    let gpt = |cfg: GptConfig| {
+        move || -> Box<dyn LanguageModel> { Box::new(Gpt::new(cfg.clone(), 0).unwrap()) }
+    };
+    bench_steps(c, "gpt_small", gpt(small), 16, 256, 8);
+    bench_steps(c, "gpt_small", gpt(long), 1, 1024, 8);
+    bench_steps(
+        c,
+        "gpt2_124m",
+        gpt(GptConfig::preset("gpt2").unwrap()),
+        4,
+        64,
+        15,
+    );
 }
 
-criterion_group!(benches, gpt);
+/// The LSTM: `small` (3 × 360, 3.3M parameters, the byte vocabulary) at B=16, T=256 and at
+/// B=1, T=1024, on 1 and 2 threads.
+fn lstm(c: &mut Criterion) {
+    let small = || -> Box<dyn LanguageModel> { Box::new(Lstm::new(LstmConfig::small(257), 0)) };
+    bench_steps(c, "lstm_small", small, 16, 256, 8);
+    bench_steps(c, "lstm_small", small, 1, 1024, 8);
+}
+
+/// Registers `train_step/{name}/B{b}_T{t}/{1,2}t`: one training step of the model `make`
+/// builds, on a pool of 1 and of 2 threads, `seconds` of measurement each.
+fn bench_steps(
+    c: &mut Criterion,
+    name: &str,
+    make: impl Fn() -> Box<dyn LanguageModel>,
+    b: usize,
+    t: usize,
+    seconds: u64,
+) {
+    let mut group = c.benchmark_group(format!("train_step/{name}"));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(2));
+    group.measurement_time(Duration::from_secs(seconds));
+    group.throughput(Throughput::Elements((b * t) as u64));
+    // Built by the first benchmark that runs, so a filtered-out case costs nothing.
+    let mut trainer = None;
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let id = BenchmarkId::new(format!("B{b}_T{t}"), format!("{threads}t"));
+        group.bench_function(id, |bench| {
+            let trainer = trainer.get_or_insert_with(|| Trainer::new(make(), b, t));
+            pool.install(|| bench.iter(|| trainer.step()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, gpt, lstm);
 criterion_main!(benches);
