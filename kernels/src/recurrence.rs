@@ -140,8 +140,9 @@ pub fn lstm_pack_backward(packed: &mut [f32], w_hh: &[f32], h: usize) {
 /// - `w_hh_packed`: W_hh packed by [`lstm_pack_forward`].
 ///
 /// Runs on the current rayon pool, one thread per panel range (see the module docs); results
-/// do not depend on the pool size. Must not be called from inside a parallel iterator whose
-/// other tasks could keep a pool thread from joining the walk.
+/// do not depend on the pool size. Every one of those threads must join the walk, so a pool
+/// thread blocked elsewhere (on a lock or a channel the caller holds) stalls it. Walks started
+/// concurrently on one pool, or from inside its parallel iterators, take turns (tested).
 #[allow(clippy::too_many_arguments)]
 pub fn lstm_forward(
     hs: &mut [f32],
