@@ -15,6 +15,7 @@
 //! - [`tokenizer`]: `byte` (V = 257) and `gpt2` (V = 50257), encode, decode, streaming decode.
 //! - [`data`]: shard format, writers, `meta.json`, the memory-mapped [`data::Dataset`].
 //! - [`rng`]: SplitMix64, the reproducible random source of batches, initialization and sampling.
+//! - [`sampling`]: greedy, naive, top-k and nucleus sampling with temperature.
 //!
 //! ## The models
 //!
@@ -43,6 +44,7 @@ pub mod lstm;
 pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod sampling;
 pub mod tokenizer;
 
 pub use data::{DataError, Dataset, Split};
