@@ -285,6 +285,23 @@ impl Gpt {
         &self.acts.logits[..self.b * self.t * self.config.vocab_size]
     }
 
+    /// The (T, T) causal attention probabilities of head `head` in block `layer` for batch
+    /// row `row` of the last forward, row-major (`probs[i·T + j]` = how much position i
+    /// attends to j ≤ i), recomputed from the saved q and k by
+    /// [`kernels::attention::attention_probs`]. For plots (`runner score --plot-attention`).
+    pub fn attention_probs(&self, probs: &mut [f32], layer: usize, head: usize, row: usize) {
+        let cfg = &self.config;
+        let (b, t, c) = (self.b, self.t, cfg.n_embd);
+        assert!(b * t > 0, "Gpt::attention_probs: needs a forward first");
+        assert!(
+            layer < cfg.n_layer,
+            "Gpt::attention_probs: layer {layer} of {}",
+            cfg.n_layer
+        );
+        let qkv = self::layer(&self.acts.qkv, layer, b * t * 3 * c); // (B, T, 3C)
+        kernels::attention::attention_probs(probs, qkv, row, head, b, t, c, cfg.n_head);
+    }
+
     /// Bytes of activation and scratch memory held (grows with the largest B·T seen).
     pub fn activation_bytes(&self) -> usize {
         self.acts.bytes()
