@@ -1,10 +1,22 @@
 //! `runner`: the command-line program of Lanes, one file per subcommand.
+//!
+//! `prepare` (text → shards), `train` (shards → checkpoint), `score` (p(text) by the chain
+//! rule), `generate` (sampling with a KV cache or carried state), `info` (SIMD path, CPU).
+//! Every error is one line `error: ...` ending in a hint, with exit code 2 (clap's own usage
+//! errors exit 2 too); an interrupted `train` saves and exits 130.
 #![forbid(unsafe_code)]
 
+mod builtin;
+mod ckpt;
+mod generate;
 mod info;
+mod plot;
 mod prepare;
+mod score;
+mod train;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -13,6 +25,11 @@ use clap::{Parser, Subcommand};
     about = "Train and use small language models on the CPU"
 )]
 struct Cli {
+    /// Worker threads for every kernel (the rayon pool); 0 = one per core. Results do not
+    /// depend on it.
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: usize,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -21,6 +38,12 @@ struct Cli {
 enum Command {
     /// Tokenize text files into llm.c-format shards (train_*.bin, val_*.bin) and meta.json.
     Prepare(prepare::Args),
+    /// Train a GPT or an LSTM on shards (or on the built-in corpus), with checkpoints.
+    Train(train::Args),
+    /// Score a text by the chain rule: p(token | prefix) for every token, log p, perplexity.
+    Score(score::Args),
+    /// Generate text from a prompt: greedy, naive, top-k or nucleus sampling.
+    Generate(generate::Args),
     /// Show the SIMD path of this build, this CPU's features and whether it can run this build.
     Info(info::Args),
 }
@@ -31,13 +54,33 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let result = build_pool(cli.threads).and_then(|()| match cli.command {
         Command::Prepare(args) => prepare::run(args),
+        Command::Train(args) => train::run(args, subcommand_matches(&matches)),
+        Command::Score(args) => score::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Info(args) => info::run(args),
-    };
+    });
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(2);
     }
+}
+
+/// The matches of the subcommand given (to tell flags the user typed from defaults).
+fn subcommand_matches(matches: &ArgMatches) -> &ArgMatches {
+    matches
+        .subcommand()
+        .map(|(_, m)| m)
+        .expect("clap requires a subcommand")
+}
+
+/// Sizes rayon's global pool, which every kernel uses.
+fn build_pool(threads: usize) -> anyhow::Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("cannot start the worker threads; hint: try a smaller --threads")
 }

@@ -1,0 +1,1230 @@
+//! `runner train`: a training run, from a shard folder (or the built-in corpus) to a
+//! checkpoint you can score and generate with. Reads like nanoGPT's `train.py`:
+//!
+//! ```text
+//! for step in start..target:
+//!     inputs, targets = train batch `step`            a pure function of (seed, step)
+//!     loss = model.forward(inputs, targets)            mean −ln p, nats/token
+//!     model.zero_grad(); model.backward()
+//!     optimizer.step(params, grads, lr = schedule(step)), gradients clipped to --grad-clip
+//!     every --eval-every: validation loss, bits/byte, perplexity → metrics.jsonl, loss.svg
+//!     every --save-every: checkpoint (atomic)
+//! ```
+//!
+//! A run folder (`--out`, default `runs/MODEL-PRESET-DATE`) holds:
+//!
+//! ```text
+//! checkpoint/   config.json, model.safetensors (Hugging Face / PyTorch names),
+//!               optimizer.safetensors, state.json (step, seed, schedule, metrics so far)
+//! metrics.jsonl one JSON object per line: training steps and evaluations
+//! loss.svg      train and validation loss curves, redrawn at every evaluation
+//! data/         the built-in corpus, when no --shards was given
+//! ```
+//!
+//! Resuming (`--resume`) is bit-exact: batch `step` depends only on (seed, step), the
+//! optimizer's moments and step count come back from the checkpoint, the schedule from
+//! state.json, and every kernel gives the same bits on any thread count — so a resumed run
+//! logs the very losses the uninterrupted run would have. Ctrl-C finishes the current step,
+//! saves and exits with status 130 (a second Ctrl-C exits at once, leaving the last
+//! checkpoint). A loss or gradient that is NaN or infinite stops the run with exit status 2
+//! without saving, so the last checkpoint is the last good one.
+//!
+//! Leaves out: gradient accumulation, mixed precision, several processes, early stopping.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args as ClapArgs, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use model::data::TokenStream;
+use model::optim::grad_norm;
+use model::sampling::{Rule, Sampler};
+use model::{
+    AdamWConfig, Dataset, Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, Optimizer,
+    OptimizerConfig, Schedule, SgdConfig, Tokenizer, TokenizerKind,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::builtin;
+use crate::ckpt::{self, CHECKPOINT_DIR, Net, thousands};
+use crate::generate;
+use crate::plot::{self, Level};
+
+/// Steps of a run given neither --steps nor --time.
+const DEFAULT_STEPS: u64 = 600;
+/// Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: i32 = 130;
+/// Train tokens read to measure the unigram baseline (the start of the split).
+const UNIGRAM_TOKENS: u64 = 16 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelArg {
+    /// GPT-2-architecture transformer.
+    Gpt,
+    /// Multi-layer LSTM.
+    Lstm,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerArg {
+    /// AdamW, betas (0.9, 0.95), eps 1e-8, decoupled weight decay on matrices only.
+    Adamw,
+    /// SGD with momentum 0.9 (weight decay as L2 on matrices only).
+    Sgd,
+}
+
+/// Every flag of `runner train` with its default. The flags that define a run (data, model,
+/// batch, schedule, optimizer, seed) are fixed once it starts: `--resume` takes them from the
+/// checkpoint and refuses different ones. `--steps`, `--time`, `--eval-every`,
+/// `--eval-batches` and `--save-every` may change on resume.
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Shard folder from `runner prepare` (train_*.bin, val_*.bin, meta.json). Without it:
+    /// the built-in English-like corpus, generated from --seed into OUT/data, whose exact
+    /// entropy rate is printed beside the result.
+    #[arg(long, value_name = "DIR")]
+    pub shards: Option<PathBuf>,
+
+    /// Architecture.
+    #[arg(long, value_enum, default_value_t = ModelArg::Gpt)]
+    pub model: ModelArg,
+
+    /// Size preset: tiny (2 layers of 32, for tests), small (about 3.3M parameters), gpt2
+    /// (GPT-2 124M; transformer only). The size flags below override its fields.
+    #[arg(long, default_value = "small", value_parser = ["tiny", "small", "gpt2"])]
+    pub preset: String,
+
+    /// Layers: transformer blocks (GPT) or stacked LSTM layers.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub layers: Option<u64>,
+
+    /// GPT: embedding width C (a multiple of --heads).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub d_model: Option<u64>,
+
+    /// GPT: attention heads NH.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub heads: Option<u64>,
+
+    /// LSTM: hidden size H (also the embedding width).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub hidden: Option<u64>,
+
+    /// Tokens per training window T [default: the preset's: tiny 64, small 256, gpt2 1024].
+    /// For the GPT it is also the context (n_positions).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub seq_len: Option<u64>,
+
+    /// Windows per batch B.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
+
+    /// Optimizer steps [default: 600, unless --time is given].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub steps: Option<u64>,
+
+    /// Wall-clock budget, e.g. 90s, 10m, 1h30m. Alone, it sets the step count from the
+    /// measured speed of the first steps (the schedule decays over those); with --steps, the
+    /// run stops at whichever comes first.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub time: Option<Duration>,
+
+    /// Peak learning rate [default: 3e-3 for adamw, 0.1 for sgd].
+    #[arg(long)]
+    pub lr: Option<f32>,
+
+    /// Learning-rate floor reached by the cosine decay at the last step [default: lr / 10].
+    #[arg(long)]
+    pub min_lr: Option<f32>,
+
+    /// Steps of linear warmup from lr/warmup to lr.
+    #[arg(long, default_value_t = 50)]
+    pub warmup: u64,
+
+    /// Optimizer.
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Adamw)]
+    pub optimizer: OptimizerArg,
+
+    /// Weight decay of matrices and embeddings (biases and LayerNorm gains never decay).
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f32,
+
+    /// Clip the gradients' global L2 norm to this (0 = no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f32,
+
+    /// Seed of the initial weights, the batches and the built-in corpus.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+
+    /// Evaluate on the validation split every N steps (and at the start and the end).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub eval_every: u64,
+
+    /// Batches of B windows per evaluation (the first ones of the validation split, the same
+    /// every time).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub eval_batches: u64,
+
+    /// Save a checkpoint every N steps (and always at the end and on Ctrl-C).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub save_every: u64,
+
+    /// Run folder [default: runs/MODEL-PRESET-YYYYMMDD-HHMMSS].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// Continue the run in --out from its checkpoint, bit-exactly.
+    #[arg(long, requires = "out")]
+    pub resume: bool,
+}
+
+/// The trainer's part of `state.json` (the optimizer adds its own under `optimizer`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RunState {
+    /// Optimizer steps done; the next batch is batch `step`.
+    step: u64,
+    /// The step the run stops at.
+    target_steps: u64,
+    /// Seed of the batches (and of the initial weights and built-in corpus).
+    seed: u64,
+    /// The shard folder, or None for the built-in corpus in OUT/data.
+    shards: Option<PathBuf>,
+    model: ModelArg,
+    batch: usize,
+    seq_len: usize,
+    /// The learning-rate schedule: warmup, then cosine from lr to min_lr at step `total`.
+    lr: f32,
+    min_lr: f32,
+    warmup: u64,
+    total: u64,
+    grad_clip: f32,
+    /// Wall-clock budget of the whole run, if any, and the seconds spent so far.
+    time_budget_s: Option<f64>,
+    elapsed_s: f64,
+    tokens_seen: u64,
+    /// Evaluation and checkpoint cadence (may change on resume).
+    eval_every: u64,
+    eval_batches: u64,
+    save_every: u64,
+    /// The latest figures (also in metrics.jsonl).
+    train_loss: Option<f32>,
+    val_loss: Option<f64>,
+    val_bits_per_byte: Option<f64>,
+}
+
+impl RunState {
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            lr: self.lr,
+            min_lr: self.min_lr,
+            warmup: self.warmup,
+            total: self.total,
+        }
+    }
+}
+
+/// An architecture and its size, before any weight exists.
+enum ModelConfig {
+    Gpt(GptConfig),
+    Lstm(LstmConfig),
+}
+
+impl ModelConfig {
+    /// The configuration the flags describe, with the data's vocabulary, and the window T
+    /// (`seq_len`, else the preset's).
+    fn from_args(
+        args: &Args,
+        tokenizer: TokenizerKind,
+        seq_len: Option<u64>,
+    ) -> Result<(ModelConfig, usize)> {
+        let v = tokenizer.vocab_size() as usize;
+        let size = |x: Option<u64>| x.map(|n| n as usize);
+        match args.model {
+            ModelArg::Gpt => {
+                if args.hidden.is_some() {
+                    bail!(
+                        "--hidden sizes the LSTM; hint: the GPT's width is --d-model (its MLP is 4 × d-model)"
+                    );
+                }
+                let mut c = GptConfig::preset(&args.preset).expect("clap checks the preset");
+                c.n_layer = size(args.layers).unwrap_or(c.n_layer);
+                c.n_embd = size(args.d_model).unwrap_or(c.n_embd);
+                c.n_head = size(args.heads).unwrap_or(c.n_head);
+                c.n_positions = size(seq_len).unwrap_or(c.n_positions);
+                c.vocab_size = v;
+                c.tokenizer = tokenizer;
+                c.validate().map_err(|e| {
+                    anyhow::anyhow!("{e}; hint: --d-model must be a multiple of --heads")
+                })?;
+                let t = c.n_positions;
+                Ok((ModelConfig::Gpt(c), t))
+            }
+            ModelArg::Lstm => {
+                if args.d_model.is_some() || args.heads.is_some() {
+                    bail!("--d-model and --heads size the GPT; hint: the LSTM's width is --hidden");
+                }
+                let Some(mut c) = LstmConfig::preset(&args.preset, v) else {
+                    bail!(
+                        "there is no LSTM preset {:?}; hint: --preset tiny or small, or size it with --layers and --hidden",
+                        args.preset
+                    );
+                };
+                c.hidden_size = size(args.hidden).unwrap_or(c.hidden_size);
+                c.num_layers = size(args.layers).unwrap_or(c.num_layers);
+                c.tokenizer = tokenizer.name().to_string();
+                let default_t = if args.preset == "tiny" { 64 } else { 256 };
+                Ok((ModelConfig::Lstm(c), size(seq_len).unwrap_or(default_t)))
+            }
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            ModelConfig::Gpt(c) => c.to_json(),
+            ModelConfig::Lstm(c) => c.to_json(),
+        }
+    }
+
+    /// Fresh weights drawn from `seed`.
+    fn build(self, seed: u64) -> Net {
+        match self {
+            ModelConfig::Gpt(c) => Net::Gpt(Gpt::new(c, seed).expect("validated config")),
+            ModelConfig::Lstm(c) => Net::Lstm(Lstm::new(c, seed)),
+        }
+    }
+}
+
+/// Why the loop ended.
+#[derive(PartialEq)]
+enum Stop {
+    Done,
+    TimeUp,
+    Interrupted,
+}
+
+/// Everything a run holds while it trains.
+struct Trainer {
+    out: PathBuf,
+    net: Net,
+    opt: Optimizer,
+    state: RunState,
+    data: Dataset,
+    tokenizer: Tokenizer,
+    /// Validation text bytes per token (turns nats/token into bits/byte).
+    val_bytes_per_token: f64,
+    /// The exact entropy rate when training on the built-in corpus, bits/byte.
+    source_entropy: Option<f64>,
+    /// Loss of the unigram model of the training tokens, nats/token.
+    unigram: f64,
+    metrics: File,
+    train_curve: Vec<(u64, f32)>,
+    val_curve: Vec<(u64, f64)>,
+    /// Whether the schedule's length waits for the first steps' timing (--time alone).
+    estimate_steps: bool,
+}
+
+pub fn run(args: Args, matches: &ArgMatches) -> Result<()> {
+    let mut trainer = if args.resume {
+        Trainer::resume(&args, matches)?
+    } else {
+        Trainer::start(&args)?
+    };
+    trainer.train()
+}
+
+impl Trainer {
+    /// A new run in a new (or empty) folder.
+    fn start(args: &Args) -> Result<Trainer> {
+        let out = args.out.clone().unwrap_or_else(|| default_run_dir(args));
+        if out.join(CHECKPOINT_DIR).exists() || out.join("metrics.jsonl").exists() {
+            bail!(
+                "{} already holds a training run; hint: add --resume to continue it, or choose another --out",
+                out.display()
+            );
+        }
+        let lr = args.lr.unwrap_or(match args.optimizer {
+            OptimizerArg::Adamw => 3e-3,
+            OptimizerArg::Sgd => 0.1,
+        });
+        let min_lr = args.min_lr.unwrap_or(lr / 10.0);
+        if !(lr.is_finite() && lr > 0.0 && min_lr >= 0.0 && min_lr <= lr) {
+            bail!(
+                "--lr {lr} and --min-lr {min_lr}: need 0 <= min-lr <= lr and lr > 0; hint: e.g. --lr 3e-3 --min-lr 3e-4"
+            );
+        }
+        if !(args.grad_clip >= 0.0 && args.weight_decay >= 0.0) {
+            bail!("--grad-clip and --weight-decay must be >= 0; hint: 0 turns either off");
+        }
+        std::fs::create_dir_all(&out)
+            .with_context(|| format!("cannot create the run folder {}", out.display()))?;
+        let data_dir = match &args.shards {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = out.join("data");
+                if builtin::ensure(&dir, args.seed)? {
+                    println!(
+                        "wrote the built-in corpus (seed {}) to {}",
+                        args.seed,
+                        dir.display()
+                    );
+                }
+                dir
+            }
+        };
+        let data = open_data(&data_dir)?;
+        let tokenizer = data.tokenizer();
+        let (config, t) = ModelConfig::from_args(args, tokenizer, args.seq_len)?;
+        let net = config.build(args.seed);
+        check_data(&data, &data_dir, net.lm(), t)?;
+        let opt_config = match args.optimizer {
+            OptimizerArg::Adamw => OptimizerConfig::AdamW(AdamWConfig {
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: args.weight_decay,
+            }),
+            OptimizerArg::Sgd => OptimizerConfig::Sgd(SgdConfig {
+                weight_decay: args.weight_decay,
+                ..SgdConfig::default()
+            }),
+        };
+        let opt = Optimizer::new(opt_config, net.lm().layout());
+        // --time alone: the length is set after the first steps are timed (see `train`).
+        let estimate_steps = args.steps.is_none() && args.time.is_some();
+        let target = if estimate_steps {
+            u64::MAX
+        } else {
+            args.steps.unwrap_or(DEFAULT_STEPS)
+        };
+        let state = RunState {
+            step: 0,
+            target_steps: target,
+            seed: args.seed,
+            shards: args.shards.clone(),
+            model: args.model,
+            batch: args.batch as usize,
+            seq_len: t,
+            lr,
+            min_lr,
+            warmup: args.warmup,
+            total: target,
+            grad_clip: args.grad_clip,
+            time_budget_s: args.time.map(|d| d.as_secs_f64()),
+            elapsed_s: 0.0,
+            tokens_seen: 0,
+            eval_every: args.eval_every,
+            eval_batches: args.eval_batches,
+            save_every: args.save_every,
+            train_loss: None,
+            val_loss: None,
+            val_bits_per_byte: None,
+        };
+        let metrics = File::create(out.join("metrics.jsonl"))
+            .with_context(|| format!("cannot create {}", out.join("metrics.jsonl").display()))?;
+        Trainer::assemble(out, net, opt, state, data, metrics, estimate_steps)
+    }
+
+    /// The run in --out, from its checkpoint.
+    fn resume(args: &Args, matches: &ArgMatches) -> Result<Trainer> {
+        let out = args.out.clone().expect("clap: --resume requires --out");
+        let hint = format!(
+            "hint: {} holds no resumable run; start one with `runner train --out {}` (without --resume)",
+            out.display(),
+            out.display()
+        );
+        let dir = model::checkpoint::resolve(&out.join(CHECKPOINT_DIR)).context(hint.clone())?;
+        let loaded = ckpt::open(&dir, None)?;
+        let net = loaded.net;
+        let (opt, trainer) = model::load_resume(&dir, net.lm().layout())
+            .context("hint: the checkpoint is damaged; start a new run")?
+            .with_context(|| format!("{}: no optimizer state; {hint}", dir.display()))?;
+        let mut state: RunState = serde_json::from_value(trainer)
+            .with_context(|| format!("{}: unreadable state.json", dir.display()))
+            .context("hint: the checkpoint is damaged or from another version; start a new run")?;
+
+        // Flags that define the run must agree with it.
+        let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        let fixed = |flag: &str, ok: bool, was: String| -> Result<()> {
+            if given(flag) && !ok {
+                bail!(
+                    "--{} differs from the run being resumed ({was}); hint: drop it when resuming, or start a new run with another --out",
+                    flag.replace('_', "-")
+                );
+            }
+            Ok(())
+        };
+        let shown = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or("the built-in corpus".into(), |p| p.display().to_string())
+        };
+        fixed("shards", args.shards == state.shards, shown(&state.shards))?;
+        fixed("seed", args.seed == state.seed, state.seed.to_string())?;
+        fixed(
+            "model",
+            args.model == state.model,
+            format!("{:?}", state.model).to_lowercase(),
+        )?;
+        fixed(
+            "batch",
+            args.batch as usize == state.batch,
+            state.batch.to_string(),
+        )?;
+        fixed(
+            "seq_len",
+            args.seq_len.map(|t| t as usize) == Some(state.seq_len),
+            state.seq_len.to_string(),
+        )?;
+        fixed("lr", args.lr == Some(state.lr), state.lr.to_string())?;
+        fixed(
+            "min_lr",
+            args.min_lr == Some(state.min_lr),
+            state.min_lr.to_string(),
+        )?;
+        fixed(
+            "warmup",
+            args.warmup == state.warmup,
+            state.warmup.to_string(),
+        )?;
+        fixed(
+            "grad_clip",
+            args.grad_clip == state.grad_clip,
+            state.grad_clip.to_string(),
+        )?;
+        let (opt_name, decay) = match opt.config() {
+            OptimizerConfig::AdamW(c) => ("adamw", c.weight_decay),
+            OptimizerConfig::Sgd(c) => ("sgd", c.weight_decay),
+        };
+        let opt_arg = format!("{:?}", args.optimizer).to_lowercase();
+        fixed("optimizer", opt_arg == opt_name, opt_name.into())?;
+        fixed(
+            "weight_decay",
+            args.weight_decay == decay,
+            decay.to_string(),
+        )?;
+        if ["preset", "layers", "d_model", "heads", "hidden"]
+            .into_iter()
+            .any(given)
+        {
+            let t = args.seq_len.unwrap_or(state.seq_len as u64);
+            let (config, _) = ModelConfig::from_args(args, loaded.tokenizer.kind(), Some(t))?;
+            if config.to_json() != net.lm().config_json() {
+                bail!(
+                    "the size flags describe another model than the run's ({}); hint: drop --preset, --layers, --d-model, --heads and --hidden when resuming",
+                    net.describe()
+                );
+            }
+        }
+
+        if let Some(steps) = args.steps {
+            state.target_steps = steps;
+        }
+        if let Some(time) = args.time {
+            state.time_budget_s = Some(time.as_secs_f64());
+        }
+        if given("eval_every") {
+            state.eval_every = args.eval_every;
+        }
+        if given("eval_batches") {
+            state.eval_batches = args.eval_batches;
+        }
+        if given("save_every") {
+            state.save_every = args.save_every;
+        }
+        if state.step >= state.target_steps {
+            bail!(
+                "the run in {} is already at step {} of {}; hint: pass --steps N with N > {} to train further",
+                out.display(),
+                state.step,
+                state.target_steps,
+                state.step
+            );
+        }
+
+        let data_dir = match &state.shards {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = out.join("data");
+                builtin::ensure(&dir, state.seed)?; // regenerated bit-identically if deleted
+                dir
+            }
+        };
+        let data = open_data(&data_dir)?;
+        if data.tokenizer() != loaded.tokenizer.kind() {
+            bail!(
+                "{} is tokenized with {} but the checkpoint's model uses {}; hint: resume with the shards the run started with",
+                data_dir.display(),
+                data.tokenizer(),
+                loaded.tokenizer.name()
+            );
+        }
+        check_data(&data, &data_dir, net.lm(), state.seq_len)?;
+        let metrics = truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
+        let mut trainer = Trainer::assemble(out, net, opt, state, data, metrics.0, false)?;
+        (trainer.train_curve, trainer.val_curve) = (metrics.1, metrics.2);
+        println!(
+            "resuming {} at step {} of {}",
+            trainer.out.display(),
+            trainer.state.step,
+            trainer.state.target_steps
+        );
+        Ok(trainer)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        out: PathBuf,
+        net: Net,
+        opt: Optimizer,
+        state: RunState,
+        data: Dataset,
+        metrics: File,
+        estimate_steps: bool,
+    ) -> Result<Trainer> {
+        let tokenizer = Tokenizer::new(data.tokenizer());
+        let val_bytes_per_token = data
+            .meta()
+            .map(|m| m.val.bytes_per_token())
+            .unwrap_or(f64::NAN);
+        let source_entropy = state.shards.is_none().then(builtin::entropy_bits_per_byte);
+        let unigram = unigram_loss(data.train(), tokenizer.vocab_size() as usize);
+        Ok(Trainer {
+            out,
+            net,
+            opt,
+            state,
+            data,
+            tokenizer,
+            val_bytes_per_token,
+            source_entropy,
+            unigram,
+            metrics,
+            train_curve: Vec::new(),
+            val_curve: Vec::new(),
+            estimate_steps,
+        })
+    }
+
+    fn elapsed(&self, since: Instant) -> f64 {
+        self.state.elapsed_s + since.elapsed().as_secs_f64()
+    }
+
+    fn train(&mut self) -> Result<()> {
+        let (b, t) = (self.state.batch, self.state.seq_len);
+        let interrupted = install_sigint()?;
+        let since = Instant::now();
+        self.print_header();
+
+        let mut inputs = vec![0u32; b * t]; // (B, T)
+        let mut targets = vec![0u32; b * t]; // (B, T)
+        let bar = progress_bar(self.state.step, self.state.target_steps);
+        let mut eval_seconds = 0.0;
+        if self.state.step == 0 && self.val_curve.is_empty() {
+            let started = Instant::now();
+            self.evaluate(&bar, since, &mut inputs, &mut targets)?;
+            eval_seconds = started.elapsed().as_secs_f64();
+        }
+        let (mut train_seconds, mut train_tokens) = (0.0f64, 0u64);
+        let mut timed = Vec::new(); // seconds of the first steps, for --time alone
+        let mut last_saved = self.state.step;
+        let stop = loop {
+            if self.state.step >= self.state.target_steps {
+                break Stop::Done;
+            }
+            if self
+                .state
+                .time_budget_s
+                .is_some_and(|budget| self.elapsed(since) >= budget)
+            {
+                break Stop::TimeUp;
+            }
+            if interrupted.load(Ordering::SeqCst) {
+                break Stop::Interrupted;
+            }
+            let step = self.state.step;
+            let started = Instant::now();
+            self.data.train().train_batch(
+                self.state.seed,
+                step,
+                b,
+                t,
+                &mut inputs,
+                &mut targets,
+            )?;
+            let lr = self.state.schedule().at(step);
+            let lm = self.net.lm_mut();
+            let loss = lm.forward(&inputs, &targets, b, t);
+            if !loss.is_finite() {
+                return Err(self.diverged(&bar, step, "loss", loss, last_saved));
+            }
+            lm.zero_grad();
+            lm.backward();
+            let (params, grads) = lm.params_and_grads();
+            let norm = if self.state.grad_clip > 0.0 {
+                self.opt
+                    .step_clipped(params, grads, lr, self.state.grad_clip)
+            } else {
+                let norm = grad_norm(grads);
+                self.opt.step(params, grads, lr);
+                norm
+            };
+            if !norm.is_finite() {
+                return Err(self.diverged(&bar, step, "gradient norm", norm, last_saved));
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            train_seconds += seconds;
+            train_tokens += (b * t) as u64;
+            self.state.step += 1;
+            self.state.tokens_seen += (b * t) as u64;
+            self.state.train_loss = Some(loss);
+            self.train_curve.push((self.state.step, loss));
+            let tokens_per_s = train_tokens as f64 / train_seconds;
+            self.log(json!({
+                "step": self.state.step, "train_loss": loss, "lr": lr, "grad_norm": norm,
+                "tokens_per_s": tokens_per_s, "elapsed_s": self.elapsed(since),
+            }))?;
+            bar.set_position(self.state.step);
+            bar.set_message(format!(
+                "loss {loss:.4} | {} tok/s",
+                thousands(tokens_per_s as u64)
+            ));
+
+            if self.estimate_steps && step < 4 {
+                if step > 0 {
+                    timed.push(seconds); // step 0 pays for first-touch allocation
+                }
+                if step == 3 {
+                    self.fix_length_from_timing(&bar, since, &timed, eval_seconds);
+                }
+            }
+            let s = self.state.step;
+            if s.is_multiple_of(self.state.eval_every) || s == self.state.target_steps {
+                self.evaluate(&bar, since, &mut inputs, &mut targets)?;
+            }
+            if s.is_multiple_of(self.state.save_every) && s < self.state.target_steps {
+                self.save(since)?;
+                last_saved = s;
+            }
+        };
+        bar.finish_and_clear();
+
+        if stop != Stop::Interrupted && self.val_curve.last().map(|v| v.0) != Some(self.state.step)
+        {
+            self.evaluate(&bar, since, &mut inputs, &mut targets)?;
+        }
+        self.save(since)?;
+        self.plot()?;
+        let rate = train_tokens as f64 / train_seconds.max(1e-9);
+        match stop {
+            Stop::Interrupted => {
+                println!(
+                    "interrupted: saved step {} to {}\ncontinue with: runner train --out {} --resume",
+                    self.state.step,
+                    self.out.join(CHECKPOINT_DIR).display(),
+                    self.out.display()
+                );
+                std::process::exit(EXIT_INTERRUPTED);
+            }
+            Stop::TimeUp => println!(
+                "time is up after step {} of {}",
+                self.state.step, self.state.target_steps
+            ),
+            Stop::Done => {}
+        }
+        self.print_summary(rate);
+        Ok(())
+    }
+
+    /// Sets the run's length from the first steps' time (--time without --steps): the steps
+    /// that fit the remaining budget with the evaluations' share, so the schedule ends with
+    /// the clock.
+    fn fix_length_from_timing(
+        &mut self,
+        bar: &ProgressBar,
+        since: Instant,
+        timed: &[f64],
+        eval: f64,
+    ) {
+        let budget = self.state.time_budget_s.expect("--time given");
+        let step_s = timed.iter().sum::<f64>() / timed.len() as f64;
+        let per_step = step_s + eval / self.state.eval_every as f64;
+        let left = (budget - self.elapsed(since) - eval).max(0.0);
+        let total = self.state.step + (left / per_step) as u64;
+        self.state.target_steps = total.max(self.state.step + 1);
+        self.state.total = self.state.target_steps;
+        bar.set_length(self.state.target_steps);
+        bar.suspend(|| {
+            println!(
+                "--time {}: {} steps fit at {:.0} ms per step; the learning rate decays over them",
+                format_duration(budget),
+                self.state.target_steps,
+                step_s * 1e3
+            )
+        });
+    }
+
+    fn print_header(&self) {
+        let data = self.state.shards.as_ref().map_or_else(
+            || "the built-in corpus".to_string(),
+            |p| p.display().to_string(),
+        );
+        let train = self.data.train().len();
+        println!("model:  {}", self.net.describe());
+        println!(
+            "data:   {data} ({} tokenizer, {} train tokens, {} val tokens, {:.3} bytes/token)",
+            self.tokenizer.name(),
+            thousands(train),
+            thousands(self.data.val().len()),
+            self.val_bytes_per_token
+        );
+        let steps = if self.estimate_steps {
+            format!(
+                "as many steps as fit in {}",
+                format_duration(self.state.time_budget_s.expect("--time"))
+            )
+        } else {
+            format!("{} steps", self.state.target_steps)
+        };
+        let opt = match self.opt.config() {
+            OptimizerConfig::AdamW(_) => "AdamW",
+            OptimizerConfig::Sgd(_) => "SGD",
+        };
+        println!(
+            "train:  {steps} of B={} × T={} tokens, {opt}, lr {} → {} (warmup {}, cosine), {} threads",
+            self.state.batch,
+            self.state.seq_len,
+            self.state.lr,
+            self.state.min_lr,
+            self.state.warmup,
+            rayon::current_num_threads()
+        );
+        let mut reference = format!(
+            "a unigram model of the training tokens scores {:.3} nats/token ({:.3} bits/byte)",
+            self.unigram,
+            self.bits_per_byte(self.unigram)
+        );
+        if let Some(h) = self.source_entropy {
+            reference += &format!("; the source's entropy rate is {h:.3} bits/byte");
+        }
+        println!("levels: {reference}");
+        println!(
+            "run:    {} (metrics.jsonl, loss.svg, checkpoint/)",
+            self.out.display()
+        );
+    }
+
+    fn bits_per_byte(&self, nats_per_token: f64) -> f64 {
+        nats_per_token / std::f64::consts::LN_2 / self.val_bytes_per_token
+    }
+
+    /// Mean validation loss over the first --eval-batches batches; logs and plots it.
+    fn evaluate(
+        &mut self,
+        bar: &ProgressBar,
+        since: Instant,
+        inputs: &mut [u32],
+        targets: &mut [u32],
+    ) -> Result<()> {
+        let (b, t) = (self.state.batch, self.state.seq_len);
+        let val = self.data.val();
+        let batches = val.eval_batches(b, t).min(self.state.eval_batches);
+        if batches == 0 {
+            return Ok(()); // no validation text: check_data said so once
+        }
+        let lm = self.net.lm_mut();
+        let (mut nats, mut tokens) = (0.0f64, 0usize);
+        for batch in 0..batches {
+            let rows = val.eval_batch(batch, b, t, inputs, targets);
+            let n = rows * t;
+            lm.reset_state();
+            let loss = lm.forward(&inputs[..n], &targets[..n], rows, t);
+            nats += f64::from(loss) * n as f64;
+            tokens += n;
+        }
+        let loss = nats / tokens as f64;
+        let bpb = self.bits_per_byte(loss);
+        self.state.val_loss = Some(loss);
+        self.state.val_bits_per_byte = Some(bpb);
+        self.val_curve.push((self.state.step, loss));
+        self.log(json!({
+            "step": self.state.step, "val_loss": loss, "val_bits_per_byte": bpb,
+            "val_perplexity": loss.exp(), "val_tokens": tokens, "elapsed_s": self.elapsed(since),
+        }))?;
+        let train = self
+            .state
+            .train_loss
+            .map_or(String::new(), |l| format!("train {l:.4} | "));
+        let line = format!(
+            "step {:>6} | {train}val {loss:.4} nats/token, {bpb:.4} bits/byte, perplexity {:.3} | {:.1} s",
+            self.state.step,
+            loss.exp(),
+            self.elapsed(since)
+        );
+        bar.suspend(|| println!("{line}"));
+        self.plot()
+    }
+
+    fn plot(&self) -> Result<()> {
+        let mut levels = vec![Level {
+            label: format!("unigram model ({:.3})", self.unigram),
+            nats: self.unigram,
+        }];
+        if let Some(h) = self.source_entropy {
+            let nats = h * std::f64::consts::LN_2 * self.val_bytes_per_token;
+            levels.push(Level {
+                label: format!("source entropy rate ({h:.3} bits/byte)"),
+                nats,
+            });
+        }
+        let title = format!(
+            "{} — {}",
+            self.out.file_name().unwrap_or_default().to_string_lossy(),
+            self.net.describe()
+        );
+        plot::loss_curves(
+            &self.out.join("loss.svg"),
+            &title,
+            &self.train_curve,
+            &self.val_curve,
+            &levels,
+        )
+    }
+
+    fn log(&mut self, line: serde_json::Value) -> Result<()> {
+        writeln!(self.metrics, "{line}")
+            .with_context(|| format!("cannot write {}/metrics.jsonl", self.out.display()))
+    }
+
+    fn save(&mut self, since: Instant) -> Result<()> {
+        self.state.elapsed_s = self.elapsed(since);
+        let trainer = serde_json::to_value(&self.state).expect("RunState serializes");
+        let dir = self.out.join(CHECKPOINT_DIR);
+        model::save_checkpoint(&dir, self.net.lm(), Some((&self.opt, &trainer)))
+            .context("hint: check the free space and permissions of the run folder")
+    }
+
+    /// The error for a NaN or infinite loss or gradient at `step`.
+    fn diverged(
+        &self,
+        bar: &ProgressBar,
+        step: u64,
+        what: &str,
+        value: f32,
+        last_saved: u64,
+    ) -> anyhow::Error {
+        bar.abandon();
+        let kept = if last_saved > 0 {
+            format!(
+                "the last good checkpoint (step {last_saved}) is kept in {}",
+                self.out.join(CHECKPOINT_DIR).display()
+            )
+        } else {
+            "no checkpoint was saved before it".to_string()
+        };
+        anyhow::anyhow!(
+            "the {what} became {value} at step {}: training diverged; {kept}; hint: lower --lr (now {}) or keep --grad-clip on",
+            step + 1,
+            self.state.lr
+        )
+    }
+
+    fn print_summary(&self, tokens_per_s: f64) {
+        let s = &self.state;
+        println!(
+            "\ntrained {} steps, {} tokens, in {:.1} s ({} tokens/s)",
+            s.step,
+            thousands(s.tokens_seen),
+            s.elapsed_s,
+            thousands(tokens_per_s as u64)
+        );
+        if let (Some(loss), Some(bpb)) = (s.val_loss, s.val_bits_per_byte) {
+            println!(
+                "validation: {loss:.4} nats/token, {bpb:.4} bits/byte, perplexity {:.3}  (unigram model: {:.4} bits/byte)",
+                loss.exp(),
+                self.bits_per_byte(self.unigram)
+            );
+            if let Some(h) = self.source_entropy {
+                println!(
+                    "the source's true entropy rate: {h:.4} bits/byte — no model can do better; this one is {:.4} bits/byte ({:.0}%) above it",
+                    bpb - h,
+                    100.0 * (bpb - h) / h
+                );
+            }
+        }
+        println!("\na sample (temperature 0.8, seed 1):");
+        for line in self.sample_lines(3) {
+            println!("  {line}");
+        }
+        let example = if self.source_entropy.is_some() {
+            "The old king sees a river."
+        } else {
+            "The"
+        };
+        println!("\nscore or generate with it:");
+        println!(
+            "  runner score --ckpt {} --text \"{example}\"",
+            self.out.display()
+        );
+        println!(
+            "  runner generate --ckpt {} --prompt \"The\" --top-p 0.95",
+            self.out.display()
+        );
+    }
+
+    /// Up to `n` lines of text sampled from the model, starting a new document.
+    fn sample_lines(&self, n: usize) -> Vec<String> {
+        let rule = Rule::Sample {
+            temperature: 0.8,
+            top_k: None,
+            top_p: None,
+        };
+        let mut sampler = Sampler::new(rule, 1);
+        let prompt = [self.tokenizer.eos_id()];
+        let mut text = String::new();
+        generate::generate(
+            self.net.lm(),
+            &self.tokenizer,
+            &prompt,
+            &mut sampler,
+            120 * n,
+            false,
+            |piece| {
+                text.push_str(piece);
+                text.matches('\n').count() < n
+            },
+        );
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(n)
+            .map(|l| l.to_string())
+            .collect()
+    }
+}
+
+/// Opens a shard folder with a hint for each way it can be wrong.
+fn open_data(dir: &Path) -> Result<Dataset> {
+    Dataset::open(dir).with_context(|| {
+        format!(
+            "cannot open the shard folder {}; hint: make one with `runner prepare --input FILES --out {}`",
+            dir.display(),
+            dir.display()
+        )
+    })
+}
+
+/// The data fits the model: every token id is inside its vocabulary (the error names the
+/// shard), and the training split holds at least one window.
+fn check_data(data: &Dataset, dir: &Path, lm: &dyn LanguageModel, t: usize) -> Result<()> {
+    let v = lm.vocab_size();
+    data.check_vocab(v as u32).with_context(|| {
+        format!(
+            "the shards in {} do not fit the model's vocabulary of {v}; hint: prepare them with the model's tokenizer",
+            dir.display()
+        )
+    })?;
+    data.train()
+        .check_window(t)
+        .context("hint: use a shorter --seq-len or more text")?;
+    if data.val().eval_windows(t) == 0 {
+        println!(
+            "note: the validation split of {} holds less than one window of {} tokens; no validation loss will be reported (hint: prepare with --val-fraction 0.1)",
+            dir.display(),
+            t + 1
+        );
+    }
+    Ok(())
+}
+
+/// Loss in nats/token of predicting every token by its frequency in (the start of) the
+/// training split: H = −Σ p ln p. The floor a model with no context reaches.
+fn unigram_loss(train: &TokenStream, v: usize) -> f64 {
+    let n = train.len().min(UNIGRAM_TOKENS);
+    let mut counts = vec![0u64; v];
+    let mut buf = vec![0u32; 1 << 16];
+    let mut pos = 0;
+    while pos < n {
+        let len = (n - pos).min(buf.len() as u64) as usize;
+        train.copy_tokens(pos, &mut buf[..len]);
+        for &id in &buf[..len] {
+            counts[(id as usize).min(v - 1)] += 1;
+        }
+        pos += len as u64;
+    }
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n as f64;
+            -p * p.ln()
+        })
+        .sum()
+}
+
+/// Keeps the lines of `path` up to `step` (a resumed run rewrites what came after its
+/// checkpoint) and returns the file, open for appending, with the curves so far.
+#[allow(clippy::type_complexity)]
+fn truncate_metrics(path: &Path, step: u64) -> Result<(File, Vec<(u64, f32)>, Vec<(u64, f64)>)> {
+    let (mut kept, mut train, mut val) = (String::new(), Vec::new(), Vec::new());
+    if let Ok(file) = File::open(path) {
+        for line in BufReader::new(file).lines() {
+            let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue; // a line cut by a crash
+            };
+            let Some(s) = v["step"].as_u64().filter(|&s| s <= step) else {
+                continue;
+            };
+            if let Some(l) = v["train_loss"].as_f64() {
+                train.push((s, l as f32));
+            }
+            if let Some(l) = v["val_loss"].as_f64() {
+                val.push((s, l));
+            }
+            kept += &line;
+            kept.push('\n');
+        }
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, kept)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot rewrite {}", path.display()))?;
+    let file = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok((file, train, val))
+}
+
+/// A flag set by Ctrl-C; the loop checks it between steps. A second Ctrl-C exits at once.
+fn install_sigint() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let seen = flag.clone();
+    ctrlc::set_handler(move || {
+        if seen.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond interrupt: exiting without saving (the last checkpoint stays)");
+            std::process::exit(EXIT_INTERRUPTED);
+        }
+        eprintln!("\ninterrupt: finishing this step, then saving (Ctrl-C again to quit now)");
+    })
+    .context("cannot install the Ctrl-C handler; hint: run without a custom signal setup")?;
+    Ok(flag)
+}
+
+fn progress_bar(position: u64, length: u64) -> ProgressBar {
+    let bar = ProgressBar::new(length).with_position(position);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} step {pos}/{len} | {msg} | eta {eta}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+/// `runs/gpt-small-20250101-120000` (UTC).
+fn default_run_dir(args: &Args) -> PathBuf {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let t = secs % 86_400;
+    let model = format!("{:?}", args.model).to_lowercase();
+    PathBuf::from("runs").join(format!(
+        "{model}-{}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        args.preset,
+        t / 3600,
+        t / 60 % 60,
+        t % 60
+    ))
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Parses `90`, `90s`, `10m`, `1h30m`, `1.5h` into a duration (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration like 90s, 10m or 1h30m");
+    let mut total = 0.0f64;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "" | "s" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    if total <= 0.0 || !total.is_finite() {
+        return Err(format!("{s:?}: the duration must be positive"));
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// `75.0` → `1m15s`.
+fn format_duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, _) => format!("{h}h{m:02}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        let secs = |s| parse_duration(s).map(|d| d.as_secs_f64());
+        assert_eq!(secs("90"), Ok(90.0));
+        assert_eq!(secs("90s"), Ok(90.0));
+        assert_eq!(secs("10m"), Ok(600.0));
+        assert_eq!(secs("1h30m"), Ok(5400.0));
+        assert_eq!(secs("1.5m"), Ok(90.0));
+        for bad in ["", "m", "10x", "0s", "-5"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_duration(75.0), "1m15s");
+        assert_eq!(format_duration(600.0), "10m");
+        assert_eq!(format_duration(5.0), "5s");
+    }
+
+    #[test]
+    fn dates_from_day_counts() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_089), (2025, 1, 1));
+    }
+}

@@ -1,0 +1,388 @@
+//! `runner train` end to end, through the built binary: both model kinds on prepared shards
+//! and the built-in corpus, the run folder's files, bit-exact resume (after a finished part
+//! and after Ctrl-C), thread-count independence, divergence, and every refused flag
+//! combination or bad data with exit code 2 and a hint. Tiny models and a few hundred steps
+//! at most, so the file runs in seconds. Leaves out: how well the default run learns (the
+//! README reports a measured run).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use model::TokenizerKind;
+use model::data::{Meta, ShardWriter, SplitStats};
+
+#[test]
+fn both_models_train_and_write_a_complete_run_folder() {
+    let root = tempfile::tempdir().unwrap();
+    let data = prepared_corpus(root.path());
+    for kind in ["gpt", "lstm"] {
+        let (run, stdout) = train_tiny(
+            root.path(),
+            kind,
+            kind,
+            &data,
+            40,
+            &["--eval-every", "20", "--save-every", "25"],
+        );
+        for file in [
+            "metrics.jsonl",
+            "loss.svg",
+            "checkpoint/config.json",
+            "checkpoint/model.safetensors",
+            "checkpoint/optimizer.safetensors",
+            "checkpoint/state.json",
+        ] {
+            assert!(run.join(file).is_file(), "{kind}: {file} missing");
+        }
+        assert!(
+            std::fs::read_to_string(run.join("loss.svg"))
+                .unwrap()
+                .contains("<svg")
+        );
+        let losses = train_losses(&run);
+        assert_eq!(losses.len(), 40, "{kind}: one line per step");
+        assert!(losses.iter().enumerate().all(|(i, l)| l.0 == i as u64 + 1));
+        let val: Vec<u64> = val_losses(&run).iter().map(|v| v.0).collect();
+        assert_eq!(
+            val,
+            [0, 20, 40],
+            "{kind}: evaluations at the start, every 20, the end"
+        );
+        // It learns: the last losses are well below the first (the uniform guess, ln 257).
+        let first = losses[0].1;
+        let last = losses[35..].iter().map(|l| l.1).sum::<f64>() / 5.0;
+        assert!(
+            (first - 257f64.ln()).abs() < 0.3,
+            "{kind}: first loss {first}"
+        );
+        assert!(last < first - 1.0, "{kind}: {first} -> {last}");
+        let st = state(&run);
+        assert_eq!(st["step"], 40);
+        assert_eq!(st["optimizer"]["step"], 40);
+        assert_eq!(st["model"], kind);
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join("checkpoint/config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config["tokenizer"], "byte");
+        // The summary: validation figures, a sample, and how to use the checkpoint.
+        for needle in [
+            "validation:",
+            "bits/byte",
+            "a sample",
+            "runner score --ckpt",
+            "runner generate --ckpt",
+        ] {
+            assert!(
+                stdout.contains(needle),
+                "{kind}: no {needle:?} in\n{stdout}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_built_in_corpus_needs_no_data_and_reports_its_entropy_rate() {
+    let root = tempfile::tempdir().unwrap();
+    let run = root.path().join("run");
+    let mut args = vec!["train", "--steps", "3", "--eval-every", "3"];
+    args.extend_from_slice(TINY);
+    let stdout = ok(runner_with(&args, &["--out".into(), s(&run)]));
+    assert!(run.join("data/meta.json").is_file() && run.join("data/train_000000.bin").is_file());
+    assert!(
+        stdout.contains("the source's true entropy rate: 0.7486 bits/byte"),
+        "{stdout}"
+    );
+    assert_eq!(state(&run)["shards"], serde_json::Value::Null);
+}
+
+#[test]
+fn a_resumed_run_repeats_the_uninterrupted_losses_bit_for_bit() {
+    let root = tempfile::tempdir().unwrap();
+    let data = prepared_corpus(root.path());
+    // A constant learning rate makes the schedule independent of the run's length, so a run
+    // of 12 steps resumed to 24 must equal a run of 24.
+    let flat = [
+        "--lr",
+        "2e-3",
+        "--min-lr",
+        "2e-3",
+        "--warmup",
+        "0",
+        "--eval-every",
+        "6",
+    ];
+    for kind in ["gpt", "lstm"] {
+        let (straight, _) = train_tiny(root.path(), &format!("{kind}-24"), kind, &data, 24, &flat);
+        let (split, _) = train_tiny(root.path(), &format!("{kind}-12"), kind, &data, 12, &flat);
+        let stdout = ok(runner_with(
+            &["train", "--resume", "--steps", "24"],
+            &["--out".into(), s(&split)],
+        ));
+        assert!(stdout.contains("resuming"), "{stdout}");
+        assert_eq!(
+            train_losses(&split),
+            train_losses(&straight),
+            "{kind}: train losses"
+        );
+        assert_eq!(
+            val_losses(&split),
+            val_losses(&straight),
+            "{kind}: val losses"
+        );
+        assert_eq!(
+            std::fs::read(split.join("checkpoint/model.safetensors")).unwrap(),
+            std::fs::read(straight.join("checkpoint/model.safetensors")).unwrap(),
+            "{kind}: final weights"
+        );
+        // Finished: resuming again without more steps is refused.
+        let err = fails(runner_with(
+            &["train", "--resume"],
+            &["--out".into(), s(&split)],
+        ));
+        assert!(err.contains("already at step 24"), "{err}");
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let root = tempfile::tempdir().unwrap();
+    let data = prepared_corpus(root.path());
+    let (one, _) = train_tiny(root.path(), "t1", "gpt", &data, 10, &["--threads", "1"]);
+    let (two, _) = train_tiny(root.path(), "t2", "gpt", &data, 10, &["--threads", "2"]);
+    assert_eq!(train_losses(&one), train_losses(&two));
+    assert_eq!(val_losses(&one), val_losses(&two));
+}
+
+/// Ctrl-C mid-run saves the step it finished and exits 130; `--resume` then completes the
+/// run with exactly the losses of a run never interrupted (same cosine schedule).
+#[test]
+fn sigint_saves_and_the_resumed_run_matches_the_uninterrupted_one() {
+    let root = tempfile::tempdir().unwrap();
+    let data = prepared_corpus(root.path());
+    let steps = 300;
+    let extra = ["--eval-every", "50", "--save-every", "1000"];
+    let run = root.path().join("interrupted");
+    let mut args: Vec<String> = ["train", "--model", "gpt"].map(String::from).to_vec();
+    // The eval and save cadence is the run's: the resume below does not repeat it.
+    args.extend(TINY.iter().map(|a| a.to_string()));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend([
+        "--shards".into(),
+        s(&data),
+        "--out".into(),
+        s(&run),
+        "--steps".into(),
+        steps.to_string(),
+    ]);
+    let child = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for a few steps, then interrupt.
+    let started = Instant::now();
+    while train_steps_logged(&run) < 5 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("interrupted: saved step"), "{stdout}");
+    let stopped = state(&run)["step"].as_u64().unwrap();
+    assert!((5..steps).contains(&stopped), "stopped at {stopped}");
+    assert_eq!(train_losses(&run).len() as u64, stopped);
+
+    ok(runner_with(
+        &["train", "--resume"],
+        &["--out".into(), s(&run)],
+    ));
+    let (straight, _) = train_tiny(root.path(), "straight", "gpt", &data, steps, &extra);
+    assert_eq!(train_losses(&run), train_losses(&straight));
+    assert_eq!(val_losses(&run), val_losses(&straight));
+}
+
+fn train_steps_logged(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .map(|t| t.lines().filter(|l| l.contains("train_loss")).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_diverging_run_stops_with_exit_2_and_keeps_the_last_good_checkpoint() {
+    let root = tempfile::tempdir().unwrap();
+    let data = prepared_corpus(root.path());
+    let run = root.path().join("nan");
+    let mut args = vec![
+        "train",
+        "--steps",
+        "50",
+        "--save-every",
+        "1",
+        "--grad-clip",
+        "0",
+    ];
+    args.extend_from_slice(&["--lr", "1e30", "--min-lr", "1e30", "--warmup", "0"]);
+    args.extend_from_slice(TINY);
+    let err = fails(runner_with(
+        &args,
+        &["--shards".into(), s(&data), "--out".into(), s(&run)],
+    ));
+    assert!(err.contains("training diverged"), "{err}");
+    // Every saved checkpoint came before the bad step, with finite losses only.
+    let st = state(&run);
+    let saved = st["step"].as_u64().unwrap();
+    assert!(saved >= 1 && st["train_loss"].as_f64().unwrap().is_finite());
+    assert!(
+        err.contains(&format!("last good checkpoint (step {saved})")),
+        "{err}"
+    );
+}
+
+#[test]
+fn time_budget_sets_the_length_and_stops() {
+    let root = tempfile::tempdir().unwrap();
+    let data = prepared_corpus(root.path());
+    let run = root.path().join("timed");
+    let mut args = vec!["train", "--time", "2s", "--eval-every", "1000"];
+    args.extend_from_slice(TINY);
+    let started = Instant::now();
+    let stdout = ok(runner_with(
+        &args,
+        &["--shards".into(), s(&data), "--out".into(), s(&run)],
+    ));
+    assert!(stdout.contains("steps fit at"), "{stdout}");
+    let st = state(&run);
+    assert_eq!(
+        st["total"], st["target_steps"],
+        "the schedule ends with the budget"
+    );
+    assert!(st["step"].as_u64().unwrap() >= 4);
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn bad_flags_and_bad_data_fail_with_a_hint() {
+    let root = tempfile::tempdir().unwrap();
+    let data = prepared_corpus(root.path());
+    let shards = ["--shards".to_string(), s(&data)];
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--steps", "2"];
+        args.extend_from_slice(TINY);
+        args.extend_from_slice(extra);
+        runner_with(&args, &shards)
+    };
+    let err = fails(train(&["--model", "lstm", "--d-model", "64"]));
+    assert!(err.contains("--d-model"), "{err}");
+    let err = fails(train(&["--model", "gpt", "--hidden", "64"]));
+    assert!(err.contains("--hidden"), "{err}");
+    let err = fails(train(&["--d-model", "30", "--heads", "4"]));
+    assert!(err.contains("n_head"), "{err}");
+    let err = fails(train(&["--lr", "0"]));
+    assert!(err.contains("--lr"), "{err}");
+    let err = fails(train(&["--lr", "1e-3", "--min-lr", "1e-2"]));
+    assert!(err.contains("min-lr"), "{err}");
+    let long = runner_with(
+        &["train", "--seq-len", "100000", "--preset", "tiny"],
+        &shards,
+    );
+    assert!(fails(long).contains("fewer than one window"));
+    usage_error(train(&["--preset", "huge"]), "--preset");
+    usage_error(train(&["--batch", "0"]), "--batch");
+    usage_error(train(&["--time", "ten"]), "--time");
+    usage_error(runner(&["train", "--resume"]), "--out");
+
+    let lstm_gpt2 = runner_with(&["train", "--model", "lstm", "--preset", "gpt2"], &shards);
+    assert!(fails(lstm_gpt2).contains("no LSTM preset"));
+
+    let missing = root.path().join("no-such-folder");
+    let err = fails(runner_with(&["train"], &["--shards".into(), s(&missing)]));
+    assert!(err.contains("runner prepare"), "{err}");
+
+    // A run folder is not overwritten, and a folder with no run cannot be resumed.
+    let (run, _) = train_tiny(root.path(), "run", "gpt", &data, 2, &[]);
+    let err = fails(train(&["--out", &s(&run)]));
+    assert!(err.contains("--resume"), "{err}");
+    let err = fails(runner_with(
+        &["train", "--resume"],
+        &["--out".into(), s(&missing)],
+    ));
+    assert!(err.contains("no resumable run"), "{err}");
+    // Flags that define the run cannot change on resume; the same value is fine.
+    let resume = |extra: &[&str]| {
+        let mut args = vec!["train", "--resume"];
+        args.extend_from_slice(extra);
+        runner_with(&args, &["--out".into(), s(&run)])
+    };
+    let err = fails(resume(&["--steps", "4", "--batch", "8"]));
+    assert!(
+        err.contains("--batch differs") && err.contains("(4)"),
+        "{err}"
+    );
+    let err = fails(resume(&["--steps", "4", "--model", "lstm"]));
+    assert!(err.contains("--model differs"), "{err}");
+    let err = fails(resume(&["--steps", "4", "--layers", "3"]));
+    assert!(err.contains("size flags"), "{err}");
+    ok(resume(&[
+        "--steps", "4", "--batch", "4", "--preset", "tiny",
+    ]));
+
+    // Shards made with another tokenizer than the checkpoint's.
+    let gpt2_data = root.path().join("gpt2-data");
+    ok(runner_with(
+        &["prepare", "--tokenizer", "gpt2"],
+        &[
+            "--input".into(),
+            s(&root.path().join("text")),
+            "--out".into(),
+            s(&gpt2_data),
+        ],
+    ));
+    let st_path = run.join("checkpoint/state.json");
+    let mut st = state(&run);
+    st["shards"] = serde_json::Value::String(s(&gpt2_data));
+    std::fs::write(&st_path, st.to_string()).unwrap();
+    let err = fails(resume(&["--steps", "6"]));
+    assert!(
+        err.contains("tokenized with gpt2") && err.contains("uses byte"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_token_id_outside_the_vocabulary_names_the_shard() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ids: Vec<u32> = (0..200).map(|i| if i == 150 { 300 } else { 65 }).collect();
+    let mut w = ShardWriter::create(&dir.join("train_000000.bin")).unwrap();
+    w.write(&ids).unwrap();
+    w.finish().unwrap();
+    let stats = SplitStats {
+        documents: 1,
+        text_bytes: 200,
+        tokens: 200,
+        shards: 1,
+    };
+    Meta::new(TokenizerKind::Byte, "test", stats, SplitStats::default())
+        .write(&dir)
+        .unwrap();
+    let mut args = vec!["train", "--steps", "1"];
+    args.extend_from_slice(TINY);
+    let err = fails(runner_with(&args, &["--shards".into(), s(&dir)]));
+    assert!(
+        err.contains("train_000000.bin") && err.contains("300"),
+        "{err}"
+    );
+}
