@@ -61,6 +61,8 @@ use crate::plot::{self, Level};
 const DEFAULT_TIME: Duration = Duration::from_secs(60);
 /// Steps timed (after the first) to fit a run into its --time budget.
 const TIMED_STEPS: u64 = 10;
+/// Characters per line of the sample printed at the end of a run.
+const SAMPLE_WIDTH: usize = 100;
 /// Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: i32 = 130;
 /// Train tokens read to measure the unigram baseline (the start of the split).
@@ -991,7 +993,8 @@ impl Trainer {
         );
     }
 
-    /// Up to `n` lines of text sampled from the model, starting a new document.
+    /// Up to `n` lines of at most [`SAMPLE_WIDTH`] characters sampled from the model,
+    /// starting a new document (long lines are wrapped at a space).
     fn sample_lines(&self, n: usize) -> Vec<String> {
         let rule = Rule::Sample {
             temperature: 0.8,
@@ -1001,23 +1004,41 @@ impl Trainer {
         let mut sampler = Sampler::new(rule, 1);
         let prompt = [self.tokenizer.eos_id()];
         let mut text = String::new();
+        let budget = n * SAMPLE_WIDTH;
         generate::generate(
             self.net.lm(),
             &self.tokenizer,
             &prompt,
             &mut sampler,
-            120 * n,
+            budget,
             false,
             |piece| {
                 text.push_str(piece);
-                text.matches('\n').count() < n
+                text.chars().count() < budget && text.matches('\n').count() < n
             },
         );
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .take(n)
-            .map(|l| l.to_string())
-            .collect()
+        let mut lines = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let mut rest = line.trim_end();
+            while !rest.is_empty() && lines.len() < n {
+                let (head, tail) = wrap(rest, SAMPLE_WIDTH);
+                lines.push(head.to_string());
+                rest = tail;
+            }
+        }
+        lines.truncate(n);
+        lines
+    }
+}
+
+/// Splits `line` after at most `width` characters, at the last space if there is one.
+fn wrap(line: &str, width: usize) -> (&str, &str) {
+    let Some((cut, _)) = line.char_indices().nth(width) else {
+        return (line, "");
+    };
+    match line[..cut].rfind(' ') {
+        Some(space) if space > 0 => (&line[..space], &line[space + 1..]),
+        _ => (&line[..cut], &line[cut..]),
     }
 }
 
@@ -1240,6 +1261,13 @@ mod tests {
         assert_eq!(format_duration(75.0), "1m15s");
         assert_eq!(format_duration(600.0), "10m");
         assert_eq!(format_duration(5.0), "5s");
+    }
+
+    #[test]
+    fn sample_lines_wrap_at_spaces() {
+        assert_eq!(wrap("short", 10), ("short", ""));
+        assert_eq!(wrap("the old king sees", 10), ("the old", "king sees"));
+        assert_eq!(wrap("abcdefghijkl", 5), ("abcde", "fghijkl"));
     }
 
     #[test]

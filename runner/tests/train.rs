@@ -386,3 +386,9 @@ fn a_token_id_outside_the_vocabulary_names_the_shard() {
         "{err}"
     );
 }
+
+#[test]
+fn info_reports_the_thread_count_of_threads() {
+    let out = ok(runner(&["info", "--threads", "3"]));
+    assert!(out.contains("threads (rayon):    3"), "{out}");
+}
