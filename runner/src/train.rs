@@ -770,7 +770,8 @@ impl Trainer {
         let budget = self.state.time_budget_s.expect("--time given");
         let step_s = timed.iter().sum::<f64>() / timed.len() as f64;
         let per_step = step_s + eval / self.state.eval_every as f64;
-        let left = (budget - self.elapsed(since) - eval).max(0.0);
+        // Keep back the final evaluation and 3% for the speed's wobble.
+        let left = (0.97 * budget - self.elapsed(since) - eval).max(0.0);
         let total = self.state.step + (left / per_step) as u64;
         self.state.target_steps = total.max(self.state.step + 1);
         self.state.total = self.state.target_steps;
