@@ -64,8 +64,57 @@ fn main() {
         Command::Info(args) => info::run(args),
     });
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", one_line(&e));
         std::process::exit(2);
+    }
+}
+
+/// An error as one line: what went wrong, each cause once (a message that already quotes its
+/// source is not followed by it again), then the hints, wherever in the chain they were
+/// attached (`.context("hint: ...")` wraps outside, but a hint reads best last).
+fn one_line(e: &anyhow::Error) -> String {
+    let (mut line, mut hints) = (String::new(), Vec::new());
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let (what, hint) = match text.split_once("hint: ") {
+            Some((what, hint)) => (what.trim_end_matches([' ', ';', ',', ':']), Some(hint)),
+            None => (text.as_str(), None),
+        };
+        if !what.is_empty() && !line.contains(what) {
+            if !line.is_empty() {
+                line += ": ";
+            }
+            line += what;
+        }
+        hints.extend(hint.map(str::to_string));
+    }
+    for hint in hints {
+        line += "; hint: ";
+        line += &hint;
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn errors_read_cause_first_and_hint_last() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = Err::<(), _>(io)
+            .context("data: no such file")
+            .context("cannot open data; hint: run runner prepare")
+            .unwrap_err();
+        assert_eq!(
+            one_line(&e),
+            "cannot open data: data: no such file; hint: run runner prepare"
+        );
+        let e = Err::<(), _>(anyhow::anyhow!("x.json: invalid"))
+            .context("hint: retrain it")
+            .unwrap_err();
+        assert_eq!(one_line(&e), "x.json: invalid; hint: retrain it");
     }
 }
 

@@ -53,7 +53,8 @@ pub fn fails(out: Output) -> String {
     assert_eq!(out.status.code(), Some(2), "expected exit code 2: {err}");
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     assert!(err.starts_with("error: "), "{err}");
-    assert!(err.contains("hint"), "no hint: {err}");
+    // What went wrong first, the hint last.
+    assert!(err.contains("; hint: "), "no hint after the error: {err}");
     err
 }
 
