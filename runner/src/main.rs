@@ -95,6 +95,22 @@ fn one_line(e: &anyhow::Error) -> String {
     line
 }
 
+/// The matches of the subcommand given (to tell flags the user typed from defaults).
+fn subcommand_matches(matches: &ArgMatches) -> &ArgMatches {
+    matches
+        .subcommand()
+        .map(|(_, m)| m)
+        .expect("clap requires a subcommand")
+}
+
+/// Sizes rayon's global pool, which every kernel uses.
+fn build_pool(threads: usize) -> anyhow::Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("cannot start the worker threads; hint: try a smaller --threads")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,20 +132,4 @@ mod tests {
             .unwrap_err();
         assert_eq!(one_line(&e), "x.json: invalid; hint: retrain it");
     }
-}
-
-/// The matches of the subcommand given (to tell flags the user typed from defaults).
-fn subcommand_matches(matches: &ArgMatches) -> &ArgMatches {
-    matches
-        .subcommand()
-        .map(|(_, m)| m)
-        .expect("clap requires a subcommand")
-}
-
-/// Sizes rayon's global pool, which every kernel uses.
-fn build_pool(threads: usize) -> anyhow::Result<()> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .context("cannot start the worker threads; hint: try a smaller --threads")
 }
