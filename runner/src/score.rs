@@ -41,7 +41,7 @@ pub struct Args {
     #[arg(long, required_unless_present = "file", conflicts_with = "file")]
     pub text: Option<String>,
 
-    /// Score the contents of this file (UTF-8 for gpt2; any bytes... as text) instead of --text.
+    /// Score the contents of this UTF-8 text file instead of --text.
     #[arg(long)]
     pub file: Option<PathBuf>,
 

@@ -356,9 +356,15 @@ impl Trainer {
     /// A new run in a new (or empty) folder.
     fn start(args: &Args) -> Result<Trainer> {
         let out = args.out.clone().unwrap_or_else(|| default_run_dir(args));
-        if out.join(CHECKPOINT_DIR).exists() || out.join("metrics.jsonl").exists() {
+        if model::checkpoint::resolve(&out.join(CHECKPOINT_DIR)).is_ok() {
             bail!(
                 "{} already holds a training run; hint: add --resume to continue it, or choose another --out",
+                out.display()
+            );
+        }
+        if out.join("metrics.jsonl").exists() {
+            bail!(
+                "{} holds a run stopped before its first checkpoint; hint: delete the folder or choose another --out",
                 out.display()
             );
         }
