@@ -711,11 +711,11 @@ impl Trainer {
                 "step": self.state.step, "train_loss": loss, "lr": lr, "grad_norm": norm,
                 "tokens_per_s": tokens_per_s, "elapsed_s": self.elapsed(since),
             }))?;
-            bar.set_position(self.state.step);
             bar.set_message(format!(
                 "loss {loss:.4} | {} tok/s",
                 thousands(tokens_per_s as u64)
             ));
+            bar.set_position(self.state.step);
 
             if self.estimate_steps && step <= TIMED_STEPS {
                 if step > 0 {
@@ -1170,7 +1170,7 @@ fn install_sigint() -> Result<Arc<AtomicBool>> {
 fn progress_bar(position: u64, length: u64) -> ProgressBar {
     let bar = ProgressBar::new(length).with_position(position);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} step {pos}/{len} | {msg} | eta {eta}")
+        ProgressStyle::with_template("{bar:20} step {pos}/{len} | {msg} | eta {eta}")
             .expect("valid template"),
     );
     bar
