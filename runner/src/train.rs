@@ -469,79 +469,8 @@ impl Trainer {
             .with_context(|| format!("{}: unreadable state.json", dir.display()))
             .context("hint: the checkpoint is damaged or from another version; start a new run")?;
 
-        // Flags that define the run must agree with it.
+        check_resume_flags(args, matches, &state, &opt, &net, loaded.tokenizer.kind())?;
         let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
-        let fixed = |flag: &str, ok: bool, was: String| -> Result<()> {
-            if given(flag) && !ok {
-                bail!(
-                    "--{} differs from the run being resumed ({was}); hint: drop it when resuming, or start a new run with another --out",
-                    flag.replace('_', "-")
-                );
-            }
-            Ok(())
-        };
-        let shown = |p: &Option<PathBuf>| {
-            p.as_ref()
-                .map_or("the built-in corpus".into(), |p| p.display().to_string())
-        };
-        fixed("shards", args.shards == state.shards, shown(&state.shards))?;
-        fixed("seed", args.seed == state.seed, state.seed.to_string())?;
-        fixed(
-            "model",
-            args.model == state.model,
-            format!("{:?}", state.model).to_lowercase(),
-        )?;
-        fixed(
-            "batch",
-            args.batch as usize == state.batch,
-            state.batch.to_string(),
-        )?;
-        fixed(
-            "seq_len",
-            args.seq_len.map(|t| t as usize) == Some(state.seq_len),
-            state.seq_len.to_string(),
-        )?;
-        fixed("lr", args.lr == Some(state.lr), state.lr.to_string())?;
-        fixed(
-            "min_lr",
-            args.min_lr == Some(state.min_lr),
-            state.min_lr.to_string(),
-        )?;
-        fixed(
-            "warmup",
-            args.warmup == state.warmup,
-            state.warmup.to_string(),
-        )?;
-        fixed(
-            "grad_clip",
-            args.grad_clip == state.grad_clip,
-            state.grad_clip.to_string(),
-        )?;
-        let (opt_name, decay) = match opt.config() {
-            OptimizerConfig::AdamW(c) => ("adamw", c.weight_decay),
-            OptimizerConfig::Sgd(c) => ("sgd", c.weight_decay),
-        };
-        let opt_arg = format!("{:?}", args.optimizer).to_lowercase();
-        fixed("optimizer", opt_arg == opt_name, opt_name.into())?;
-        fixed(
-            "weight_decay",
-            args.weight_decay == Some(decay),
-            decay.to_string(),
-        )?;
-        if ["preset", "layers", "d_model", "heads", "hidden"]
-            .into_iter()
-            .any(given)
-        {
-            let t = args.seq_len.unwrap_or(state.seq_len as u64);
-            let (config, _) = ModelConfig::from_args(args, loaded.tokenizer.kind(), Some(t))?;
-            if config.to_json() != net.lm().config_json() {
-                bail!(
-                    "the size flags describe another model than the run's ({}); hint: drop --preset, --layers, --d-model, --heads and --hidden when resuming",
-                    net.describe()
-                );
-            }
-        }
-
         if let Some(steps) = args.steps {
             state.target_steps = steps;
         }
@@ -1047,6 +976,72 @@ fn wrap(line: &str, width: usize) -> (&str, &str) {
         Some(space) if space > 0 => (&line[..space], &line[space + 1..]),
         _ => (&line[..cut], &line[cut..]),
     }
+}
+
+/// Refuses flags typed on a `--resume` command line that define the run differently from
+/// the run being resumed (repeating the run's own value is fine).
+fn check_resume_flags(
+    args: &Args,
+    matches: &ArgMatches,
+    state: &RunState,
+    opt: &Optimizer,
+    net: &Net,
+    tokenizer: TokenizerKind,
+) -> Result<()> {
+    let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    fn text<T: ToString>(x: Option<T>) -> String {
+        x.map_or(String::new(), |x| x.to_string())
+    }
+    let name = |x: &dyn std::fmt::Debug| format!("{x:?}").to_lowercase();
+    let shards = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map_or("the built-in corpus".into(), |p| p.display().to_string())
+    };
+    let (optimizer, decay) = match opt.config() {
+        OptimizerConfig::AdamW(c) => (OptimizerArg::Adamw, c.weight_decay),
+        OptimizerConfig::Sgd(c) => (OptimizerArg::Sgd, c.weight_decay),
+    };
+    // (clap id, the value typed, the run's value), compared as text.
+    let checks = [
+        ("shards", shards(&args.shards), shards(&state.shards)),
+        ("seed", args.seed.to_string(), state.seed.to_string()),
+        ("model", name(&args.model), name(&state.model)),
+        ("batch", args.batch.to_string(), state.batch.to_string()),
+        ("seq_len", text(args.seq_len), state.seq_len.to_string()),
+        ("lr", text(args.lr), state.lr.to_string()),
+        ("min_lr", text(args.min_lr), state.min_lr.to_string()),
+        ("warmup", args.warmup.to_string(), state.warmup.to_string()),
+        (
+            "grad_clip",
+            args.grad_clip.to_string(),
+            state.grad_clip.to_string(),
+        ),
+        ("optimizer", name(&args.optimizer), name(&optimizer)),
+        ("weight_decay", text(args.weight_decay), decay.to_string()),
+    ];
+    for (id, typed, run) in checks {
+        if given(id) && typed != run {
+            bail!(
+                "--{} differs from the run being resumed ({}); hint: drop it when resuming, or start a new run with another --out",
+                id.replace('_', "-"),
+                run
+            );
+        }
+    }
+    if ["preset", "layers", "d_model", "heads", "hidden"]
+        .into_iter()
+        .any(given)
+    {
+        let t = args.seq_len.unwrap_or(state.seq_len as u64);
+        let (config, _) = ModelConfig::from_args(args, tokenizer, Some(t))?;
+        if config.to_json() != net.lm().config_json() {
+            bail!(
+                "the size flags describe another model than the run's ({}); hint: drop --preset, --layers, --d-model, --heads and --hidden when resuming",
+                net.describe()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The training window of a preset when --seq-len is not given.
