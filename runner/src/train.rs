@@ -575,14 +575,14 @@ impl Trainer {
         let mut inputs = vec![0u32; b * t]; // (B, T)
         let mut targets = vec![0u32; b * t]; // (B, T)
         let bar = progress_bar(self.state.step, self.state.target_steps);
-        let mut eval_seconds = 0.0;
+        let mut eval_seconds = 0.0; // of the latest evaluation
         if self.state.step == 0 && self.val_curve.is_empty() {
             let started = Instant::now();
             self.evaluate(&bar, since, &mut inputs, &mut targets)?;
             eval_seconds = started.elapsed().as_secs_f64();
         }
         let (mut train_seconds, mut train_tokens) = (0.0f64, 0u64);
-        let mut timed = Vec::new(); // seconds of the first steps, for --time alone
+        let mut recent = Vec::new(); // seconds of the steps since the last evaluation
         let mut last_saved = self.state.step;
         let stop = loop {
             if self.state.step >= self.state.target_steps {
@@ -646,17 +646,23 @@ impl Trainer {
             ));
             bar.set_position(self.state.step);
 
-            if self.estimate_steps && step <= TIMED_STEPS {
-                if step > 0 {
-                    timed.push(seconds); // step 0 pays for first-touch allocation
-                }
-                if step == TIMED_STEPS {
-                    self.fix_length_from_timing(&bar, since, &timed, eval_seconds);
-                }
+            if step > 0 {
+                recent.push(seconds); // step 0 pays for first-touch allocation
+            }
+            if self.estimate_steps && step == TIMED_STEPS {
+                self.fit_length(&bar, since, &recent, eval_seconds, true);
             }
             let s = self.state.step;
             if s.is_multiple_of(self.state.eval_every) || s == self.state.target_steps {
+                let started = Instant::now();
                 self.evaluate(&bar, since, &mut inputs, &mut targets)?;
+                eval_seconds = started.elapsed().as_secs_f64();
+                // The machine's speed may have changed (other work on it): refit, so the
+                // schedule still ends with the clock.
+                if self.estimate_steps && step > TIMED_STEPS && s < self.state.target_steps {
+                    self.fit_length(&bar, since, &recent, eval_seconds, false);
+                }
+                recent.clear();
             }
             if s.is_multiple_of(self.state.save_every) && s < self.state.target_steps {
                 self.save(since)?;
@@ -692,18 +698,20 @@ impl Trainer {
         Ok(())
     }
 
-    /// Sets the run's length from the first steps' time (--time without --steps): the steps
-    /// that fit the remaining budget with the evaluations' share, so the schedule ends with
-    /// the clock.
-    fn fix_length_from_timing(
+    /// Sets the run's length (and the schedule's) from the measured seconds of recent steps
+    /// and of an evaluation, when --time alone bounds the run: the steps that fit the rest of
+    /// the budget, the evaluations' share and the final one included. Called after the first
+    /// steps (announced) and again at every evaluation.
+    fn fit_length(
         &mut self,
         bar: &ProgressBar,
         since: Instant,
-        timed: &[f64],
+        steps: &[f64],
         eval: f64,
+        announce: bool,
     ) {
         let budget = self.state.time_budget_s.expect("--time given");
-        let step_s = timed.iter().sum::<f64>() / timed.len() as f64;
+        let step_s = steps.iter().sum::<f64>() / steps.len().max(1) as f64;
         let per_step = step_s + eval / self.state.eval_every as f64;
         // Keep back the final evaluation and 3% for the speed's wobble.
         let left = (0.97 * budget - self.elapsed(since) - eval).max(0.0);
@@ -711,14 +719,16 @@ impl Trainer {
         self.state.target_steps = total.max(self.state.step + 1);
         self.state.total = self.state.target_steps;
         bar.set_length(self.state.target_steps);
-        bar.suspend(|| {
-            println!(
-                "--time {}: {} steps fit at {:.0} ms per step; the learning rate decays over them",
-                format_duration(budget),
-                self.state.target_steps,
-                step_s * 1e3
-            )
-        });
+        if announce {
+            bar.suspend(|| {
+                println!(
+                    "--time {}: {} steps fit at {:.0} ms per step; the learning rate decays over them",
+                    format_duration(budget),
+                    self.state.target_steps,
+                    step_s * 1e3
+                )
+            });
+        }
     }
 
     fn print_header(&self) {
