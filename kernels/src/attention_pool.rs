@@ -70,6 +70,7 @@ pub fn attention_pool_forward(
     n: usize,
     d: usize,
 ) {
+    let _launch = crate::launch::start(1);
     check(
         "attention_pool_forward",
         x.len(),
@@ -121,6 +122,7 @@ pub fn attention_pool_backward(
     n: usize,
     d: usize,
 ) {
+    let _launch = crate::launch::start(1);
     let k = "attention_pool_backward";
     check(k, x.len(), w.len(), weights.len(), dout.len(), b, n, d);
     lanes::check_len(

@@ -101,6 +101,7 @@ pub fn cross_entropy_forward(
     v: usize,
     ignore_index: Option<u32>,
 ) -> f32 {
+    let _launch = crate::launch::start(1);
     let k = "cross_entropy_forward";
     let valid = check_args(k, losses.len(), logits.len(), targets, n, v, ignore_index);
     let rpt = rows_per_task(v);
@@ -134,6 +135,7 @@ pub fn cross_entropy_fused(
     v: usize,
     ignore_index: Option<u32>,
 ) -> f32 {
+    let _launch = crate::launch::start(1);
     let k = "cross_entropy_fused";
     let valid = check_args(k, losses.len(), logits.len(), targets, n, v, ignore_index);
     lanes::check_len(
@@ -176,6 +178,7 @@ pub fn cross_entropy_fused_inplace(
     v: usize,
     ignore_index: Option<u32>,
 ) -> f32 {
+    let _launch = crate::launch::start(1);
     let k = "cross_entropy_fused_inplace";
     let valid = check_args(k, losses.len(), logits.len(), targets, n, v, ignore_index);
     let inv_n = 1.0 / valid.max(1) as f32;

@@ -10,6 +10,7 @@ use crate::lanes::{self, accumulate_chunks, par_map2, par_map2_inplace, par_rows
 
 /// `out[i] = inp1[i] + inp2[i]` (the residual connection).
 pub fn residual_forward(out: &mut [f32], inp1: &[f32], inp2: &[f32]) {
+    let _launch = crate::launch::start(1);
     lanes::check_len(
         "residual_forward",
         "inp1",
@@ -30,6 +31,7 @@ pub fn residual_forward(out: &mut [f32], inp1: &[f32], inp2: &[f32]) {
 /// `acc[i] += x[i]`: where the gradient of a residual branch joins the skip path's gradient
 /// (activation gradients are otherwise overwritten), or micro-batch gradients are summed.
 pub fn add_assign(acc: &mut [f32], x: &[f32]) {
+    let _launch = crate::launch::start(1);
     lanes::check_len(
         "add_assign",
         "x",
@@ -42,6 +44,7 @@ pub fn add_assign(acc: &mut [f32], x: &[f32]) {
 
 /// `out[r, j] += bias[j]` for each of the `n` rows of width `oc`.
 pub fn bias_forward(out: &mut [f32], bias: &[f32], n: usize, oc: usize) {
+    let _launch = crate::launch::start(1);
     lanes::check_len(
         "bias_forward",
         "out",
@@ -61,6 +64,7 @@ pub fn bias_forward(out: &mut [f32], bias: &[f32], n: usize, oc: usize) {
 
 /// `dbias[j] += Σ_r dout[r, j]` (accumulated): the gradient of [`bias_forward`].
 pub fn bias_backward(dbias: &mut [f32], dout: &[f32], n: usize, oc: usize) {
+    let _launch = crate::launch::start(1);
     lanes::check_len(
         "bias_backward",
         "dout",

@@ -35,6 +35,7 @@ fn check_table(kernel: &str, table_name: &str, table: usize, ids: &[u32], c: usi
 
 /// `out[r, :] = table[ids[r], :]`: out (N, C), table (V, C), ids (N,).
 pub fn embedding_forward(out: &mut [f32], ids: &[u32], table: &[f32], c: usize) {
+    let _launch = crate::launch::start(1);
     check_table("embedding_forward", "table", table.len(), ids, c);
     let n = ids.len();
     lanes::check_len(
@@ -53,6 +54,7 @@ pub fn embedding_forward(out: &mut [f32], ids: &[u32], table: &[f32], c: usize) 
 /// `dtable[ids[r], :] += dout[r, :]` for every row r (accumulated), summed per table row in row
 /// order.
 pub fn embedding_backward(dtable: &mut [f32], dout: &[f32], ids: &[u32], c: usize) {
+    let _launch = crate::launch::start(1);
     let v = check_table("embedding_backward", "dtable", dtable.len(), ids, c);
     let n = ids.len();
     lanes::check_len(
@@ -106,6 +108,7 @@ pub fn encoder_forward(
     t: usize,
     c: usize,
 ) {
+    let _launch = crate::launch::start(1);
     let k = "encoder_forward";
     check_encoder(k, out.len(), tokens, wte.len(), wpe.len(), b, t, c);
     par_rows(out, c, |r, row| {
@@ -126,6 +129,7 @@ pub fn encoder_backward(
     t: usize,
     c: usize,
 ) {
+    let _launch = crate::launch::start(1);
     let k = "encoder_backward";
     check_encoder(k, dout.len(), tokens, dwte.len(), dwpe.len(), b, t, c);
     embedding_backward(dwte, dout, tokens, c);

@@ -20,6 +20,7 @@ const GELU_CUBIC: f32 = 0.044_715;
 
 /// `out[i] = ½·inp[i]·(1 + tanh(√(2/π)·(inp[i] + 0.044715·inp[i]³)))`.
 pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
+    let _launch = crate::launch::start(1);
     lanes::check_len(
         "gelu_forward",
         "out",
@@ -32,6 +33,7 @@ pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
 
 /// `dinp[i] = gelu'(inp[i]) · dout[i]` (overwritten).
 pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+    let _launch = crate::launch::start(1);
     lanes::check_len(
         "gelu_backward",
         "dinp",

@@ -52,6 +52,7 @@ pub fn layernorm_forward(
     c: usize,
     eps: f32,
 ) {
+    let _launch = crate::launch::start(1);
     let k = "layernorm_forward";
     check_args(k, inp.len(), weight.len(), mean.len(), rstd.len(), n, c);
     lanes::check_len(k, "bias", bias.len(), c, format_args!("(C,) = ({c},)"));
@@ -127,6 +128,7 @@ pub fn layernorm_backward(
     n: usize,
     c: usize,
 ) {
+    let _launch = crate::launch::start(1);
     let k = "layernorm_backward";
     check_args(k, inp.len(), weight.len(), mean.len(), rstd.len(), n, c);
     lanes::check_len(

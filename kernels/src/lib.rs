@@ -17,6 +17,8 @@
 //! - [`attention_pool`]: attention pooling against a learned vector (the lecture's first
 //!   attention).
 //! - [`optim`]: AdamW and SGD with momentum (PyTorch semantics), global gradient norm, clipping.
+//! - [`launch`]: kernel launches counted per thread, the critical path of a computation in
+//!   kernels (the LSTM walk counts one launch per time step).
 //!
 //! ## Which SIMD path a build uses
 //!
@@ -54,6 +56,7 @@ pub mod embedding;
 pub mod gelu;
 pub mod gemm;
 mod lanes;
+pub mod launch;
 pub mod layernorm;
 pub mod lstm_cell;
 pub mod math;

@@ -43,6 +43,7 @@ pub fn lstm_cell_forward(
     b: usize,
     h: usize,
 ) {
+    let _launch = crate::launch::start(1);
     let k = "lstm_cell_forward";
     check(k, "gates", gates.len(), b, 4 * h, "B, 4H");
     for (name, len) in [
@@ -107,6 +108,7 @@ pub fn lstm_cell_backward(
     b: usize,
     h: usize,
 ) {
+    let _launch = crate::launch::start(1);
     let k = "lstm_cell_backward";
     check(k, "dgates", dgates.len(), b, 4 * h, "B, 4H");
     check(k, "gates", gates.len(), b, 4 * h, "B, 4H");

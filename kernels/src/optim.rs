@@ -74,6 +74,7 @@ pub fn adamw_step(
     cfg: &AdamW,
     t: u64,
 ) {
+    let _launch = crate::launch::start(1);
     let n = params.len();
     for (name, len) in [("grads", grads.len()), ("m", m.len()), ("v", v.len())] {
         lanes::check_len("adamw_step", name, len, n, format_args!("(same as params)"));
@@ -125,6 +126,7 @@ pub fn adamw_step(
 ///
 /// With momentum 0 the buffer is not used and may be empty.
 pub fn sgd_step(params: &mut [f32], grads: &[f32], momentum_buf: &mut [f32], cfg: &Sgd, t: u64) {
+    let _launch = crate::launch::start(1);
     let n = params.len();
     lanes::check_len(
         "sgd_step",
@@ -180,6 +182,7 @@ pub fn sgd_step(params: &mut [f32], grads: &[f32], momentum_buf: &mut [f32], cfg
 /// `√(Σ_s Σ_i s[i]²)` over all the slices: the global gradient norm. Deterministic: squares
 /// are summed in lanes per fixed chunk of each slice, chunk sums added in f64 in order.
 pub fn global_norm(slices: &[&[f32]]) -> f32 {
+    let _launch = crate::launch::start(1);
     let chunks: Vec<&[f32]> = slices
         .iter()
         .flat_map(|s| s.chunks(ELEMS_PER_TASK))
@@ -196,6 +199,7 @@ pub fn global_norm(slices: &[&[f32]]) -> f32 {
 /// Returns the norm before clipping. A non-finite norm leaves the gradients as they are (they
 /// already hold the inf or NaN) and is returned for the caller to act on.
 pub fn clip_grad_norm(grads: &mut [&mut [f32]], max_norm: f32) -> f32 {
+    let _launch = crate::launch::start(1);
     let norm = global_norm(&grads.iter().map(|g| &**g).collect::<Vec<_>>());
     let coef = (max_norm as f64 / (norm as f64 + 1e-6)) as f32;
     if coef < 1.0 {

@@ -96,6 +96,7 @@ fn panels_of<'a>(
 /// Packs W_hh (4H, H), PyTorch layout (row `g·H + j` holds gate g of unit j), for
 /// [`lstm_forward`]: `packed[u][k][g][l] = W_hh[g·H + u·LANES + l][k]`, zero for units ≥ H.
 pub fn lstm_pack_forward(packed: &mut [f32], w_hh: &[f32], h: usize) {
+    let _launch = crate::launch::start(1);
     panels_of("lstm_pack_forward", packed, w_hh, h).for_each(|(u, panel)| {
         for g in 0..G {
             for l in 0..LANES {
@@ -115,6 +116,7 @@ pub fn lstm_pack_forward(packed: &mut [f32], w_hh: &[f32], h: usize) {
 /// Packs W_hh (4H, H) for [`lstm_backward`]: `packed[q][j][g][l] = W_hh[g·H + j][q·LANES + l]`,
 /// zero for columns ≥ H.
 pub fn lstm_pack_backward(packed: &mut [f32], w_hh: &[f32], h: usize) {
+    let _launch = crate::launch::start(1);
     panels_of("lstm_pack_backward", packed, w_hh, h).for_each(|(q, panel)| {
         let k0 = q * LANES;
         let n = LANES.min(h - k0);
@@ -154,6 +156,8 @@ pub fn lstm_forward(
     h: usize,
 ) {
     const K: &str = "lstm_forward";
+    // T dependent steps: the critical path this walk puts on a training step.
+    let _launch = crate::launch::start(t as u64);
     check_forward(K, hs, cs, gates, b, t, h);
     check_len(
         K,
@@ -211,6 +215,8 @@ pub fn lstm_backward(
     h: usize,
 ) {
     const K: &str = "lstm_backward";
+    // T dependent steps: the critical path this walk puts on a training step.
+    let _launch = crate::launch::start(t as u64);
     check_backward(
         K,
         [

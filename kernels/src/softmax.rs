@@ -39,6 +39,7 @@ fn check_rows(kernel: &str, arg: &str, len: usize, n: usize, v: usize) {
 /// `out[r, :] = softmax(inp[r, :])`, i.e. `out[r, i] = e^(inp[r, i] − m_r) / Σ_j e^(inp[r, j] − m_r)`
 /// with `m_r = max_j inp[r, j]`, for each of the `n` rows of length `v`.
 pub fn softmax_forward(out: &mut [f32], inp: &[f32], n: usize, v: usize) {
+    let _launch = crate::launch::start(1);
     check_rows("softmax_forward", "out", out.len(), n, v);
     check_rows("softmax_forward", "inp", inp.len(), n, v);
     par_rows(out, v, |r, out| {
@@ -71,6 +72,7 @@ pub(crate) fn softmax_row_inplace(row: &mut [f32], scale: f32) -> (f32, f32) {
 /// Gradient of [`softmax_forward`]: `dinp[r, i] = out[r, i] · (dout[r, i] − Σ_j dout[r, j] · out[r, j])`
 /// (overwritten), from the forward's `out`.
 pub fn softmax_backward(dinp: &mut [f32], dout: &[f32], out: &[f32], n: usize, v: usize) {
+    let _launch = crate::launch::start(1);
     check_rows("softmax_backward", "dinp", dinp.len(), n, v);
     check_rows("softmax_backward", "dout", dout.len(), n, v);
     check_rows("softmax_backward", "out", out.len(), n, v);
@@ -84,6 +86,7 @@ pub fn softmax_backward(dinp: &mut [f32], dout: &[f32], out: &[f32], n: usize, v
 /// `out[r, i] = inp[r, i] − m_r − ln Σ_j e^(inp[r, j] − m_r)`: log-probabilities, computed as
 /// (x − m) − ln Σ so that large logits (|x| ~ 1e4) keep their small differences.
 pub fn log_softmax_forward(out: &mut [f32], inp: &[f32], n: usize, v: usize) {
+    let _launch = crate::launch::start(1);
     check_rows("log_softmax_forward", "out", out.len(), n, v);
     check_rows("log_softmax_forward", "inp", inp.len(), n, v);
     par_rows(out, v, |r, out| {
@@ -97,6 +100,7 @@ pub fn log_softmax_forward(out: &mut [f32], inp: &[f32], n: usize, v: usize) {
 /// Gradient of [`log_softmax_forward`]: `dinp[r, i] = dout[r, i] − e^(out[r, i]) · Σ_j dout[r, j]`
 /// (overwritten), from the forward's `out` (the log-probabilities).
 pub fn log_softmax_backward(dinp: &mut [f32], dout: &[f32], out: &[f32], n: usize, v: usize) {
+    let _launch = crate::launch::start(1);
     check_rows("log_softmax_backward", "dinp", dinp.len(), n, v);
     check_rows("log_softmax_backward", "dout", dout.len(), n, v);
     check_rows("log_softmax_backward", "out", out.len(), n, v);

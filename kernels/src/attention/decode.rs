@@ -55,6 +55,7 @@ pub fn kv_cache_write(
     t_max: usize,
     c: usize,
 ) {
+    let _launch = crate::launch::start(1);
     let sh = check_shapes(b, t, c, 1);
     sh.check("qkv", qkv, 3 * c);
     check_cache(k_cache, v_cache, b, t_max, c, start, t);
@@ -90,6 +91,7 @@ pub fn attention_decode(
     c: usize,
     nh: usize,
 ) {
+    let _launch = crate::launch::start(1);
     let sh = check_shapes(b, 1, c, nh);
     sh.check("qkv", qkv, 3 * c);
     sh.check("out", out, c);

@@ -152,6 +152,7 @@ pub fn attention_forward(
     c: usize,
     nh: usize,
 ) {
+    let _launch = crate::launch::start(1);
     check_forward(out, lse, qkv, b, t, c, nh);
     if b * t > 0 {
         flash::forward(out, lse, qkv, flash::Dims::new(b, t, c, nh));
@@ -181,6 +182,7 @@ pub fn attention_backward(
     c: usize,
     nh: usize,
 ) {
+    let _launch = crate::launch::start(1);
     check_backward(dqkv, dout, qkv, out, lse, b, t, c, nh);
     if b * t > 0 {
         flash::backward(dqkv, dout, qkv, out, lse, flash::Dims::new(b, t, c, nh));
@@ -229,6 +231,7 @@ pub fn attention_probs(
     c: usize,
     nh: usize,
 ) {
+    let _launch = crate::launch::start(1);
     let sh = check_shapes(b, t, c, nh);
     sh.check("qkv", qkv, 3 * c);
     assert!(

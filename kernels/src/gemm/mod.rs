@@ -170,6 +170,7 @@ pub fn sgemm(
     c: &mut [f32],
     ldc: usize,
 ) {
+    let _launch = crate::launch::start(1);
     check_args(transa, transb, m, n, k, a, lda, b, ldb, c, ldc);
     if m == 0 || n == 0 {
         return;
