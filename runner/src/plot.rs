@@ -1,5 +1,6 @@
-//! The runner's two pictures, as SVG: the loss curves of a training run (`out/loss.svg`) and
-//! an attention heatmap (`runner score --plot-attention`).
+//! The runner's pictures, as SVG: the loss curves of a training run (`out/loss.svg`), an
+//! attention heatmap (`runner score --plot-attention`), and tokens/s against T
+//! (`runner parallelism`).
 //!
 //! Files are written to a temporary name and renamed, so a browser reloading `loss.svg`
 //! during training never sees half a file. Leaves out: raster formats, interactive plots.
@@ -204,6 +205,125 @@ pub fn attention_heatmap(
             BLACK.stroke_width(1),
         ))
         .map_err(draw_err)?;
+        root.present().map_err(draw_err)?;
+    }
+    write_atomically(path, &svg)
+}
+
+/// One line of [`throughput_panels`]: tokens/s at each sequence length T.
+pub struct Series {
+    pub label: String,
+    /// Lines of the same colour belong together (e.g. one thread count).
+    pub color: usize,
+    /// Dashed with triangles, or solid with dots.
+    pub dashed: bool,
+    pub points: Vec<(usize, f64)>,
+}
+
+/// Side-by-side panels of training tokens/s against T, both axes logarithmic (T in
+/// doublings), one shared y range so panels compare at a glance.
+pub fn throughput_panels(path: &Path, panels: &[(String, Vec<Series>)]) -> Result<()> {
+    let ys = panels
+        .iter()
+        .flat_map(|(_, s)| s.iter().flat_map(|s| s.points.iter().map(|p| p.1)))
+        .filter(|y| *y > 0.0 && y.is_finite());
+    let y_lo = ys.clone().fold(f64::INFINITY, f64::min).min(1e9) / 1.3;
+    let y_hi = ys.fold(1.0, f64::max) * 1.3;
+    // 1, 2, 5 × powers of ten.
+    let y_ticks: Vec<f64> = (0..10)
+        .flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e)))
+        .filter(|y| (y_lo..=y_hi).contains(y))
+        .collect();
+    let palette = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+        RGBColor(255, 127, 14),
+        RGBColor(23, 190, 207),
+    ];
+    let mut svg = String::new();
+    {
+        let width = 480 * panels.len().max(1) as u32;
+        let root = SVGBackend::with_string(&mut svg, (width, 460)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let areas = root.split_evenly((1, panels.len().max(1)));
+        for ((title, series), area) in panels.iter().zip(&areas) {
+            // x is log2 T, so each doubling of T is one labelled step.
+            let xs = series.iter().flat_map(|s| s.points.iter());
+            let x_lo = xs.clone().map(|p| p.0).min().unwrap_or(1).max(1) as f64;
+            let x_hi = xs.map(|p| p.0).max().unwrap_or(1).max(1) as f64;
+            let (x_lo, x_hi) = (x_lo.log2(), x_hi.log2());
+            let mut chart = ChartBuilder::on(area)
+                .caption(title, ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(80)
+                .build_cartesian_2d(
+                    x_lo - 0.5..x_hi + 0.5,
+                    (y_lo..y_hi).log_scale().with_key_points(y_ticks.clone()),
+                )
+                .map_err(draw_err)?;
+            chart
+                .configure_mesh()
+                .x_desc("sequence length T")
+                .y_desc("training tokens/s")
+                .x_labels((x_hi - x_lo) as usize + 2)
+                .x_label_formatter(&|x| format!("{:.0}", x.exp2()))
+                .y_label_formatter(&|y| crate::ckpt::thousands(y.round() as u64))
+                .draw()
+                .map_err(draw_err)?;
+            for s in series {
+                let color = palette[s.color % palette.len()];
+                let style = color.stroke_width(2);
+                let points: Vec<(f64, f64)> = s
+                    .points
+                    .iter()
+                    .map(|&(t, y)| ((t as f64).log2(), y))
+                    .collect();
+                let drawn = if s.dashed {
+                    chart
+                        .draw_series(DashedLineSeries::new(points.clone(), 8, 5, style))
+                        .map_err(draw_err)?;
+                    chart
+                        .draw_series(
+                            points
+                                .iter()
+                                .map(|&p| TriangleMarker::new(p, 5, color.filled())),
+                        )
+                        .map_err(draw_err)?
+                } else {
+                    chart
+                        .draw_series(LineSeries::new(points.clone(), style))
+                        .map_err(draw_err)?;
+                    chart
+                        .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                        .map_err(draw_err)?
+                };
+                // Legend entries drawn like their series (relative to the entry's anchor):
+                // a solid line is two touching halves, a dashed one has a gap.
+                let dashed = s.dashed;
+                drawn.label(s.label.as_str()).legend(move |(x, y)| {
+                    let line = |a, b| PathElement::new(vec![(a, 0), (b, 0)], style);
+                    let (gap, marker): (i32, DynElement<_, _>) = if dashed {
+                        (
+                            3,
+                            TriangleMarker::new((10, 0), 5, color.filled()).into_dyn(),
+                        )
+                    } else {
+                        (0, Circle::new((10, 0), 4, color.filled()).into_dyn())
+                    };
+                    EmptyElement::at((x, y)) + line(0, 10 - gap) + line(10 + gap, 20) + marker
+                });
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerLeft)
+                .background_style(WHITE.mix(0.9))
+                .border_style(BLACK)
+                .draw()
+                .map_err(draw_err)?;
+        }
         root.present().map_err(draw_err)?;
     }
     write_atomically(path, &svg)
