@@ -1,8 +1,8 @@
 //! `runner`: the command-line program of Lanes, one file per subcommand.
 //!
 //! `prepare` (text → shards), `train` (shards → checkpoint), `score` (p(text) by the chain
-//! rule), `generate` (sampling with a KV cache or carried state), `parallelism` (why the
-//! transformer trains faster than the LSTM, measured), `info` (SIMD path, CPU).
+//! rule), `generate` (sampling with a KV cache or carried state), `parallelism` (when and
+//! why the transformer trains faster than the LSTM, measured), `info` (SIMD path, CPU).
 //! Every error is one line `error: ...` ending in a hint, with exit code 2 (clap's own usage
 //! errors exit 2 too); an interrupted `train` saves and exits 130.
 #![forbid(unsafe_code)]
@@ -46,8 +46,8 @@ enum Command {
     Score(score::Args),
     /// Generate text from a prompt: greedy, naive, top-k or nucleus sampling.
     Generate(generate::Args),
-    /// Measure why the transformer trains faster than the LSTM: tokens/s and critical paths
-    /// over T, batch size and thread count (writes a table, JSON and a chart).
+    /// Measure when and why the transformer trains faster than the LSTM: tokens/s and
+    /// critical paths over T, batch size and thread count (writes a table, JSON and a chart).
     Parallelism(parallelism::Args),
     /// Show the SIMD path of this build, this CPU's features and whether it can run this build.
     Info(info::Args),

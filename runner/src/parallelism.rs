@@ -1,7 +1,7 @@
-//! `runner parallelism`: why the transformer trains faster than the LSTM, measured.
+//! `runner parallelism`: when and why the transformer trains faster than the LSTM, measured.
 //!
 //! Times full training steps (forward, backward, AdamW) of the matched `small` GPT and `small`
-//! LSTM (3.3M parameters each, byte vocabulary, the same random tokens) on explicit rayon pools
+//! LSTM (3.3–3.5M parameters each, byte vocabulary, the same random tokens) on explicit rayon pools
 //! of each `--threads` count, over two sweeps: T at a fixed number of tokens per step
 //! (B = 4096 / T), and T at B = 1, where the LSTM has no batch to spread its recurrence over.
 //! For each configuration it also counts the critical path the lecture counts: the kernel
@@ -17,7 +17,7 @@
 //! vocabulary (the byte vocabulary keeps the head small, so the comparison is about the body).
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use clap::Args as ClapArgs;
@@ -246,9 +246,13 @@ struct Machine {
     cpu: String,
     cores: usize,
     simd: &'static str,
-    /// One-minute load average when the sweep started (Linux), to flag a busy machine.
-    load_average: Option<f64>,
+    /// Share of the CPU time other work took just before and just after the sweep (Linux),
+    /// to flag a busy machine.
+    other_work: [Option<f64>; 2],
 }
+
+/// How long [`other_work`] watches the machine.
+const WATCH: Duration = Duration::from_millis(500);
 
 impl Machine {
     fn detect() -> Machine {
@@ -261,22 +265,54 @@ impl Machine {
                     .map(|(_, name)| name.trim().to_string())
             })
             .unwrap_or_else(|| "unknown CPU".to_string());
-        let load_average = std::fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok());
         Machine {
             cpu,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             simd: kernels::simd::PATH,
-            load_average,
+            other_work: [other_work(WATCH), None],
         }
     }
 
-    /// Busy: other work was keeping more than a quarter of the cores running.
+    /// Busy: other work took more than 15% of the CPU time before or after the sweep.
     fn busy(&self) -> bool {
-        self.load_average
-            .is_some_and(|l| l > 0.25 * self.cores as f64)
+        self.other_work.iter().flatten().any(|&x| x > 0.15)
     }
+
+    /// "3% of the CPU just before the sweep, 1% just after".
+    fn other_work_text(&self) -> Option<String> {
+        let pct = |x: Option<f64>| x.map(|x| format!("{:.0}%", 100.0 * x));
+        match self.other_work.map(pct) {
+            [Some(a), Some(b)] => Some(format!(
+                "{a} of the CPU just before the sweep, {b} just after"
+            )),
+            [Some(a), None] => Some(format!("{a} of the CPU just before the sweep")),
+            [None, Some(b)] => Some(format!("{b} of the CPU just after the sweep")),
+            [None, None] => None,
+        }
+    }
+}
+
+/// The share of all cores' time spent running anything over the next `window`, from the
+/// kernel's counters in /proc/stat (this process sleeps meanwhile); `None` off Linux.
+fn other_work(window: Duration) -> Option<f64> {
+    // "cpu  user nice system idle iowait irq softirq steal ...", in clock ticks.
+    let ticks = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let v: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        (v.len() == 8).then(|| (v[3] + v[4], v.iter().sum()))
+    };
+    let (idle0, total0) = ticks()?;
+    std::thread::sleep(window);
+    let (idle1, total1) = ticks()?;
+    let total = total1.checked_sub(total0).filter(|&t| t > 0)?;
+    Some(1.0 - idle1.saturating_sub(idle0) as f64 / total as f64)
 }
 
 /// A finished sweep.
@@ -311,14 +347,6 @@ impl Report {
         self.rate(ModelKind::Gpt, shape, threads) / self.rate(ModelKind::Lstm, shape, threads)
     }
 
-    fn lstm_keeps_up(&self, shape: Shape, threads: usize) -> bool {
-        1.0 / self.ratio(shape, threads) >= KEEPS_UP
-    }
-
-    fn lstm_keeps_up_somewhere(&self, shape: Shape) -> bool {
-        self.threads.iter().any(|&n| self.lstm_keeps_up(shape, n))
-    }
-
     /// Tokens/s on `threads` over tokens/s on the fewest threads measured.
     fn speedup(&self, kind: ModelKind, shape: Shape, threads: usize) -> f64 {
         self.rate(kind, shape, threads) / self.rate(kind, shape, self.threads[0])
@@ -341,9 +369,8 @@ impl Report {
             m.cpu,
             m.cores,
             m.simd,
-            m.load_average.map_or(String::new(), |l| format!(
-                "; load average {l:.2} at the start"
-            ))
+            m.other_work_text()
+                .map_or(String::new(), |t| format!("; other work used {t}"))
         );
         let params = |kind| {
             let (lo, hi) = self.params(kind);
@@ -526,82 +553,130 @@ impl Report {
         }
         out.push(sentence);
 
-        // Where the LSTM keeps up.
-        let close: Vec<String> = self
-            .shapes
-            .iter()
-            .flat_map(|&s| self.threads.iter().map(move |&n| (s, n)))
-            .filter(|&(s, n)| self.lstm_keeps_up(s, n))
-            .map(|(s, n)| {
-                format!(
-                    "{} {} ({:.2}× the transformer's tokens/s)",
-                    s.label(),
-                    on(n),
-                    1.0 / self.ratio(s, n)
-                )
-            })
-            .collect();
-        if close.is_empty() {
-            out.push(format!(
-                "The LSTM reaches {:.0}% of the transformer's tokens/s nowhere in this sweep.",
-                100.0 * KEEPS_UP
-            ));
-        } else {
-            let mut sentence = format!(
-                "The LSTM keeps up (at least {:.0}% of the transformer's tokens/s) at {}.",
+        // Where the LSTM outruns the transformer, keeps up with it, or falls behind.
+        let share = |s: Shape, n: usize| 1.0 / self.ratio(s, n);
+        let shares = |s: Shape| -> String {
+            let per_thread: Vec<String> = self
+                .threads
+                .iter()
+                .map(|&n| format!("{:.2}× {}", share(s, n), on(n)))
+                .collect();
+            format!("{} ({})", s.label(), per_thread.join(", "))
+        };
+        let (mut faster, mut close, mut behind) = (Vec::new(), Vec::new(), Vec::new());
+        for &s in &self.shapes {
+            let lo = self
+                .threads
+                .iter()
+                .map(|&n| share(s, n))
+                .fold(f64::MAX, f64::min);
+            let hi = self
+                .threads
+                .iter()
+                .map(|&n| share(s, n))
+                .fold(0.0, f64::max);
+            match (lo >= 1.0, hi >= KEEPS_UP) {
+                (true, _) => faster.push(s),
+                (false, true) => close.push(s),
+                (false, false) => behind.push(s),
+            }
+        }
+        let list = |shapes: &[Shape]| {
+            shapes
+                .iter()
+                .map(|&s| shares(s))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let mut clauses = Vec::new();
+        if !faster.is_empty() {
+            clauses.push(format!("the LSTM is faster at {}", list(&faster)));
+        }
+        if !close.is_empty() {
+            clauses.push(format!(
+                "it keeps up (at least {:.0}% on some thread count) at {}",
                 100.0 * KEEPS_UP,
-                close.join("; ")
+                list(&close)
+            ));
+        }
+        if !behind.is_empty() {
+            clauses.push(format!("it falls behind at {}", list(&behind)));
+        }
+        let mut sentence = format!(
+            "The LSTM's tokens/s as a multiple of the transformer's: {}.",
+            clauses.join("; ")
+        );
+        if faster.is_empty() && close.is_empty() {
+            sentence += &format!(
+                " It reaches {:.0}% of the transformer's nowhere in this sweep.",
+                100.0 * KEEPS_UP
             );
-            if self
+        }
+        if faster.iter().chain(&close).any(|s| s.b > 1) {
+            sentence += " A batch turns each of its sequential steps into a (B, H)·(H, 4H) \
+                         product with B rows: enough work to keep a few cores busy between two \
+                         steps, so the long critical path costs little until the cores \
+                         outnumber what one step can use.";
+        }
+        if base == 1
+            && self
                 .shapes
                 .iter()
-                .any(|s| s.b > 1 && self.lstm_keeps_up_somewhere(*s))
-            {
-                sentence += " A batch turns each of its sequential steps into a (B, H)·(H, 4H) \
-                             product with B rows: enough work to keep a few cores busy between \
-                             two steps, so the long critical path costs little until the cores \
-                             outnumber what one step can use.";
-            }
-            if base == 1
-                && self
-                    .shapes
-                    .iter()
-                    .any(|s| s.b == 1 && self.lstm_keeps_up(*s, 1))
-            {
-                sentence += " On one thread the critical path does not matter, only the \
-                             arithmetic: both models do a few million multiply-adds per token, \
-                             the LSTM's one time step after another, the transformer's all at \
-                             once.";
-            }
-            out.push(sentence);
+                .any(|&s| s.b == 1 && share(s, 1) >= KEEPS_UP)
+        {
+            sentence += " On one thread the critical path does not matter, only the \
+                         arithmetic: both models do a few million multiply-adds per token, the \
+                         LSTM's one time step after another, the transformer's all at once.";
         }
+        out.push(sentence);
 
         // Thread scaling.
         if top > base {
-            // "1.62–1.95× (least at B=1 T=256)", or one figure where all agree.
-            let spread = |kind| {
-                let x = |s: &Shape| self.speedup(kind, *s, top);
-                let worst = self
+            let x = |kind, s: &Shape| self.speedup(kind, *s, top);
+            let least = |kind| {
+                *self
                     .shapes
                     .iter()
-                    .min_by(|a, b| x(a).total_cmp(&x(b)))
-                    .unwrap();
-                let best = self.shapes.iter().map(x).fold(0.0, f64::max);
-                if best - x(worst) < 0.005 {
+                    .min_by(|a, b| x(kind, a).total_cmp(&x(kind, b)))
+                    .unwrap()
+            };
+            // "1.62–1.95× (least at B=1 T=256)", or one figure where all agree.
+            let spread = |kind| {
+                let worst = least(kind);
+                let best = self.shapes.iter().map(|s| x(kind, s)).fold(0.0, f64::max);
+                if best - x(kind, &worst) < 0.005 {
                     format!("{best:.2}×")
                 } else {
-                    format!("{:.2}–{best:.2}× (least at {})", x(worst), worst.label())
+                    format!(
+                        "{:.2}–{best:.2}× (least at {})",
+                        x(kind, &worst),
+                        worst.label()
+                    )
                 }
             };
-            out.push(format!(
-                "From {} to {} the transformer speeds up {}, the LSTM {}: the LSTM can share \
-                 out only its batch and its hidden units within each time step, and its \
-                 threads meet at a barrier once per step.",
+            let mut sentence = format!(
+                "From {} to {} the transformer speeds up {}, the LSTM {}",
                 threads_word(base),
                 threads_word(top),
                 spread(gpt),
                 spread(lstm),
-            ));
+            );
+            let h = LstmConfig::small(257).hidden_size;
+            if x(lstm, &least(lstm)) + 0.1 < x(gpt, &least(gpt)) {
+                sentence += ": the LSTM can split only its batch and its hidden units within \
+                             each time step, and its threads meet at a barrier once per step.";
+            } else {
+                sentence += &format!(
+                    ": on {} even a batch of one leaves every time step enough work to share \
+                     ({} multiply-adds per sequence and layer), and the LSTM's threads wait \
+                     for each other at a spin barrier instead of being handed work kernel by \
+                     kernel. Its long critical path costs throughput only once the cores \
+                     outnumber what one step can use.",
+                    threads_word(top),
+                    thousands((4 * h * h) as f64),
+                );
+            }
+            out.push(sentence);
         }
 
         // What T costs the transformer at a fixed number of tokens per step.
@@ -635,12 +710,10 @@ impl Report {
 
         if self.machine.busy() {
             out.push(format!(
-                "Caution: the machine was busy when the sweep started (load average {:.2} on \
-                 {} cores). The LSTM's threads meet at a spin barrier every time step, so a \
-                 descheduled partner stalls them all: its multi-thread figures suffer most. \
-                 Rerun on a quiet machine.",
-                self.machine.load_average.unwrap_or(0.0),
-                self.machine.cores
+                "Caution: the machine was busy (other work used {}). Threads \
+                 that lose their core stall the others at every join, the LSTM's at every time \
+                 step, so the multi-thread figures suffer most. Rerun on a quiet machine.",
+                self.machine.other_work_text().unwrap_or_default(),
             ));
         }
         out
@@ -655,7 +728,8 @@ impl Report {
                 "cpu": m.cpu,
                 "cores": m.cores,
                 "simd": m.simd,
-                "load_average": m.load_average,
+                "other_work_before": m.other_work[0],
+                "other_work_after": m.other_work[1],
             },
             "command": self.command,
             "steps": self.steps,
@@ -713,7 +787,7 @@ impl Report {
 
 pub fn run(args: Args) -> Result<()> {
     let shapes = shapes(&args)?;
-    let machine = Machine::detect();
+    let mut machine = Machine::detect();
     let mut threads: Vec<usize> = args
         .threads
         .iter()
@@ -760,6 +834,7 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
     }
+    machine.other_work[1] = other_work(WATCH);
     let report = Report {
         machine,
         command,
@@ -844,9 +919,9 @@ mod tests {
         assert!(long > layers * 32 && gpt < 100, "gpt {gpt}, lstm {long}");
     }
 
-    /// A report over made-up timings: GPT 10,000 tokens/s on 1 thread, scaling `gpt_2t`; the
-    /// LSTM `lstm[shape]` on 1 thread, scaling 1.2×.
-    fn report(lstm: [f64; 2]) -> Report {
+    /// A report over made-up timings: the GPT at 10,000 tokens/s on 1 thread and 1.9× that on
+    /// 2; the LSTM at `lstm[shape]` on 1 thread and `lstm_speedup` times that on 2.
+    fn report(lstm: [f64; 2], lstm_speedup: f64) -> Report {
         let shapes = vec![Shape { b: 64, t: 64 }, Shape { b: 1, t: 1024 }];
         let mut runs = Vec::new();
         for (i, &shape) in shapes.iter().enumerate() {
@@ -856,7 +931,7 @@ mod tests {
                         (ModelKind::Gpt, 1) => 10_000.0,
                         (ModelKind::Gpt, _) => 19_000.0,
                         (ModelKind::Lstm, 1) => lstm[i],
-                        (ModelKind::Lstm, _) => 1.2 * lstm[i],
+                        (ModelKind::Lstm, _) => lstm_speedup * lstm[i],
                     };
                     runs.push(Run {
                         kind,
@@ -878,7 +953,7 @@ mod tests {
                 cpu: "test CPU".into(),
                 cores: 2,
                 simd: "test lanes",
-                load_average: Some(0.1),
+                other_work: [Some(0.02), Some(0.01)],
             },
             command: "runner parallelism".into(),
             steps: 3,
@@ -892,7 +967,7 @@ mod tests {
 
     #[test]
     fn the_report_says_what_the_numbers_show() {
-        let r = report([11_000.0, 4_000.0]);
+        let r = report([11_000.0, 4_000.0], 1.2);
         let md = r.markdown();
         assert!(
             md.contains("| 64 | 64 | 1 | 10,000 | 11,000 | 0.91× |"),
@@ -918,30 +993,46 @@ mod tests {
             "{f}"
         );
         assert!(
-            f.contains("keeps up") && f.contains("B=64 T=64 on 1 thread (1.10×"),
+            f.contains(
+                "transformer's: it keeps up (at least 80% on some thread count) at B=64 T=64 \
+                 (1.10× on 1 thread, 0.69× on 2 threads); it falls behind at B=1 T=1024 \
+                 (0.40× on 1 thread, 0.25× on 2 threads)."
+            ),
             "{f}"
         );
-        assert!(
-            !f.contains("on 2 threads (0.69×"),
-            "0.69× is not keeping up: {f}"
-        );
+        assert!(!f.contains("is faster at"), "{f}");
         assert!(
             f.contains("A batch turns") && !f.contains("On one thread"),
             "{f}"
         );
         assert!(
-            !f.contains("B=1 T=1024 on"),
-            "the LSTM does not keep up at B = 1: {f}"
+            f.contains("speeds up 1.90×, the LSTM 1.20×: the LSTM can split only"),
+            "{f}"
         );
-        assert!(f.contains("speeds up 1.90×, the LSTM 1.20×"), "{f}");
         assert!(!f.contains("Caution"), "{f}");
 
         // Where the LSTM keeps up nowhere, and the machine was busy, the report says so.
-        let mut r = report([5_000.0, 4_000.0]);
-        r.machine.load_average = Some(1.9);
+        let mut r = report([5_000.0, 4_000.0], 1.2);
+        r.machine.other_work[1] = Some(0.4);
         let f = r.findings().join("\n");
         assert!(
             f.contains("nowhere in this sweep") && f.contains("Caution"),
+            "{f}"
+        );
+
+        // An LSTM that is faster everywhere and scales as well as the transformer.
+        let f = report([12_000.0, 11_000.0], 2.0).findings().join("\n");
+        assert!(
+            f.contains("the LSTM is faster at B=64 T=64 (1.20× on 1 thread, 1.26× on 2 threads)"),
+            "{f}"
+        );
+        assert!(
+            f.contains("On one thread the critical path does not matter"),
+            "{f}"
+        );
+        assert!(
+            f.contains("the LSTM 2.00×: on 2 threads even a batch of one leaves every time step")
+                && f.contains("(518,400 multiply-adds"),
             "{f}"
         );
     }
