@@ -49,9 +49,15 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     threads: Vec<usize>,
 
-    /// Timed training steps per measurement; the report gives the median.
+    /// Timed training steps per measurement and round; the report gives the median of all
+    /// rounds' steps.
     #[arg(long, default_value_t = 5)]
     steps: usize,
+
+    /// Times the whole sweep runs, in turn (a noisy moment then hits every configuration a
+    /// little instead of one a lot).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
 
     /// Untimed steps before them, at least 1 (the first allocates activations, faults pages
     /// in and counts the kernel launches).
@@ -321,6 +327,7 @@ struct Report {
     /// The command line that produced it.
     command: String,
     steps: usize,
+    rounds: usize,
     warmup: usize,
     /// B·T of the fixed-tokens sweep.
     batch_tokens: usize,
@@ -383,9 +390,11 @@ impl Report {
         s += &format!(
             "Models: GPT `small` (L=4, C=256, NH=4, {} parameters: the position table grows \
              with T) and LSTM `small` (L=3, H=360, {} parameters), byte vocabulary (V=257), \
-             AdamW; median of {} timed training steps after {} warm-up.  \n",
+             AdamW; tokens/s from the median step of {} rounds × {} timed steps (each \
+             after {} untimed).  \n",
             params(ModelKind::Gpt),
             params(ModelKind::Lstm),
+            self.rounds,
             self.steps,
             self.warmup.max(1),
         );
@@ -733,6 +742,7 @@ impl Report {
             },
             "command": self.command,
             "steps": self.steps,
+            "rounds": self.rounds,
             "warmup": self.warmup.max(1),
             "batch_tokens": self.batch_tokens,
             "threads": self.threads,
@@ -796,8 +806,8 @@ pub fn run(args: Args) -> Result<()> {
     threads.sort_unstable();
     threads.dedup();
     ensure!(
-        args.steps > 0,
-        "--steps must be at least 1; hint: e.g. --steps 5"
+        args.steps > 0 && args.rounds > 0,
+        "--steps and --rounds must be at least 1; hint: e.g. --steps 5 --rounds 2"
     );
     std::fs::create_dir_all(&args.out).with_context(|| {
         format!(
@@ -817,20 +827,31 @@ pub fn run(args: Args) -> Result<()> {
         .collect::<Vec<_>>()
         .join(" ");
 
-    let mut runs = Vec::new();
-    for &shape in &shapes {
-        for &n in &threads {
-            // Both models back to back, so a noisy moment hits them alike.
-            for kind in KINDS {
-                let run = measure(kind, shape, n, args.warmup, args.steps)?;
-                eprintln!(
-                    "{:>4} {:<12} {:<10} {:>8} tokens/s",
-                    display_name(kind),
-                    shape.label(),
-                    threads_word(n),
-                    thousands(run.tokens_per_s())
-                );
-                runs.push(run);
+    // Rounds sweep everything in turn, so a slow minute of the machine spreads over every
+    // configuration instead of spoiling one; each run's steps join its earlier rounds'.
+    let mut runs: Vec<Run> = Vec::new();
+    for round in 1..=args.rounds {
+        for &shape in &shapes {
+            for &n in &threads {
+                // Both models back to back, so a noisy moment hits them alike.
+                for kind in KINDS {
+                    let run = measure(kind, shape, n, args.warmup, args.steps)?;
+                    eprintln!(
+                        "round {round}/{}  {:>4} {:<12} {:<10} {:>8} tokens/s",
+                        args.rounds,
+                        display_name(kind),
+                        shape.label(),
+                        threads_word(n),
+                        thousands(run.tokens_per_s())
+                    );
+                    match runs
+                        .iter_mut()
+                        .find(|r| (r.kind, r.shape, r.threads) == (kind, shape, n))
+                    {
+                        Some(earlier) => earlier.step_seconds.extend(run.step_seconds),
+                        None => runs.push(run),
+                    }
+                }
             }
         }
     }
@@ -839,6 +860,7 @@ pub fn run(args: Args) -> Result<()> {
         machine,
         command,
         steps: args.steps,
+        rounds: args.rounds,
         warmup: args.warmup,
         batch_tokens: args.batch_tokens,
         shapes,
@@ -883,6 +905,7 @@ mod tests {
             b1_seq_lens: b1.to_vec(),
             threads: vec![1],
             steps: 1,
+            rounds: 1,
             warmup: 1,
             out: PathBuf::from("unused"),
             json: false,
@@ -957,6 +980,7 @@ mod tests {
             },
             command: "runner parallelism".into(),
             steps: 3,
+            rounds: 1,
             warmup: 1,
             batch_tokens: 4096,
             shapes,

@@ -12,7 +12,7 @@ fn runner(args: &[&str]) -> Output {
         .expect("runner runs")
 }
 
-/// A sweep of three shapes, one timed step each.
+/// A sweep of three shapes, one timed step each (in each of the default 2 rounds).
 const TINY: [&str; 9] = [
     "parallelism",
     "--seq-lens",
@@ -78,7 +78,11 @@ fn writes_the_table_the_json_and_the_chart() {
     assert_eq!(launches("gpt", 16), launches("gpt", 8));
     for r in runs {
         assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
-        assert_eq!(r["step_seconds"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            r["step_seconds"].as_array().unwrap().len(),
+            2,
+            "1 step × 2 rounds"
+        );
     }
 
     let svg = std::fs::read_to_string(out.join("parallelism.svg")).unwrap();
@@ -113,6 +117,7 @@ fn bad_flags_fail_with_a_hint() {
         (vec!["--seq-lens", "100"], "does not divide"),
         (vec!["--batch-tokens", "0"], "does not divide"),
         (vec!["--steps", "0"], "at least 1"),
+        (vec!["--rounds", "0"], "at least 1"),
         (vec!["--seq-lens", "--b1-seq-lens"], "nothing to measure"),
     ] {
         let mut all = vec!["parallelism", "--out", d];
