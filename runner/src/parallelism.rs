@@ -760,7 +760,6 @@ impl Report {
             for (color, &n) in self.threads.iter().enumerate() {
                 for kind in KINDS {
                     series.push(plot::Series {
-                        label: format!("{}, {}", display_name(kind), threads_word(n)),
                         color,
                         dashed: kind == ModelKind::Lstm,
                         points: shapes
@@ -881,7 +880,16 @@ pub fn run(args: Args) -> Result<()> {
     };
     write("parallelism.md", &markdown)?;
     write("parallelism.json", &json)?;
-    crate::plot::throughput_panels(&args.out.join("parallelism.svg"), &report.chart_panels())?;
+    let legend = plot::Legend {
+        colors: report.threads.iter().map(|&n| threads_word(n)).collect(),
+        solid: "GPT".into(),
+        dashed: "LSTM".into(),
+    };
+    plot::throughput_panels(
+        &args.out.join("parallelism.svg"),
+        &report.chart_panels(),
+        &legend,
+    )?;
     if args.json {
         println!("{json}");
     } else {

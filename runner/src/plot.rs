@@ -212,17 +212,39 @@ pub fn attention_heatmap(
 
 /// One line of [`throughput_panels`]: tokens/s at each sequence length T.
 pub struct Series {
-    pub label: String,
-    /// Lines of the same colour belong together (e.g. one thread count).
+    /// Index into the legend's colours (e.g. one per thread count).
     pub color: usize,
     /// Dashed with triangles, or solid with dots.
     pub dashed: bool,
     pub points: Vec<(usize, f64)>,
 }
 
+/// What the colours and the two line styles of [`throughput_panels`] mean.
+pub struct Legend {
+    /// One name per colour index ("1 thread", "2 threads", …).
+    pub colors: Vec<String>,
+    /// The solid and the dashed series ("GPT", "LSTM").
+    pub solid: String,
+    pub dashed: String,
+}
+
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
+];
+
 /// Side-by-side panels of training tokens/s against T, both axes logarithmic (T in
-/// doublings), one shared y range so panels compare at a glance.
-pub fn throughput_panels(path: &Path, panels: &[(String, Vec<Series>)]) -> Result<()> {
+/// doublings), one shared y range so the panels compare at a glance, and one legend strip
+/// below them (a legend inside a panel would hide points).
+pub fn throughput_panels(
+    path: &Path,
+    panels: &[(String, Vec<Series>)],
+    legend: &Legend,
+) -> Result<()> {
     let ys = panels
         .iter()
         .flat_map(|(_, s)| s.iter().flat_map(|s| s.points.iter().map(|p| p.1)))
@@ -234,20 +256,14 @@ pub fn throughput_panels(path: &Path, panels: &[(String, Vec<Series>)]) -> Resul
         .flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e)))
         .filter(|y| (y_lo..=y_hi).contains(y))
         .collect();
-    let palette = [
-        RGBColor(31, 119, 180),
-        RGBColor(214, 39, 40),
-        RGBColor(44, 160, 44),
-        RGBColor(148, 103, 189),
-        RGBColor(255, 127, 14),
-        RGBColor(23, 190, 207),
-    ];
+    let color = |i: usize| PALETTE[i % PALETTE.len()];
     let mut svg = String::new();
     {
         let width = 480 * panels.len().max(1) as u32;
-        let root = SVGBackend::with_string(&mut svg, (width, 460)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (width, 470)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
-        let areas = root.split_evenly((1, panels.len().max(1)));
+        let (plots, strip) = root.split_vertically(430);
+        let areas = plots.split_evenly((1, panels.len().max(1)));
         for ((title, series), area) in panels.iter().zip(&areas) {
             // x is log2 T, so each doubling of T is one labelled step.
             let xs = series.iter().flat_map(|s| s.points.iter());
@@ -269,19 +285,19 @@ pub fn throughput_panels(path: &Path, panels: &[(String, Vec<Series>)]) -> Resul
                 .x_desc("sequence length T")
                 .y_desc("training tokens/s")
                 .x_labels((x_hi - x_lo) as usize + 2)
+                .x_max_light_lines(0)
                 .x_label_formatter(&|x| format!("{:.0}", x.exp2()))
                 .y_label_formatter(&|y| crate::ckpt::thousands(y.round() as u64))
                 .draw()
                 .map_err(draw_err)?;
             for s in series {
-                let color = palette[s.color % palette.len()];
-                let style = color.stroke_width(2);
+                let (c, style) = (color(s.color), color(s.color).stroke_width(2));
                 let points: Vec<(f64, f64)> = s
                     .points
                     .iter()
                     .map(|&(t, y)| ((t as f64).log2(), y))
                     .collect();
-                let drawn = if s.dashed {
+                if s.dashed {
                     chart
                         .draw_series(DashedLineSeries::new(points.clone(), 8, 5, style))
                         .map_err(draw_err)?;
@@ -289,40 +305,59 @@ pub fn throughput_panels(path: &Path, panels: &[(String, Vec<Series>)]) -> Resul
                         .draw_series(
                             points
                                 .iter()
-                                .map(|&p| TriangleMarker::new(p, 5, color.filled())),
+                                .map(|&p| TriangleMarker::new(p, 5, c.filled())),
                         )
-                        .map_err(draw_err)?
+                        .map_err(draw_err)?;
                 } else {
                     chart
                         .draw_series(LineSeries::new(points.clone(), style))
                         .map_err(draw_err)?;
                     chart
-                        .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
-                        .map_err(draw_err)?
-                };
-                // Legend entries drawn like their series (relative to the entry's anchor):
-                // a solid line is two touching halves, a dashed one has a gap.
-                let dashed = s.dashed;
-                drawn.label(s.label.as_str()).legend(move |(x, y)| {
-                    let line = |a, b| PathElement::new(vec![(a, 0), (b, 0)], style);
-                    let (gap, marker): (i32, DynElement<_, _>) = if dashed {
-                        (
-                            3,
-                            TriangleMarker::new((10, 0), 5, color.filled()).into_dyn(),
-                        )
-                    } else {
-                        (0, Circle::new((10, 0), 4, color.filled()).into_dyn())
-                    };
-                    EmptyElement::at((x, y)) + line(0, 10 - gap) + line(10 + gap, 20) + marker
-                });
+                        .draw_series(points.iter().map(|&p| Circle::new(p, 4, c.filled())))
+                        .map_err(draw_err)?;
+                }
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerLeft)
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK)
-                .draw()
+        }
+        // The legend strip: the two line styles, then one swatch per colour.
+        let font = ("sans-serif", 14).into_font();
+        let black = BLACK.stroke_width(2);
+        let y = 15;
+        let mut x = 20;
+        for (name, dashed) in [(&legend.solid, false), (&legend.dashed, true)] {
+            let (segments, marker): (&[(i32, i32)], DynElement<_, _>) = if dashed {
+                (
+                    &[(0, 8), (14, 22), (28, 36)],
+                    TriangleMarker::new((x + 18, y), 5, BLACK.filled()).into_dyn(),
+                )
+            } else {
+                (
+                    &[(0, 36)],
+                    Circle::new((x + 18, y), 4, BLACK.filled()).into_dyn(),
+                )
+            };
+            for &(a, b) in segments {
+                strip
+                    .draw(&PathElement::new(vec![(x + a, y), (x + b, y)], black))
+                    .map_err(draw_err)?;
+            }
+            strip.draw(&marker).map_err(draw_err)?;
+            strip
+                .draw(&Text::new(name.clone(), (x + 42, y - 8), font.clone()))
                 .map_err(draw_err)?;
+            x += 60 + 8 * name.chars().count() as i32;
+        }
+        x += 20;
+        for (i, name) in legend.colors.iter().enumerate() {
+            strip
+                .draw(&Rectangle::new(
+                    [(x, y - 6), (x + 18, y + 6)],
+                    color(i).filled(),
+                ))
+                .map_err(draw_err)?;
+            strip
+                .draw(&Text::new(name.clone(), (x + 24, y - 8), font.clone()))
+                .map_err(draw_err)?;
+            x += 40 + 8 * name.chars().count() as i32;
         }
         root.present().map_err(draw_err)?;
     }

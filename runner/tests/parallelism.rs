@@ -87,7 +87,7 @@ fn writes_the_table_the_json_and_the_chart() {
 
     let svg = std::fs::read_to_string(out.join("parallelism.svg")).unwrap();
     assert!(
-        svg.starts_with("<svg") && svg.contains("LSTM, 2 threads"),
+        svg.starts_with("<svg") && svg.contains("LSTM") && svg.contains("2 threads"),
         "{svg}"
     );
 }
