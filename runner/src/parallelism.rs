@@ -634,8 +634,8 @@ impl Report {
                 .any(|&s| s.b == 1 && share(s, 1) >= KEEPS_UP)
         {
             sentence += " On one thread the critical path does not matter, only the \
-                         arithmetic: both models do a few million multiply-adds per token, the \
-                         LSTM's one time step after another, the transformer's all at once.";
+                         arithmetic: both models do about ten million multiply-adds per token, \
+                         the LSTM's one time step after another, the transformer's all at once.";
         }
         out.push(sentence);
 
