@@ -7,7 +7,8 @@
 //! let loss = model.forward(&inputs, &targets, B, T);   // mean NLL, keeps activations
 //! model.zero_grad();
 //! model.backward();                                     // grads += dLoss/dparams
-//! optimizer.step(model.params_and_grads(), lr);
+//! let (params, grads) = model.params_and_grads();
+//! optimizer.step(params, grads, lr);
 //! ```
 //!
 //! Leaves out: mixed precision, gradient checkpointing, multi-sequence decoding.

@@ -79,9 +79,11 @@ pub enum ModelArg {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OptimizerArg {
-    /// AdamW, betas (0.9, 0.95), eps 1e-8, decoupled weight decay on matrices only.
+    /// AdamW, betas (0.9, 0.95), eps 1e-8, decoupled weight decay on matrices and
+    /// embeddings.
     Adamw,
-    /// SGD with momentum 0.9 (weight decay as L2 on matrices only).
+    /// SGD with momentum 0.9 (weight decay as L2 on matrices and
+    /// embeddings).
     Sgd,
 }
 
