@@ -363,8 +363,10 @@ impl Lstm {
     }
 
     /// Loads `dir/config.json` and `dir/model.safetensors` (PyTorch `nn.LSTM` names), checking
-    /// every name, shape and dtype against the config.
+    /// every name, shape and dtype against the config. A `dir` that an interrupted save left
+    /// without its files is read from the `.prev` copy beside it.
     pub fn load(dir: &Path) -> Result<Self, CheckpointError> {
+        let dir = checkpoint::resolve(dir)?;
         let path = dir.join(checkpoint::CONFIG_FILE);
         let config = LstmConfig::from_json(&checkpoint::read_json(&path)?, &path)?;
         let mut model = Self::zeros(config);
