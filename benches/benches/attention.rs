@@ -3,7 +3,7 @@
 //! the naive materialized version (llm.c's loops, (B, NH, T, T) buffers) beside them.
 //!
 //! Throughput is the causal half of the two (forward) or seven (forward + backward) T×T×HS
-//! products, counted like PyTorch's peer script (`/work/shared/peers/peers_kernels.py`), so
+//! products, counted like PyTorch's peer script (`benches/peers/peers_kernels.py`), so
 //! criterion's "elem/s" read as FLOP/s. Before the groups run, the bench prints the extra
 //! memory each version allocates, computed from its buffers. Leaves out: other head sizes
 //! (the model's presets use HS = 64) and the PyTorch peer itself (run its script beside this).

@@ -6,7 +6,7 @@
 //! last group, which compares Lanes on 1 and 2 threads.
 //!
 //! Run: `cargo bench --bench gemm` (about 90 seconds). Leaves out: MKL/OpenBLAS, measured by
-//! `/work/shared/peers/peers_gemm.py` on the same shapes.
+//! `benches/peers/peers_gemm.py` on the same shapes.
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! Shapes are GPT-2 small's (C = 768, V = 50257, N = B·T = 2048 rows) and the byte-level
 //! vocabulary's (V = 257). Scalar references run on fewer rows where a full run would take
 //! seconds; their throughput is per element all the same. Leaves out: multi-threaded scaling
-//! (`parallelism` bench) and the PyTorch peer (`/work/shared/peers/peers_kernels.py`, run
+//! (`parallelism` bench) and the PyTorch peer (`benches/peers/peers_kernels.py`, run
 //! beside this bench).
 
 use benches::pool;

@@ -1,5 +1,5 @@
 //! Full training steps (forward, backward, AdamW) in tokens per second, on 1 and 2 threads:
-//! the figures issue 6 compares with PyTorch (`/work/shared/peers/peers_train.py`,
+//! the figures issue 6 compares with PyTorch (`benches/peers/peers_train.py`,
 //! `peers_gpt2_124m.py`).
 //!
 //! ```text

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p model --example gpt_checkpoint -- /tmp/lanes-gpt model/tests/fixtures/gpt2_v257
-//! ~/.cache/peers/bin/python model/tests/fixtures/make_fixtures.py check /tmp/lanes-gpt model/tests/fixtures/gpt2_v257
+//! python3 model/tests/fixtures/make_fixtures.py check /tmp/lanes-gpt model/tests/fixtures/gpt2_v257
 //! ```
 //!
 //! Both print the mean loss on the fixture's tokens; they must agree to about 1e-5. The model

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p model --example lstm_checkpoint -- /tmp/lanes-lstm model/tests/fixtures/lstm
-//! ~/.cache/peers/bin/python model/tests/fixtures/make_fixtures.py check /tmp/lanes-lstm model/tests/fixtures/lstm
+//! python3 model/tests/fixtures/make_fixtures.py check /tmp/lanes-lstm model/tests/fixtures/lstm
 //! ```
 //!
 //! Both print the mean loss on the fixture's tokens; they must agree to about 1e-5. The model
