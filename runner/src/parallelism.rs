@@ -677,7 +677,7 @@ impl Report {
             } else {
                 sentence += &format!(
                     ": on {} even a batch of one leaves every time step enough work to share \
-                     ({} multiply-adds per sequence and layer), and the LSTM's threads wait \
+                     ({} multiply-adds per step, sequence and layer), and the LSTM's threads wait \
                      for each other at a spin barrier instead of being handed work kernel by \
                      kernel. Its long critical path costs throughput only once the cores \
                      outnumber what one step can use.",
