@@ -6,7 +6,8 @@
 //!
 //! - [`softmax_forward`] makes three passes over a row that sits in L1/L2: the maximum, then
 //!   e^(x−m) stored into `out` while summing it, then one multiply by 1/Σ — one `exp` per
-//!   element, which is what bounds its speed.
+//!   element; short rows go two at a time, interleaved, so that one row's chain of dependent
+//!   steps (maximum → exponentials → sum → 1/Σ) overlaps the other's.
 //! - Rows longer than `SHORT_ROW` (4096) do not stay in L1 between passes; for them the online
 //!   softmax of Milakov & Gimelshein (2018), `Online`, gets the maximum and the sum in a
 //!   single read: per-lane running maxima and sums, the sums rescaled once per block of eight
@@ -42,8 +43,74 @@ pub fn softmax_forward(out: &mut [f32], inp: &[f32], n: usize, v: usize) {
     let _launch = crate::launch::start(1);
     check_rows("softmax_forward", "out", out.len(), n, v);
     check_rows("softmax_forward", "inp", inp.len(), n, v);
-    par_rows(out, v, |r, out| {
-        softmax_row(out, &inp[r * v..][..v], 1.0);
+    if v > SHORT_ROW {
+        par_rows(out, v, |r, out| {
+            softmax_row(out, &inp[r * v..][..v], 1.0);
+        });
+        return;
+    }
+    // Short rows ROWS at a time: one row is a chain of dependent steps (maximum, then the
+    // exponentials, then their sum, then 1/Σ), too short for the CPU to overlap with the next
+    // row on its own; interleaving independent rows gives it that parallelism.
+    par_row_groups(out, v, ROWS, |r, out| {
+        if out.len() == ROWS * v {
+            softmax_rows::<ROWS>(out, &inp[r * v..][..ROWS * v], v);
+        } else {
+            for (j, o) in out.chunks_exact_mut(v).enumerate() {
+                softmax_row(o, &inp[(r + j) * v..][..v], 1.0);
+            }
+        }
+    });
+}
+
+/// Rows [`softmax_forward`] interleaves.
+const ROWS: usize = 2;
+
+/// [`par_rows`] with `f` called on `group` rows at a time (`out` holds `group`·`row_len`
+/// floats, fewer at the end of a task); groups never straddle tasks, so the split does not
+/// depend on the pool.
+fn par_row_groups(
+    out: &mut [f32],
+    row_len: usize,
+    group: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    use rayon::prelude::*;
+    if row_len == 0 {
+        return;
+    }
+    let rpt = lanes::rows_per_task(row_len);
+    out.par_chunks_mut(rpt * row_len)
+        .enumerate()
+        .for_each(|(k, chunk)| {
+            for (j, rows) in chunk.chunks_mut(group * row_len).enumerate() {
+                f(k * rpt + group * j, rows);
+            }
+        });
+}
+
+/// [`softmax_row`] (scale 1) on `R` rows of length `v` at once, `out` and `x` holding them
+/// all; each row's arithmetic is exactly [`softmax_row`]'s, in the same order, so a row's
+/// result does not depend on the rows beside it.
+#[inline]
+fn softmax_rows<const R: usize>(out: &mut [f32], x: &[f32], v: usize) {
+    let mut rows = out.chunks_exact_mut(v);
+    let mut o: [&mut [f32]; R] = std::array::from_fn(|_| rows.next().unwrap());
+    let xs: [&[f32]; R] = std::array::from_fn(|i| &x[i * v..][..v]);
+    let m: [F32s; R] = std::array::from_fn(|i| F32s::splat(lanes::max(xs[i])));
+    let mut s = [F32s::ZERO; R];
+    for_blocks(v, |b: Block| {
+        for i in 0..R {
+            let y = exp(b.load_or(xs[i], f32::NEG_INFINITY) - m[i]);
+            b.store(o[i], y);
+            s[i] += y;
+        }
+    });
+    let r: [F32s; R] = std::array::from_fn(|i| F32s::splat(1.0 / s[i].reduce_add()));
+    for_blocks(v, |b: Block| {
+        for i in 0..R {
+            b.store(o[i], b.load_or(o[i], 0.0) * r[i]);
+        }
     });
 }
 
@@ -380,6 +447,32 @@ mod tests {
                     assert!((s - 1.0).abs() < 1e-5, "row sums to {s} (v={v})");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_row_gives_the_same_bits_alone_and_beside_others() {
+        // Short rows run ROWS at a time; a row's result must not depend on its neighbours,
+        // including neighbours that are NaN or all -inf.
+        let mut rng = TestRng::new(12);
+        for v in [1, 17, 257, 1000] {
+            let n = 2 * ROWS + 1;
+            let mut x = logits(&mut rng, n * v, 30.0);
+            x[v..2 * v].fill(f32::NEG_INFINITY);
+            x[2 * v] = f32::NAN;
+            let mut all = vec![0.0; n * v];
+            softmax_forward(&mut all, &x, n, v);
+            for r in 0..n {
+                let mut one = vec![0.0; v];
+                softmax_forward(&mut one, &x[r * v..][..v], 1, v);
+                let same = one
+                    .iter()
+                    .zip(&all[r * v..][..v])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "row {r} of {n} (v={v}) differs from the row alone");
+            }
+            assert!(all[v..3 * v].iter().all(|p| p.is_nan()));
+            assert!(all[3 * v..].iter().all(|p| p.is_finite()));
         }
     }
 
