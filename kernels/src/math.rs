@@ -11,9 +11,10 @@
 //! Accuracy, measured against f64 over all 2^32 floats (the ignored test
 //! `exhaustive_ulp_report` prints these; the regular tests sweep every 97th float and hold the
 //! same bounds): `exp` ≤ 1.01 ulp (at x = −5.878), `tanh` ≤ 1.33 ulp (at x = 0.6283, just past
-//! the switch to the exp form), `sigmoid` ≤ 2.40 ulp (at x = −4.157: e^x lies just above a
-//! power of two and σ(x) just below one, so e's rounding counts double; the relative error is
-//! below 1.5e-7 everywhere). The IEEE special values hold: e^-inf = 0, e^inf = inf,
+//! the switch to the exp form), `sigmoid` ≤ 1.01 ulp (at x = −59.92; it carries e^-|x| in two
+//! parts and corrects its quotient, because where e^x lies just above a power of two and σ(x)
+//! just below one, e's rounding alone would count double: 2.40 ulp at x = −4.157 without).
+//! The IEEE special values hold: e^-inf = 0, e^inf = inf,
 //! NaN → NaN, overflow → inf, gradual underflow through the subnormals.
 //!
 //! Leaves out: a vector `ln` (the kernels need one logarithm per row, taken in scalar f64) and
@@ -62,21 +63,33 @@ fn ldexp(x: F32s, n: F32s) -> F32s {
 /// e^NaN = NaN, overflow to inf above ln(f32::MAX), gradual underflow to 0.
 #[inline(always)]
 pub fn exp(x: F32s) -> F32s {
+    let (r, n) = exp_reduce(x);
+    ldexp(exp_poly(r) + F32s::ONE, n)
+}
+
+/// Cody–Waite reduction for e^x: `x = n·ln2 + r`, |r| ≤ ln2/2, after clamping x to where e^x
+/// is neither 0 nor inf.
+#[inline(always)]
+fn exp_reduce(x: F32s) -> (F32s, F32s) {
     // Operand order matters: MAXPS/MINPS return their second operand when one is NaN, so
     // writing the constant first lets a NaN x through the clamp.
     let xc = F32s::splat(EXP_MAX_X).fast_min(F32s::splat(EXP_MIN_X).fast_max(x));
     let n = (xc * F32s::splat(LOG2_E)).round_ties_even();
     let r = n.mul_neg_add(F32s::splat(LN2_HI), xc);
     let r = n.mul_neg_add(F32s::splat(LN2_LO), r);
-    // e^r = 1 + r + r²·P(r), P the Cephes minimax polynomial on |r| ≤ ln2/2.
+    (r, n)
+}
+
+/// e^r − 1 = r + r²·P(r) for |r| ≤ ln2/2, P the Cephes minimax polynomial.
+#[inline(always)]
+fn exp_poly(r: F32s) -> F32s {
     let mut p = F32s::splat(1.987_569_1e-4);
     p = p.mul_add(r, F32s::splat(1.398_199_9e-3));
     p = p.mul_add(r, F32s::splat(8.333_452e-3));
     p = p.mul_add(r, F32s::splat(4.166_579_6e-2));
     p = p.mul_add(r, F32s::splat(1.666_666_5e-1));
     p = p.mul_add(r, F32s::splat(0.5));
-    let er = p.mul_add(r * r, r) + F32s::ONE;
-    ldexp(er, n)
+    p.mul_add(r * r, r)
 }
 
 /// Scalar reference for [`exp`].
@@ -84,13 +97,29 @@ pub fn exp_ref(x: f32) -> f32 {
     x.exp()
 }
 
-/// σ(x) = 1 / (1 + e^-x) in every lane, ≤ 2.4 ulp. Computed from e = e^-|x| (never overflows)
-/// as 1/(1+e) for x ≥ 0 and e/(1+e) for x < 0, so tiny results keep their precision.
+/// σ(x) = 1 / (1 + e^-x) in every lane, ≤ 1.01 ulp. From e = e^-|x| (never overflows),
+/// 1/(1+e) for x ≥ 0 and e/(1+e) for x < 0, so tiny results keep their precision; e is carried
+/// as an unevaluated sum eh + el (el: the rounding of exp's last addition) and the quotient is
+/// corrected by one step of its exact residual. Without that, e's own rounding, doubled where
+/// e sits at the top of a binade and σ at the bottom of one, reaches 2.4 ulp.
 #[inline(always)]
 pub fn sigmoid(x: F32s) -> F32s {
-    let e = exp(-x.abs());
-    let num = x.simd_lt(F32s::ZERO).select(e, F32s::ONE);
-    num / (F32s::ONE + e)
+    let (r, n) = exp_reduce(-x.abs());
+    let t = exp_poly(r);
+    let er = t + F32s::ONE;
+    // Exact (Fast2Sum: 1 ≥ |t|, and er − 1 is exact by Sterbenz).
+    let er_lo = (F32s::ONE - er) + t;
+    let (eh, el) = (ldexp(er, n), ldexp(er_lo, n));
+    let neg = x.simd_lt(F32s::ZERO);
+    let (nh, nl) = (neg.select(eh, F32s::ONE), neg.select(el, F32s::ZERO));
+    // d + dl = 1 + eh + el, with dl exact up to el's own rounding (eh ≤ 1).
+    let d = F32s::ONE + eh;
+    let dl = ((F32s::ONE - d) + eh) + el;
+    let inv = F32s::ONE / d;
+    let q = nh * inv;
+    // (nh + nl) − q·(d + dl): nh − q·d is exact in one FMA.
+    let rem = q.mul_neg_add(d, nh) + nl - q * dl;
+    rem.mul_add(inv, q)
 }
 
 /// Scalar reference for [`sigmoid`] (f64 inside).
@@ -249,9 +278,9 @@ mod tests {
     }
 
     #[test]
-    fn sigmoid_is_within_2_4_ulp_on_a_dense_sweep() {
+    fn sigmoid_is_within_1_01_ulp_on_a_dense_sweep() {
         let (e, x) = sweep(sigmoid, sigmoid_f64, f32::MIN, f32::MAX, STRIDE);
-        assert!(e <= 2.41, "sigmoid: {e} ulp at x = {x:e}");
+        assert!(e <= 1.01, "sigmoid: {e} ulp at x = {x:e}");
     }
 
     #[test]
