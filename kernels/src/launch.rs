@@ -8,7 +8,7 @@
 //! the one before, so it counts T launches, what PyTorch or cuDNN would issue as T
 //! (B, 4H)·(4H, H) products.
 //!
-//! Every public kernel (not the `_ref` references) opens a [`Launch`] on entry. The count is
+//! Every public kernel (not the `_ref` references) opens a `Launch` on entry. The count is
 //! kept per thread (so computations on other threads, and tests running side by side, do not
 //! mix) and only the outermost kernel on a thread counts: a kernel calling another, or a
 //! rayon task of a kernel running on the waiting caller's thread, adds nothing. Cost: two

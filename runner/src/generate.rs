@@ -2,7 +2,7 @@
 //!
 //! The prompt is conditioned on a start context, the end-of-sequence token (as GPT-2 starts
 //! from `<|endoftext|>`), so an empty prompt asks for the start of a new document. Each step
-//! feeds one token to the model's [`Decoder`] — the transformer's KV cache or the LSTM's
+//! feeds one token to the model's [`Decoder`](model::Decoder) — the transformer's KV cache or the LSTM's
 //! carried (h, c) — so a new token costs one position, not the whole prefix; then a
 //! [`Sampler`] picks the next token from the logits (greedy, naive, top-k, nucleus, each with
 //! a temperature). Text is printed as soon as the tokenizer's streaming decoder has whole

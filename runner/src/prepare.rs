@@ -59,7 +59,7 @@ pub struct Args {
     #[arg(long, default_value = "data")]
     pub out: PathBuf,
 
-    /// Tokenizer: byte (256 bytes + <eos>, V = 257) or gpt2 (GPT-2 BPE, V = 50257).
+    /// Tokenizer: byte (256 bytes + end-of-sequence, V = 257) or gpt2 (GPT-2 BPE, V = 50257).
     #[arg(long, default_value = "byte",
           value_parser = PossibleValuesParser::new(["byte", "gpt2"])
               .map(|s| TokenizerKind::from_name(&s).expect("a listed name")))]

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! The first factor is conditioned on the start context `<eos>` (as GPT-2 conditions on
-//! `<|endoftext|>`), and the last one is p(<eos> | text): the probability that the text ends
+//! `<|endoftext|>`), and the last one is `p(<eos> | text)`: the probability that the text ends
 //! there, which is what makes the product a distribution over whole texts. All factors come
 //! from one forward pass over the text (the same code that computes training losses). A text
 //! longer than the transformer's context is scored in sliding windows of the context length

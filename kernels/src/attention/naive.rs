@@ -32,6 +32,7 @@ pub fn attention_forward_naive(
     c: usize,
     nh: usize,
 ) {
+    let _launch = crate::launch::start(1);
     let sh = check_shapes(b, t, c, nh);
     sh.check("qkv", qkv, 3 * c);
     sh.check("out", out, c);
@@ -88,6 +89,7 @@ pub fn attention_backward_naive(
     c: usize,
     nh: usize,
 ) {
+    let _launch = crate::launch::start(1);
     let sh = check_shapes(b, t, c, nh);
     sh.check("dqkv", dqkv, 3 * c);
     sh.check("dout", dout, c);
