@@ -390,12 +390,11 @@ impl Report {
         s += &format!(
             "Models: GPT `small` (L=4, C=256, NH=4, {} parameters: the position table grows \
              with T) and LSTM `small` (L=3, H=360, {} parameters), byte vocabulary (V=257), \
-             AdamW; tokens/s from the median step of {} rounds × {} timed steps (each \
-             after {} untimed).  \n",
+             AdamW; tokens/s from the median step of {} × {} (each after {} untimed).  \n",
             params(ModelKind::Gpt),
             params(ModelKind::Lstm),
-            self.rounds,
-            self.steps,
+            counted(self.rounds, "round"),
+            counted(self.steps, "timed step"),
             self.warmup.max(1),
         );
         s += &format!("Command: `{}`\n\n", self.command);
@@ -468,13 +467,18 @@ fn display_name(kind: ModelKind) -> &'static str {
     }
 }
 
+/// "1 round", "3 rounds".
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// "1 thread", "2 threads".
 fn threads_word(n: usize) -> String {
-    if n == 1 {
-        "1 thread".into()
-    } else {
-        format!("{n} threads")
-    }
+    counted(n, "thread")
 }
 
 /// A ratio: "1.4×" below ten, "40×" above.
