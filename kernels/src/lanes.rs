@@ -360,6 +360,18 @@ pub(crate) fn par_map2_inplace(x: &mut [f32], b: &[f32], f: impl Fn(F32s, F32s) 
 /// [`rows_per_task`] rows. Each row is computed by one call, so results do not depend on the
 /// pool size. Does nothing when `row_len` is 0.
 pub(crate) fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    par_row_groups(out, row_len, 1, f);
+}
+
+/// [`par_rows`] with `f(r, rows)` called on `group` rows at a time, starting at row `r`
+/// (`rows` holds `group`·`row_len` floats, fewer at the end of a task). Groups never straddle
+/// tasks, so the split does not depend on the pool.
+pub(crate) fn par_row_groups(
+    out: &mut [f32],
+    row_len: usize,
+    group: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
     if row_len == 0 {
         return;
     }
@@ -367,8 +379,8 @@ pub(crate) fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [
     out.par_chunks_mut(rpt * row_len)
         .enumerate()
         .for_each(|(k, chunk)| {
-            for (j, row) in chunk.chunks_exact_mut(row_len).enumerate() {
-                f(k * rpt + j, row);
+            for (j, rows) in chunk.chunks_mut(group * row_len).enumerate() {
+                f(k * rpt + group * j, rows);
             }
         });
 }

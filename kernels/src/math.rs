@@ -22,10 +22,10 @@
 
 use crate::simd::F32s;
 
-const LOG2_E: f32 = std::f32::consts::LOG2_E;
+pub(crate) const LOG2_E: f32 = std::f32::consts::LOG2_E;
 #[allow(clippy::excessive_precision)] // exactly representable; the digits are the point
-const LN2_HI: f32 = 0.693_359_375; // ln 2 rounded to 9 significant bits: n·LN2_HI is exact
-const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 − LN2_HI
+pub(crate) const LN2_HI: f32 = 0.693_359_375; // ln 2 rounded to 9 significant bits: n·LN2_HI is exact
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 − LN2_HI
 /// Below this e^x rounds to 0 (half the smallest subnormal is e^-103.972…).
 const EXP_MIN_X: f32 = -104.0;
 /// Above this e^x overflows to +inf (ln f32::MAX = 88.7228…); clamping here keeps n small
@@ -82,7 +82,7 @@ fn exp_reduce(x: F32s) -> (F32s, F32s) {
 
 /// e^r − 1 = r + r²·P(r) for |r| ≤ ln2/2, P the Cephes minimax polynomial.
 #[inline(always)]
-fn exp_poly(r: F32s) -> F32s {
+pub(crate) fn exp_poly(r: F32s) -> F32s {
     let mut p = F32s::splat(1.987_569_1e-4);
     p = p.mul_add(r, F32s::splat(1.398_199_9e-3));
     p = p.mul_add(r, F32s::splat(8.333_452e-3));

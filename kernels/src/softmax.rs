@@ -19,7 +19,7 @@
 //! PyTorch; a NaN anywhere in a row makes the whole row NaN. Leaves out: masking and
 //! temperature (scale the logits first), and the fused classifier loss (`cross_entropy`).
 
-use crate::lanes::{self, Block, for_blocks, map1_inplace, map1_sum, par_rows};
+use crate::lanes::{self, Block, for_blocks, map1_inplace, map1_sum, par_row_groups, par_rows};
 use crate::math::exp;
 use crate::simd::{F32s, LANES, load, store};
 
@@ -65,29 +65,6 @@ pub fn softmax_forward(out: &mut [f32], inp: &[f32], n: usize, v: usize) {
 
 /// Rows [`softmax_forward`] interleaves.
 const ROWS: usize = 2;
-
-/// [`par_rows`] with `f` called on `group` rows at a time (`out` holds `group`·`row_len`
-/// floats, fewer at the end of a task); groups never straddle tasks, so the split does not
-/// depend on the pool.
-fn par_row_groups(
-    out: &mut [f32],
-    row_len: usize,
-    group: usize,
-    f: impl Fn(usize, &mut [f32]) + Sync,
-) {
-    use rayon::prelude::*;
-    if row_len == 0 {
-        return;
-    }
-    let rpt = lanes::rows_per_task(row_len);
-    out.par_chunks_mut(rpt * row_len)
-        .enumerate()
-        .for_each(|(k, chunk)| {
-            for (j, rows) in chunk.chunks_mut(group * row_len).enumerate() {
-                f(k * rpt + group * j, rows);
-            }
-        });
-}
 
 /// [`softmax_row`] (scale 1) on `R` rows of length `v` at once, `out` and `x` holding them
 /// all; each row's arithmetic is exactly [`softmax_row`]'s, in the same order, so a row's

@@ -11,12 +11,9 @@
 //! smallest normal float (x < −87.33) which flush to 0: such a weight is below 2⁻¹²⁶ of the
 //! row's largest and cannot change a float32 sum. −∞ (a masked score) gives exactly 0.
 
+use crate::math::{LN2_HI, LN2_LO, LOG2_E, exp_poly};
 use crate::simd::{F32s, U32s};
 
-const LOG2_E: f32 = std::f32::consts::LOG2_E;
-#[allow(clippy::excessive_precision)] // exactly representable; the digits are the point
-const LN2_HI: f32 = 0.693_359_375; // ln 2 rounded to 9 significant bits: n·LN2_HI is exact
-const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 − LN2_HI
 /// ln of the smallest normal float: below it the result flushes to 0.
 const MIN_X: f32 = -87.336_55;
 /// 1.5·2²³ + 127: adding it rounds to an integer n and leaves n + 127 in the low mantissa bits.
@@ -31,14 +28,7 @@ pub(super) fn exp_nonpositive(x: F32s) -> F32s {
     let n = t - F32s::splat(SHIFTER);
     let r = n.mul_neg_add(F32s::splat(LN2_HI), xc);
     let r = n.mul_neg_add(F32s::splat(LN2_LO), r);
-    // e^r = 1 + r + r²·P(r), P the Cephes minimax polynomial on |r| ≤ ln2/2.
-    let mut p = F32s::splat(1.987_569_1e-4);
-    p = p.mul_add(r, F32s::splat(1.398_199_9e-3));
-    p = p.mul_add(r, F32s::splat(8.333_452e-3));
-    p = p.mul_add(r, F32s::splat(4.166_579_6e-2));
-    p = p.mul_add(r, F32s::splat(1.666_666_5e-1));
-    p = p.mul_add(r, F32s::splat(0.5));
-    let er = p.mul_add(r * r, r) + F32s::ONE;
+    let er = exp_poly(r) + F32s::ONE;
     // n + 127 sits in the low bits of t; shifted into the exponent field it is 2ⁿ.
     let bits: U32s = bytemuck::cast(t);
     let pow2n: F32s = bytemuck::cast(bits << 23);
