@@ -15,7 +15,7 @@ use criterion::{
 };
 use kernels::gemm::sgemm_ref;
 use kernels::testutil::TestRng;
-use kernels::{Transpose, sgemm};
+use kernels::{PackedB, Precision, Transpose, gemm as lanes_gemm, gemm_packed, sgemm};
 
 /// One product `C (m × n) = op(A) (m × k) · op(B) (k × n)`, named `m×k×n` like the peers.
 #[derive(Clone, Copy)]
@@ -256,10 +256,59 @@ fn threads(c: &mut Criterion) {
     g.finish();
 }
 
+/// The GPT shapes in all four transpose cases, fp32 beside bf16 (B packed per call, and
+/// packed once as a cached weight is), one thread. The forward product is NN, the weight
+/// gradient TN (A = the activations, stored transposed) and the input gradient NT.
+fn precision(c: &mut Criterion) {
+    let pool = benches::pool(1);
+    const GPT: [(usize, usize, usize); 4] = [
+        (2048, 384, 1152),
+        (2048, 384, 1536),
+        (2048, 1536, 384),
+        (2048, 384, 257),
+    ];
+    let t = |x: Transpose| if x == Transpose::No { "N" } else { "T" };
+    for (m, k, n) in GPT {
+        for ta in [Transpose::No, Transpose::Yes] {
+            for tb in [Transpose::No, Transpose::Yes] {
+                let mut rng = TestRng::new(1);
+                let (a, b) = (rng.vec(m * k, 1.0), rng.vec(k * n, 1.0));
+                let mut cm = vec![0.0; m * n];
+                let lda = if ta == Transpose::No { k } else { m };
+                let ldb = if tb == Transpose::No { n } else { k };
+                let mut g = c.benchmark_group(format!("gemm {}{} {m}x{k}x{n}", t(ta), t(tb)));
+                g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+                g.sampling_mode(SamplingMode::Flat);
+                g.sample_size(10);
+                g.warm_up_time(Duration::from_millis(300));
+                g.measurement_time(Duration::from_secs(1));
+                for p in [Precision::F32, Precision::Bf16] {
+                    g.bench_function(p.name(), |bch| {
+                        pool.install(|| {
+                            bch.iter(|| {
+                                lanes_gemm(
+                                    p, ta, tb, m, n, k, 1.0, &a, lda, &b, ldb, 0.0, &mut cm, n,
+                                )
+                            })
+                        })
+                    });
+                }
+                let packed = PackedB::of(tb, k, n, &b, ldb);
+                g.bench_function("bf16, B packed once", |bch| {
+                    pool.install(|| {
+                        bch.iter(|| gemm_packed(ta, m, 1.0, &a, lda, &packed, 0.0, &mut cm, n))
+                    })
+                });
+                g.finish();
+            }
+        }
+    }
+}
+
 criterion_group! {
     name = benches;
     // No HTML plots: rendering them would take longer than the measurements.
     config = Criterion::default().without_plots();
-    targets = single_thread, threads
+    targets = single_thread, threads, precision
 }
 criterion_main!(benches);

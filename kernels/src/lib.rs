@@ -2,7 +2,9 @@
 //!
 //! Hand-written with [`wide`] lanes and parallelized with [`rayon`]:
 //!
-//! - [`sgemm`]: BLAS-style row-major GEMM, `C = alpha·op(A)·op(B) + beta·C`.
+//! - [`sgemm`]: BLAS-style row-major GEMM, `C = alpha·op(A)·op(B) + beta·C`; [`gemm()`] the
+//!   same in a chosen [`Precision`] (bf16 operands with fp32 accumulation on AVX512_BF16), and
+//!   [`gemm_packed`] with a [`PackedB`] converted once and reused.
 //! - [`attention`]: fused causal multi-head self-attention, forward and backward.
 //! - [`math`]: vectorized `exp`, `sigmoid`, `tanh` with stated ulp bounds.
 //! - [`softmax`]: row-wise softmax and log-softmax (online softmax), forward and backward.
@@ -61,9 +63,11 @@ pub mod layernorm;
 pub mod lstm_cell;
 pub mod math;
 pub mod optim;
+pub mod precision;
 pub mod recurrence;
 pub mod simd;
 pub mod softmax;
 pub mod testutil;
 
-pub use gemm::{Transpose, sgemm};
+pub use gemm::{PackedB, Transpose, gemm, gemm_packed, sgemm};
+pub use precision::Precision;

@@ -127,6 +127,23 @@ impl<'a> MatMut<'a> {
         }
     }
 
+    /// A pointer to element `(i0, j0)` and the leading dimension, for a micro-kernel that
+    /// writes the `rows × cols` block there. Panics unless the block lies inside the window.
+    pub(crate) fn block_ptr(
+        &mut self,
+        i0: usize,
+        j0: usize,
+        rows: usize,
+        cols: usize,
+    ) -> (*mut f32, usize) {
+        assert!(
+            rows > 0 && cols > 0 && i0 + rows <= self.rows && j0 + cols <= self.cols,
+            "MatMut::block_ptr outside the window"
+        );
+        // SAFETY: (i0, j0) is inside the window (checked).
+        (unsafe { self.ptr.add(i0 * self.ld + j0) }, self.ld)
+    }
+
     /// Splits the window into a grid of `mb × nb` blocks (the last row and column of blocks
     /// may be smaller), numbered row-major, for a parallel iterator to hand out.
     pub(crate) fn blocks(self, mb: usize, nb: usize) -> Blocks<'a> {

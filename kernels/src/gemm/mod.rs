@@ -33,6 +33,7 @@
 //! order however the blocks are scheduled, so results are bitwise identical on any number of
 //! threads. Packing buffers are thread-local and reused: steady-state calls do not allocate.
 
+mod bf16;
 mod blocked;
 mod dot;
 mod gemv;
@@ -43,6 +44,7 @@ mod small;
 #[cfg(test)]
 mod tests;
 
+pub use bf16::{PackedB, gemm, gemm_bf16_ref, gemm_packed};
 pub use kernel::{MR, NR};
 pub use reference::sgemm_ref;
 
@@ -58,7 +60,7 @@ pub enum Transpose {
 
 /// Below this many flops (2·m·n·k) a product runs on the calling thread: a rayon fork-join
 /// costs a few microseconds, the time of ~1 MFLOP.
-const PAR_MIN_FLOPS: usize = 2 << 20;
+pub(crate) const PAR_MIN_FLOPS: usize = 2 << 20;
 
 /// The operands of one checked product `C = alpha·op(A)·op(B) + beta·C` (`op(A)` m×k,
 /// `op(B)` k×n), as the internal paths take them; `C` travels apart, as a [`MatMut`].
@@ -205,7 +207,7 @@ pub fn sgemm(
 }
 
 /// `C = beta·C` (`beta = 0` writes zeros without reading): the whole product when it is empty.
-fn scale(c: &mut MatMut<'_>, beta: f32) {
+pub(crate) fn scale(c: &mut MatMut<'_>, beta: f32) {
     for i in 0..c.rows() {
         let row = c.row(i);
         if beta == 0.0 {
