@@ -49,6 +49,7 @@ pub mod tokenizer;
 
 pub use data::{DataError, Dataset, Split};
 pub use gpt::{Gpt, GptConfig};
+pub use kernels::Precision;
 pub use lm::{Decoder, LanguageModel, ModelKind};
 pub use load::{load_checkpoint, load_resume, save_checkpoint};
 pub use lstm::{InputProjection, Lstm, LstmConfig};

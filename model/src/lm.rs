@@ -14,6 +14,7 @@
 //! Leaves out: mixed precision, gradient checkpointing, multi-sequence decoding.
 
 use crate::params::ParamLayout;
+use kernels::Precision;
 
 /// Which architecture a model is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,6 +59,14 @@ pub trait LanguageModel: Send {
     fn params_and_grads(&mut self) -> (&mut [f32], &[f32]);
 
     fn zero_grad(&mut self);
+
+    /// The precision of the matrix products: [`Precision::F32`] unless set.
+    fn precision(&self) -> Precision;
+
+    /// Sets the precision of the matrix products (mixed precision: parameters, gradients,
+    /// optimizer state and the pointwise layers stay fp32); returns the one this build runs,
+    /// [`Precision::effective`] (bf16 becomes fp32 where the build lacks AVX512_BF16).
+    fn set_precision(&mut self, precision: Precision) -> Precision;
 
     /// Forward over `inputs` (B, T) predicting `targets` (B, T): returns the mean negative
     /// log-likelihood in nats per token and keeps what [`Self::backward`] needs. Panics if a

@@ -37,7 +37,7 @@ use kernels::embedding::{embedding_backward, embedding_forward};
 use kernels::recurrence::{
     lstm_backward, lstm_forward, lstm_pack_backward, lstm_pack_forward, lstm_packed_len,
 };
-use kernels::sgemm;
+use kernels::{Precision, gemm};
 use serde_json::json;
 
 use crate::checkpoint::{self, CheckpointError};
@@ -321,6 +321,8 @@ pub struct Lstm {
     acts: Activations,
     /// Whether `acts` holds a forward that backward has not consumed yet.
     ready_for_backward: bool,
+    /// The precision of the matrix products (see `set_precision`).
+    precision: Precision,
 }
 
 impl Lstm {
@@ -359,6 +361,7 @@ impl Lstm {
             input_projection: InputProjection::Auto,
             acts: Activations::default(),
             ready_for_backward: false,
+            precision: Precision::F32,
         }
     }
 
@@ -440,6 +443,19 @@ impl LanguageModel for Lstm {
         self.grads.fill(0.0);
     }
 
+    /// The precision of the matrix products: fp32 (the default), or bf16 operands with fp32
+    /// accumulation. Parameters, gradients, gates, the cell state and the loss stay fp32.
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Sets the precision of the matrix products; returns the one this build runs
+    /// ([`Precision::effective`]: bf16 becomes fp32 where the build lacks AVX512_BF16).
+    fn set_precision(&mut self, precision: Precision) -> Precision {
+        self.precision = precision.effective();
+        self.precision
+    }
+
     #[rustfmt::skip] // one kernel call per line, as in llm.c, so forward and backward mirror
     fn forward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> f32 {
         let (v, h, nl) = (self.config.vocab_size, self.config.hidden_size, self.config.num_layers);
@@ -452,7 +468,7 @@ impl LanguageModel for Lstm {
         self.acts.resize(&self.config, b, t);
         let carried = self.carried.as_ref().filter(|c| self.carry_state && c.b == b);
         let table = self.input_projection.uses_table(v, n);
-        let (a, p, at) = (&mut self.acts, &self.params, &self.at);
+        let (a, p, at, prec) = (&mut self.acts, &self.params, &self.at, self.precision);
         transpose(&mut a.inputs, inputs, b, t); // (B, T) -> (T, B)
         transpose(&mut a.targets, targets, b, t);
         let state = (t + 1) * b * h; // one layer's hs or cs
@@ -466,18 +482,18 @@ impl LanguageModel for Lstm {
             let gates = &mut a.gates[l * n * G * h..][..n * G * h];
             sum_into(&mut a.bias, lp.b_ih.of(p), lp.b_hh.of(p));
             if l == 0 && table {
-                linear_forward(&mut a.table, at.emb.of(p), lp.w_ih.of(p), &a.bias, v, h, G * h); // emb·W_ihᵀ + b
+                linear_forward(&mut a.table, at.emb.of(p), lp.w_ih.of(p), &a.bias, v, h, G * h, prec); // emb·W_ihᵀ + b
                 embedding_forward(gates, &a.inputs, &a.table, G * h); // ... looked up per token
             } else {
                 let x = if l == 0 { &a.x0[..] } else { &below[(l - 1) * state + b * h..] };
-                linear_forward(gates, x, lp.w_ih.of(p), &a.bias, n, h, G * h); // all T steps at once
+                linear_forward(gates, x, lp.w_ih.of(p), &a.bias, n, h, G * h, prec); // all T steps at once
             }
             initial_state(&mut hs[..b * h], &mut cs[..b * h], carried.map(|c| (&c.h[l * b * h..][..b * h], &c.c[l * b * h..][..b * h])));
             lstm_pack_forward(&mut a.packed, lp.w_hh.of(p), h);
             lstm_forward(hs, cs, gates, &a.packed, b, t, h); // the walk through time
         }
         let x_top = &a.hs[(nl - 1) * state + b * h..][..n * h]; // (T, B, H)
-        linear_forward(&mut a.logits, x_top, at.head_w.of(p), at.head_b.of(p), n, h, v);
+        linear_forward(&mut a.logits, x_top, at.head_w.of(p), at.head_b.of(p), n, h, v, prec);
         let loss = cross_entropy_fused_inplace(&mut a.logits, &mut a.losses, &a.targets, n, v, None);
         transpose(&mut a.token_losses, &a.losses, t, b); // (T, B) -> (B, T)
 
@@ -509,30 +525,31 @@ impl LanguageModel for Lstm {
         let (n, state) = (b * t, (t + 1) * b * h);
         let table = self.input_projection.uses_table(v, n);
         let (a, p, at, d) = (&mut self.acts, &self.params, &self.at, &mut self.grads);
+        let prec = self.precision;
 
         // The loss already wrote dlogits over the logits.
         let x_top = &a.hs[(nl - 1) * state + b * h..][..n * h];
         let (dw_head, db_head) = two_mut(d, at.head_w, at.head_b);
-        linear_backward(&mut a.dh, dw_head, db_head, &a.logits, x_top, at.head_w.of(p), n, h, v);
+        linear_backward(&mut a.dh, dw_head, db_head, &a.logits, x_top, at.head_w.of(p), n, h, v, prec);
         for (l, lp) in at.layers.iter().enumerate().rev() {
             let hs = &a.hs[l * state..][..state];
             let cs = &a.cs[l * state..][..state];
             let gates = &a.gates[l * n * G * h..][..n * G * h];
             lstm_pack_backward(&mut a.packed, lp.w_hh.of(p), h);
             lstm_backward(&mut a.dgates, &mut a.dh0, &mut a.dc0, &a.dh, gates, cs, &a.packed, b, t, h); // back through time
-            linear_weight_backward(lp.w_hh.of_mut(d), &a.dgates, &hs[..n * h], n, h, G * h); // h_{t-1}, all steps
+            linear_weight_backward(lp.w_hh.of_mut(d), &a.dgates, &hs[..n * h], n, h, G * h, prec); // h_{t-1}, all steps
             a.dbias.fill(0.0);
             if l == 0 && table {
                 // S = dgates summed per token (V, 4H); then dW_ih += Sᵀ·emb and demb += S·W_ih.
                 a.table.fill(0.0);
                 embedding_backward(&mut a.table, &a.dgates, &a.inputs, G * h);
                 let (demb, dw_ih) = two_mut(d, at.emb, lp.w_ih);
-                linear_weight_backward(dw_ih, &a.table, at.emb.of(p), v, h, G * h);
+                linear_weight_backward(dw_ih, &a.table, at.emb.of(p), v, h, G * h, prec);
                 bias_backward(&mut a.dbias, &a.table, v, G * h);
-                sgemm(No, No, v, h, G * h, 1.0, &a.table, G * h, lp.w_ih.of(p), h, 1.0, demb, h);
+                gemm(prec, No, No, v, h, G * h, 1.0, &a.table, G * h, lp.w_ih.of(p), h, 1.0, demb, h);
             } else {
                 let x = if l == 0 { &a.x0[..] } else { &a.hs[(l - 1) * state + b * h..][..n * h] };
-                linear_backward(&mut a.dh, lp.w_ih.of_mut(d), &mut a.dbias, &a.dgates, x, lp.w_ih.of(p), n, h, G * h);
+                linear_backward(&mut a.dh, lp.w_ih.of_mut(d), &mut a.dbias, &a.dgates, x, lp.w_ih.of(p), n, h, G * h, prec);
             }
             add_into(lp.b_ih.of_mut(d), &a.dbias); // both biases get the gate gradient
             add_into(lp.b_hh.of_mut(d), &a.dbias);
@@ -555,7 +572,9 @@ impl LanguageModel for Lstm {
     }
 }
 
-/// `out` (N, OC) = `inp` (N, IC) · `w`ᵀ + `bias`, with `w` (OC, IC) in `nn.Linear`'s layout.
+/// `out` (N, OC) = `inp` (N, IC) · `w`ᵀ + `bias`, with `w` (OC, IC) in `nn.Linear`'s layout,
+/// the product in `prec`.
+#[allow(clippy::too_many_arguments)]
 fn linear_forward(
     out: &mut [f32],
     inp: &[f32],
@@ -564,8 +583,9 @@ fn linear_forward(
     n: usize,
     ic: usize,
     oc: usize,
+    prec: Precision,
 ) {
-    sgemm(No, Yes, n, oc, ic, 1.0, inp, ic, w, ic, 0.0, out, oc);
+    gemm(prec, No, Yes, n, oc, ic, 1.0, inp, ic, w, ic, 0.0, out, oc);
     bias_forward(out, bias, n, oc);
 }
 
@@ -582,13 +602,14 @@ fn linear_backward(
     n: usize,
     ic: usize,
     oc: usize,
+    prec: Precision,
 ) {
-    sgemm(No, No, n, ic, oc, 1.0, dout, oc, w, ic, 0.0, dinp, ic);
-    linear_weight_backward(dw, dout, inp, n, ic, oc);
+    gemm(prec, No, No, n, ic, oc, 1.0, dout, oc, w, ic, 0.0, dinp, ic);
+    linear_weight_backward(dw, dout, inp, n, ic, oc, prec);
     bias_backward(dbias, dout, n, oc);
 }
 
-/// `dw` (OC, IC) += `dout`ᵀ (OC, N) · `inp` (N, IC).
+/// `dw` (OC, IC) += `dout`ᵀ (OC, N) · `inp` (N, IC), the product in `prec`.
 fn linear_weight_backward(
     dw: &mut [f32],
     dout: &[f32],
@@ -596,8 +617,11 @@ fn linear_weight_backward(
     n: usize,
     ic: usize,
     oc: usize,
+    prec: Precision,
 ) {
-    sgemm(Yes, No, oc, ic, n, 1.0, dout, oc, inp, ic, 1.0, dw, ic);
+    gemm(
+        prec, Yes, No, oc, ic, n, 1.0, dout, oc, inp, ic, 1.0, dw, ic,
+    );
 }
 
 /// `out` (C, R) = `inp` (R, C)ᵀ: token ids and losses between batch- and time-major.
@@ -642,7 +666,9 @@ fn initial_state(h0: &mut [f32], c0: &mut [f32], carried: Option<(&[f32], &[f32]
 }
 
 /// Token-by-token inference with the (h, c) of every layer: the same computation as
-/// [`Lstm::forward`] with B = T = 1, W_hh packed once for the decoder's lifetime.
+/// [`Lstm::forward`] with B = T = 1, W_hh packed once for the decoder's lifetime. Its
+/// one-row products run in fp32 whatever the model's precision: a bf16 product would round
+/// W_ih and the head to bf16 again at every token, costing more than the product saves.
 pub struct LstmDecoder<'a> {
     model: &'a Lstm,
     packed: Vec<f32>, // (L, packed_len)
@@ -704,13 +730,13 @@ impl Decoder for LstmDecoder<'_> {
         embedding_forward(&mut self.x, &[token], m.at.emb.of(&m.params), h);
         for (l, lp) in m.at.layers.iter().enumerate() {
             let (hs, cs) = (&mut self.hs[l * 2 * h..][..2 * h], &mut self.cs[l * 2 * h..][..2 * h]);
-            linear_forward(&mut self.gates, &self.x, lp.w_ih.of(&m.params), &self.bias[l * G * h..][..G * h], 1, h, G * h);
+            linear_forward(&mut self.gates, &self.x, lp.w_ih.of(&m.params), &self.bias[l * G * h..][..G * h], 1, h, G * h, Precision::F32);
             lstm_forward(hs, cs, &mut self.gates, &self.packed[l * plen..][..plen], 1, 1, h);
             hs.copy_within(h.., 0); // h_t becomes h_{t-1} of the next token
             cs.copy_within(h.., 0);
             self.x.copy_from_slice(&hs[..h]);
         }
-        linear_forward(&mut self.logits, &self.x, m.at.head_w.of(&m.params), m.at.head_b.of(&m.params), 1, h, v);
+        linear_forward(&mut self.logits, &self.x, m.at.head_w.of(&m.params), m.at.head_b.of(&m.params), 1, h, v, Precision::F32);
         self.position += 1;
         &self.logits
     }

@@ -6,8 +6,8 @@
 //! position up to rounding (tested). Leaves out: batches of sequences, prompt prefill in one
 //! call (a prompt is fed token by token), sliding the window past the context.
 
-use kernels::Transpose::Yes;
-use kernels::sgemm;
+use kernels::Transpose::{No, Yes};
+use kernels::{gemm_packed, sgemm};
 
 use kernels::attention::attention_decode;
 use kernels::embedding::encoder_forward;
@@ -66,25 +66,30 @@ impl Decoder for GptDecoder<'_> {
         assert!(pos < t_max, "GptDecoder::feed: the context of {t_max} tokens is full");
         assert!((token as usize) < v, "GptDecoder::feed: token {token} is outside the vocabulary of {v}");
         let p = Tensors::split(&self.model.params[..], cfg);
+        let pk = self.model.packed();
         let [mean, rstd] = &mut self.stats;
         let (mean, rstd) = (std::slice::from_mut(mean), std::slice::from_mut(rstd));
 
         encoder_forward(&mut self.x, &[token], p.wte, &p.wpe[pos * c..][..c], 1, 1, c);
         for l in 0..cfg.n_layer {
             let w = Block::of(p.h, l, c);
+            let wp = pk.map(|pk| &pk.blocks[l]);
             let k_cache = &mut self.k_cache[l * t_max * c..][..t_max * c]; // (maxT, C)
             let v_cache = &mut self.v_cache[l * t_max * c..][..t_max * c]; // (maxT, C)
             layernorm_forward(&mut self.ln, mean, rstd, &self.x, w.ln1_w, w.ln1_b, 1, c, EPS);
-            matmul_forward(&mut self.qkv, &self.ln, w.qkv_w, w.qkv_b, 1, c, 3 * c);
+            matmul_forward(&mut self.qkv, &self.ln, w.qkv_w, w.qkv_b, 1, c, 3 * c, wp.map(|p| &p.qkv));
             attention_decode(&mut self.atty, k_cache, v_cache, &self.qkv, pos, 1, t_max, c, nh);
-            matmul_residual_forward(&mut self.x2, &self.x, &self.atty, w.attproj_w, w.attproj_b, 1, c, c);
+            matmul_residual_forward(&mut self.x2, &self.x, &self.atty, w.attproj_w, w.attproj_b, 1, c, c, wp.map(|p| &p.attproj));
             layernorm_forward(&mut self.ln, mean, rstd, &self.x2, w.ln2_w, w.ln2_b, 1, c, EPS);
-            matmul_forward(&mut self.fch, &self.ln, w.fc_w, w.fc_b, 1, c, 4 * c);
+            matmul_forward(&mut self.fch, &self.ln, w.fc_w, w.fc_b, 1, c, 4 * c, wp.map(|p| &p.fc));
             gelu_forward(&mut self.fch_gelu, &self.fch);
-            matmul_residual_forward(&mut self.x, &self.x2, &self.fch_gelu, w.fcproj_w, w.fcproj_b, 1, 4 * c, c);
+            matmul_residual_forward(&mut self.x, &self.x2, &self.fch_gelu, w.fcproj_w, w.fcproj_b, 1, 4 * c, c, wp.map(|p| &p.fcproj));
         }
         layernorm_forward(&mut self.ln, mean, rstd, &self.x, p.lnf_w, p.lnf_b, 1, c, EPS);
-        sgemm(kernels::Transpose::No, Yes, 1, v, c, 1.0, &self.ln, c, p.wte, c, 0.0, &mut self.logits, v);
+        match pk {
+            Some(pk) => gemm_packed(No, 1, 1.0, &self.ln, c, &pk.wte.fwd, 0.0, &mut self.logits, v),
+            None => sgemm(No, Yes, 1, v, c, 1.0, &self.ln, c, p.wte, c, 0.0, &mut self.logits, v),
+        }
         self.pos += 1;
         &self.logits
     }

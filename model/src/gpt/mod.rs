@@ -14,12 +14,17 @@
 //! allocated for the largest B·T seen (no allocation per step); backward turns the logits into
 //! their gradient in place, so the biggest buffer (B·T·V) exists once. `backward()` is
 //! `forward()` read in reverse, one kernel call per line. Results do not depend on the thread
-//! count because every kernel's do not. Leaves out: dropout, mixed precision, activation
+//! count because every kernel's do not. Leaves out: dropout, activation
 //! recomputation, batched decoding.
+//!
+//! Mixed precision: with [`Gpt::set_precision`]`(Precision::Bf16)` every matrix product runs
+//! with bf16 operands and fp32 accumulation (the weights packed once per optimizer step, see
+//! `packed.rs`); parameters, gradients, optimizer state and every other layer stay fp32.
 
 pub mod config;
 mod decoder;
 mod io;
+mod packed;
 pub mod tensors;
 
 use config::LAYER_NORM_EPS as EPS;
@@ -33,12 +38,13 @@ use kernels::elementwise::{add_assign, bias_backward, bias_forward};
 use kernels::embedding::{encoder_backward, encoder_forward};
 use kernels::gelu::{gelu_backward, gelu_forward};
 use kernels::layernorm::{layernorm_backward, layernorm_forward};
-use kernels::sgemm;
+use kernels::{Precision, gemm, gemm_packed, sgemm};
 
 use crate::lm::{Decoder, LanguageModel, ModelKind};
 use crate::params::ParamLayout;
 use crate::rng::SplitMix64;
 
+use packed::{PackedPair, PackedWeights};
 use tensors::{Block, Tensors};
 
 /// GPT-2's initializer standard deviation.
@@ -59,6 +65,10 @@ pub struct Gpt {
     t: usize,
     /// Whether `acts.logits` holds logits (after forward) or their gradient (after backward).
     logits_are_grads: bool,
+    /// The precision of the matrix products (the one this build runs, see `set_precision`).
+    precision: Precision,
+    /// In bf16, the weight matrices packed for the products; re-packed when stale.
+    packed: PackedWeights,
 }
 
 /// Saved forward activations and backward scratch, all sized for `bt` = B·T positions;
@@ -178,6 +188,8 @@ fn layer_mut(buf: &mut [f32], l: usize, n: usize) -> &mut [f32] {
 }
 
 /// `out` (N, OC) = `inp` (N, IC) · `w` (IC, OC) + `b` (OC): a Conv1D (Hugging Face's layout).
+/// With `pk` (the packings of `w`), the product runs in bf16.
+#[allow(clippy::too_many_arguments)]
 fn matmul_forward(
     out: &mut [f32],
     inp: &[f32],
@@ -186,8 +198,12 @@ fn matmul_forward(
     n: usize,
     ic: usize,
     oc: usize,
+    pk: Option<&PackedPair>,
 ) {
-    sgemm(No, No, n, oc, ic, 1.0, inp, ic, w, oc, 0.0, out, oc);
+    match pk {
+        Some(pk) => gemm_packed(No, n, 1.0, inp, ic, &pk.fwd, 0.0, out, oc),
+        None => sgemm(No, No, n, oc, ic, 1.0, inp, ic, w, oc, 0.0, out, oc),
+    }
     bias_forward(out, b, n, oc);
 }
 
@@ -203,14 +219,18 @@ fn matmul_residual_forward(
     n: usize,
     ic: usize,
     oc: usize,
+    pk: Option<&PackedPair>,
 ) {
     out.copy_from_slice(residual);
     bias_forward(out, b, n, oc);
-    sgemm(No, No, n, oc, ic, 1.0, inp, ic, w, oc, 1.0, out, oc);
+    match pk {
+        Some(pk) => gemm_packed(No, n, 1.0, inp, ic, &pk.fwd, 1.0, out, oc),
+        None => sgemm(No, No, n, oc, ic, 1.0, inp, ic, w, oc, 1.0, out, oc),
+    }
 }
 
 /// Gradient of [`matmul_forward`]: `dinp = dout · wᵀ` (overwritten), `dw += inpᵀ · dout`,
-/// `db += Σ_rows dout`.
+/// `db += Σ_rows dout`. With `pk`, both products run in bf16 (the gradients stay fp32).
 #[allow(clippy::too_many_arguments)]
 fn matmul_backward(
     dinp: &mut [f32],
@@ -222,9 +242,20 @@ fn matmul_backward(
     n: usize,
     ic: usize,
     oc: usize,
+    pk: Option<&PackedPair>,
 ) {
-    sgemm(No, Yes, n, ic, oc, 1.0, dout, oc, w, oc, 0.0, dinp, ic);
-    sgemm(Yes, No, ic, oc, n, 1.0, inp, ic, dout, oc, 1.0, dw, oc);
+    match pk {
+        Some(pk) => gemm_packed(No, n, 1.0, dout, oc, &pk.bwd, 0.0, dinp, ic),
+        None => sgemm(No, Yes, n, ic, oc, 1.0, dout, oc, w, oc, 0.0, dinp, ic),
+    }
+    let precision = if pk.is_some() {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    };
+    gemm(
+        precision, Yes, No, ic, oc, n, 1.0, inp, ic, dout, oc, 1.0, dw, oc,
+    );
     bias_backward(db, dout, n, oc);
 }
 
@@ -268,11 +299,18 @@ impl Gpt {
             b: 0,
             t: 0,
             logits_are_grads: false,
+            precision: Precision::F32,
+            packed: PackedWeights::default(),
         })
     }
 
     pub fn config(&self) -> &GptConfig {
         &self.config
+    }
+
+    /// The packed weights, when the model runs in bf16 and they match the parameters.
+    fn packed(&self) -> Option<&PackedWeights> {
+        self.packed.fresh.then_some(&self.packed)
     }
 
     /// Logits (B, T, V) of the last forward. Panics after `backward`, which overwrites them
@@ -302,9 +340,10 @@ impl Gpt {
         kernels::attention::attention_probs(probs, qkv, row, head, b, t, c, cfg.n_head);
     }
 
-    /// Bytes of activation and scratch memory held (grows with the largest B·T seen).
+    /// Bytes of activation and scratch memory held (grows with the largest B·T seen), and of
+    /// the bf16 packings of the weights.
     pub fn activation_bytes(&self) -> usize {
-        self.acts.bytes()
+        self.acts.bytes() + self.packed.bytes()
     }
 
     /// The forward pass up to the logits, keeping every activation backward needs.
@@ -322,18 +361,23 @@ impl Gpt {
             panic!("Gpt::forward: token id {bad} is outside the vocabulary of {v}");
         }
         let bt = b * t;
+        if self.precision == Precision::Bf16 && !self.packed.fresh {
+            self.packed.pack(&self.params, cfg);
+        }
         self.acts.reserve(cfg, bt);
         self.inputs.clear();
         self.inputs.extend_from_slice(inputs);
         (self.b, self.t, self.logits_are_grads) = (b, t, false);
 
         let p = Tensors::split(&self.params[..], cfg);
+        let pk = self.packed.fresh.then_some(&self.packed);
         let a = &mut self.acts;
         let (btc, bt3c, bt4c) = (bt * c, bt * 3 * c, bt * 4 * c);
 
         encoder_forward(&mut a.encoded[..btc], inputs, p.wte, p.wpe, b, t, c);
         for l in 0..l_n {
             let w = Block::of(p.h, l, c);
+            let wp = pk.map(|pk| &pk.blocks[l]);
             let residual = if l == 0 {
                 &a.encoded[..btc]
             } else {
@@ -353,20 +397,23 @@ impl Gpt {
             let fch_gelu = layer_mut(&mut a.fch_gelu, l, bt4c); // (B, T, 4C)
 
             layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, w.ln1_w, w.ln1_b, bt, c, EPS);
-            matmul_forward(qkv, ln1, w.qkv_w, w.qkv_b, bt, c, 3 * c);
+            matmul_forward(qkv, ln1, w.qkv_w, w.qkv_b, bt, c, 3 * c, wp.map(|p| &p.qkv));
             attention_forward(atty, att_lse, qkv, b, t, c, nh);
-            matmul_residual_forward(residual2, residual, atty, w.attproj_w, w.attproj_b, bt, c, c);
+            matmul_residual_forward(residual2, residual, atty, w.attproj_w, w.attproj_b, bt, c, c, wp.map(|p| &p.attproj));
             layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, w.ln2_w, w.ln2_b, bt, c, EPS);
-            matmul_forward(fch, ln2, w.fc_w, w.fc_b, bt, c, 4 * c);
+            matmul_forward(fch, ln2, w.fc_w, w.fc_b, bt, c, 4 * c, wp.map(|p| &p.fc));
             gelu_forward(fch_gelu, fch);
             let residual3 = layer_mut(&mut a.residual3, l, btc); // (B, T, C)
-            matmul_residual_forward(residual3, residual2, fch_gelu, w.fcproj_w, w.fcproj_b, bt, 4 * c, c);
+            matmul_residual_forward(residual3, residual2, fch_gelu, w.fcproj_w, w.fcproj_b, bt, 4 * c, c, wp.map(|p| &p.fcproj));
         }
         let residual = layer(&a.residual3, l_n - 1, btc);
         let lnf = &mut a.lnf[..btc]; // (B, T, C)
         layernorm_forward(lnf, &mut a.lnf_mean[..bt], &mut a.lnf_rstd[..bt], residual, p.lnf_w, p.lnf_b, bt, c, EPS);
         let logits = &mut a.logits[..bt * v]; // (B, T, V)
-        sgemm(No, Yes, bt, v, c, 1.0, lnf, c, p.wte, c, 0.0, logits, v);
+        match pk {
+            Some(pk) => gemm_packed(No, bt, 1.0, lnf, c, &pk.wte.fwd, 0.0, logits, v),
+            None => sgemm(No, Yes, bt, v, c, 1.0, lnf, c, p.wte, c, 0.0, logits, v),
+        }
     }
 }
 
@@ -392,6 +439,7 @@ impl LanguageModel for Gpt {
     }
 
     fn params_mut(&mut self) -> &mut [f32] {
+        self.packed.fresh = false;
         &mut self.params
     }
 
@@ -400,11 +448,32 @@ impl LanguageModel for Gpt {
     }
 
     fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
+        self.packed.fresh = false;
         (&mut self.params, &self.grads)
     }
 
     fn zero_grad(&mut self) {
         self.grads.fill(0.0);
+    }
+
+    /// The precision of the matrix products: fp32 (the default), or bf16 operands with fp32
+    /// accumulation. Parameters, gradients, LayerNorm, GELU, softmax and the loss stay fp32
+    /// either way (mixed precision with fp32 master weights).
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Sets the precision of the matrix products; returns the one this build runs
+    /// ([`Precision::effective`]: bf16 becomes fp32 where the build lacks AVX512_BF16). In
+    /// bf16 the weight matrices are packed now, and again after every change of the
+    /// parameters (`params_mut`), at the next forward.
+    fn set_precision(&mut self, precision: Precision) -> Precision {
+        self.precision = precision.effective();
+        match self.precision {
+            Precision::Bf16 => self.packed.pack(&self.params, &self.config),
+            Precision::F32 => self.packed.clear(),
+        }
+        self.precision
     }
 
     fn forward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> f32 {
@@ -442,7 +511,9 @@ impl LanguageModel for Gpt {
             self.b * self.t > 0 && !self.logits_are_grads,
             "Gpt::backward: needs a forward (with targets) since the last backward"
         );
-        let Gpt { config: cfg, params, grads, acts: a, inputs, targets, b, t, .. } = self;
+        let Gpt { config: cfg, params, grads, acts: a, inputs, targets, b, t, packed, .. } = self;
+        let pk = packed.fresh.then_some(&*packed);
+        let prec = if pk.is_some() { Precision::Bf16 } else { Precision::F32 };
         let (b, t) = (*b, *t);
         let (l_n, c, nh, v) = (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size);
         let bt = b * t;
@@ -462,13 +533,17 @@ impl LanguageModel for Gpt {
         let dlogits = &*dlogits;
         // logits = lnf · wteᵀ
         let lnf = &a.lnf[..btc];
-        sgemm(No, No, bt, c, v, 1.0, dlogits, v, p.wte, c, 0.0, dln, c);
-        sgemm(Yes, No, v, c, bt, 1.0, dlogits, v, lnf, c, 1.0, g.wte, c);
+        match pk {
+            Some(pk) => gemm_packed(No, bt, 1.0, dlogits, v, &pk.wte.bwd, 0.0, dln, c),
+            None => sgemm(No, No, bt, c, v, 1.0, dlogits, v, p.wte, c, 0.0, dln, c),
+        }
+        gemm(prec, Yes, No, v, c, bt, 1.0, dlogits, v, lnf, c, 1.0, g.wte, c);
         let residual = layer(&a.residual3, l_n - 1, btc);
         layernorm_backward(dresidual, g.lnf_w, g.lnf_b, dln, residual, p.lnf_w, &a.lnf_mean[..bt], &a.lnf_rstd[..bt], bt, c);
 
         for l in (0..l_n).rev() {
             let w = Block::of(p.h, l, c);
+            let wp = pk.map(|pk| &pk.blocks[l]);
             let gw = Block::of(&mut *g.h, l, c);
             let residual = if l == 0 {
                 &a.encoded[..btc]
@@ -489,15 +564,15 @@ impl LanguageModel for Gpt {
             let fch_gelu = layer(&a.fch_gelu, l, bt4c);
 
             // dresidual holds d(residual3); the MLP branch, in reverse:
-            matmul_backward(dfch_gelu, gw.fcproj_w, gw.fcproj_b, dresidual, fch_gelu, w.fcproj_w, bt, 4 * c, c);
+            matmul_backward(dfch_gelu, gw.fcproj_w, gw.fcproj_b, dresidual, fch_gelu, w.fcproj_w, bt, 4 * c, c, wp.map(|p| &p.fcproj));
             gelu_backward(dfch, fch, dfch_gelu);
-            matmul_backward(dln, gw.fc_w, gw.fc_b, dfch, ln2, w.fc_w, bt, c, 4 * c);
+            matmul_backward(dln, gw.fc_w, gw.fc_b, dfch, ln2, w.fc_w, bt, c, 4 * c, wp.map(|p| &p.fc));
             layernorm_backward(dtmp, gw.ln2_w, gw.ln2_b, dln, residual2, w.ln2_w, ln2_mean, ln2_rstd, bt, c);
             add_assign(dresidual, dtmp); // now d(residual2)
             // the attention branch, in reverse (dln holds d(atty)):
-            matmul_backward(dln, gw.attproj_w, gw.attproj_b, dresidual, atty, w.attproj_w, bt, c, c);
+            matmul_backward(dln, gw.attproj_w, gw.attproj_b, dresidual, atty, w.attproj_w, bt, c, c, wp.map(|p| &p.attproj));
             attention_backward(dqkv, dln, qkv, atty, att_lse, b, t, c, nh);
-            matmul_backward(dln, gw.qkv_w, gw.qkv_b, dqkv, ln1, w.qkv_w, bt, c, 3 * c);
+            matmul_backward(dln, gw.qkv_w, gw.qkv_b, dqkv, ln1, w.qkv_w, bt, c, 3 * c, wp.map(|p| &p.qkv));
             layernorm_backward(dtmp, gw.ln1_w, gw.ln1_b, dln, residual, w.ln1_w, ln1_mean, ln1_rstd, bt, c);
             add_assign(dresidual, dtmp); // now d(residual) = d(block input)
         }
