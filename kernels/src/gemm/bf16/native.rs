@@ -35,6 +35,8 @@ thread_local! {
     static A_PAIRS: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
     /// `op(B)` of an unpacked call.
     static B_PACKED: Cell<PackedB> = Cell::new(PackedB::default());
+    /// A task's own panels of B, one depth block (products with one row of tasks).
+    static B_BLOCK: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
     /// Rows of pairs of a transposed B, before they are turned into columns.
     static B_ROWS: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
 }
@@ -86,10 +88,8 @@ pub(super) fn pack_b(
     }
     let group = |(g, dst): (usize, &mut [u32])| {
         let j0 = g * PACK_GROUP * NRB;
-        match transb {
-            Transpose::No => pack_group_rows(dst, b, ldb, k, j0, n),
-            Transpose::Yes => pack_group_cols(dst, b, ldb, k, j0, n),
-        }
+        let cols = (n - j0).min(PACK_GROUP * NRB);
+        pack_panels(dst, transb, b, ldb, 0, k, j0, cols);
     };
     let chunks = data.chunks_mut(PACK_GROUP * panel).enumerate();
     if k * n >= PACK_PAR_MIN {
@@ -101,45 +101,81 @@ pub(super) fn pack_b(
     }
 }
 
-/// Panels of a B stored row-major (`op(B)[p, j] = b[p·ldb + j]`) from column `j0` on: two
-/// rows of B at a time become a row of pairs in each panel.
-fn pack_group_rows(dst: &mut [u32], b: &[f32], ldb: usize, k: usize, j0: usize, n: usize) {
-    let k2 = k.div_ceil(2);
-    let cols = (n - j0).min(PACK_GROUP * NRB);
-    for r in 0..k2 {
-        let r0 = &b[2 * r * ldb + j0..][..cols];
-        let r1: &[f32] = if 2 * r + 1 < k {
-            &b[(2 * r + 1) * ldb + j0..][..cols]
-        } else {
-            &[]
-        };
-        for (t, panel) in dst.chunks_mut(k2 * NRB).enumerate() {
-            let (c0, w) = (t * NRB, (cols - t * NRB).min(NRB));
-            let row = &mut panel[r * NRB..][..NRB];
-            let r1t = if r1.is_empty() { r1 } else { &r1[c0..][..w] };
-            pairs_of_two_rows(&mut row[..w], &r0[c0..][..w], r1t);
+/// Packs `op(B)[p0..p0+kc, j0..j0+cols]` into `⌈cols/32⌉` consecutive panels of `⌈kc/2⌉`
+/// rows of 32 pairs in `dst` (lanes past `cols` in the last panel are left as they are: the
+/// micro-kernel computes them but never stores them).
+#[allow(clippy::too_many_arguments)]
+fn pack_panels(
+    dst: &mut [u32],
+    transb: Transpose,
+    b: &[f32],
+    ldb: usize,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    cols: usize,
+) {
+    let k2 = kc.div_ceil(2);
+    let npanels = cols.div_ceil(NRB);
+    match transb {
+        // op(B)[p, j] = b[p·ldb + j]: two stored rows at a time, read along the whole group
+        // of panels, become a row of pairs in each panel.
+        Transpose::No => {
+            for r in 0..k2 {
+                let p = p0 + 2 * r;
+                let r0 = &b[p * ldb + j0..][..cols];
+                let r1: &[f32] = if 2 * r + 1 < kc {
+                    &b[(p + 1) * ldb + j0..][..cols]
+                } else {
+                    &[]
+                };
+                for t in 0..npanels {
+                    let (c0, w) = (t * NRB, (cols - t * NRB).min(NRB));
+                    let r1t = if r1.is_empty() { r1 } else { &r1[c0..][..w] };
+                    let row = &mut dst[(t * k2 + r) * NRB..][..w];
+                    pairs_of_two_rows(row, &r0[c0..][..w], r1t);
+                }
+            }
+        }
+        // op(B)[p, j] = b[j·ldb + p]: each stored row becomes a row of pairs, which is then
+        // written down its panel column.
+        Transpose::Yes => {
+            for (t, panel) in dst.chunks_mut(k2 * NRB).take(npanels).enumerate() {
+                let jp = j0 + t * NRB;
+                let w = (cols - t * NRB).min(NRB);
+                with_buf(&B_ROWS, w * k2, |rows| {
+                    for (jj, row) in rows.chunks_exact_mut(k2).enumerate() {
+                        pairs_of_row(row, &b[(jp + jj) * ldb + p0..][..kc]);
+                    }
+                    // Transpose in blocks of 16 pair rows: each stored row gives one cache
+                    // line, and the 16 × 32 block written (2 KiB) stays in L1.
+                    for (rb, block) in panel.chunks_mut(16 * NRB).enumerate() {
+                        let r0 = rb * 16;
+                        let rn = block.len() / NRB;
+                        for (jj, row) in rows.chunks_exact(k2).enumerate() {
+                            for (rr, &x) in row[r0..r0 + rn].iter().enumerate() {
+                                block[rr * NRB + jj] = x;
+                            }
+                        }
+                    }
+                });
+            }
         }
     }
 }
 
-/// Panels of a B stored transposed (`op(B)[p, j] = b[j·ldb + p]`) from column `j0` on: each
-/// stored row becomes a row of pairs, which is then written down its panel column.
-fn pack_group_cols(dst: &mut [u32], b: &[f32], ldb: usize, k: usize, j0: usize, n: usize) {
-    let k2 = k.div_ceil(2);
-    for (t, panel) in dst.chunks_mut(k2 * NRB).enumerate() {
-        let jp = j0 + t * NRB;
-        let w = (n - jp).min(NRB);
-        with_buf(&B_ROWS, w * k2, |rows| {
-            for (jj, row) in rows.chunks_exact_mut(k2).enumerate() {
-                pairs_of_row(row, &b[(jp + jj) * ldb..][..k]);
-            }
-            for (r, out) in panel.chunks_exact_mut(NRB).enumerate() {
-                for (jj, o) in out[..w].iter_mut().enumerate() {
-                    *o = rows[jj * k2 + r];
-                }
-            }
-        });
-    }
+/// Where the micro-kernels read `op(B)` from.
+#[derive(Clone, Copy)]
+enum BSource<'a> {
+    /// Packed whole, before the tasks start.
+    Packed(&'a PackedB),
+    /// In place: each task packs the columns it computes, one depth block at a time, into
+    /// its own buffer (hot in L2 for the micro-kernels that follow).
+    Raw {
+        transb: Transpose,
+        b: &'a [f32],
+        ldb: usize,
+    },
 }
 
 /// [`super::gemm_packed`] after its checks.
@@ -155,7 +191,25 @@ pub(super) fn gemm_packed(
     c: &mut [f32],
     ldc: usize,
 ) {
-    let (k, n) = (pb.k, pb.n);
+    let src = BSource::Packed(pb);
+    run(transa, m, pb.n, pb.k, alpha, a, lda, src, beta, c, ldc);
+}
+
+/// The task grid over `C` (m × n, depth k): blocks of whole 12-row and 32-column panels.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    transa: Transpose,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    src: BSource<'_>,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -166,11 +220,13 @@ pub(super) fn gemm_packed(
     }
     let flops = (2 * m).saturating_mul(n).saturating_mul(k);
     let parallel = flops >= PAR_MIN_FLOPS;
-    // Tasks: equal heights of at most MC rows; with fewer than MIN_TASKS row blocks, split
-    // the columns too (whole 32-column panels), as the fp32 path does.
+    // Tasks: equal heights of at most MC rows; with fewer than MIN_TASKS row blocks and more
+    // than one thread, split the columns too (whole 32-column panels). Each task packs its
+    // rows of A once per depth block, so on one thread the columns stay whole. (The split
+    // never changes a result: every element is reduced the same way in any task.)
     let row_tasks = m.div_ceil(MC);
     let task_rows = m.div_ceil(row_tasks).next_multiple_of(MRB);
-    let col_split = if parallel {
+    let col_split = if parallel && rayon::current_num_threads() > 1 {
         MIN_TASKS.div_ceil(row_tasks)
     } else {
         1
@@ -180,7 +236,7 @@ pub(super) fn gemm_packed(
     let up = Update { alpha, beta };
     cv.blocks(task_rows, task_cols)
         .for_each(parallel, |i0, j0, view| {
-            macro_block(transa, a, lda, pb, kc_max, i0, j0, view, up);
+            macro_block(transa, a, lda, src, k, kc_max, i0, j0, view, up);
         });
 }
 
@@ -190,39 +246,56 @@ fn macro_block(
     transa: Transpose,
     a: &[f32],
     lda: usize,
-    pb: &PackedB,
+    src: BSource<'_>,
+    k: usize,
     kc_max: usize,
     i0: usize,
     j0: usize,
     mut view: MatMut<'_>,
     up: Update,
 ) {
-    let (rows, cols, k) = (view.rows(), view.cols(), pb.k);
-    let panel_len = k.div_ceil(2) * NRB;
-    with_buf(&A_PAIRS, rows * kc_max.div_ceil(2), |abuf| {
-        for pc in (0..k).step_by(kc_max) {
-            let kc = kc_max.min(k - pc);
-            let k2 = kc.div_ceil(2);
-            let (rsa, csa) = pack_a(abuf, transa, a, lda, i0, rows, pc, kc);
-            let up = Update {
-                alpha: up.alpha,
-                beta: if pc == 0 { up.beta } else { 1.0 },
-            };
-            for jr in (0..cols).step_by(NRB) {
-                let q = (j0 + jr) / NRB;
-                let panel = &pb.data[q * panel_len + pc / 2 * NRB..][..k2 * NRB];
-                let n_eff = (cols - jr).min(NRB);
-                let nv = n_eff.div_ceil(16);
-                for (ir, h) in row_panels(rows) {
-                    let ap = APairs {
-                        data: &abuf[ir * rsa..],
-                        rsa,
-                        csa,
-                    };
-                    run_tile(h, nv, k2, ap, panel, &mut view, ir, jr, n_eff, up);
+    let (rows, cols) = (view.rows(), view.cols());
+    let kc2_max = kc_max.div_ceil(2);
+    let b_len = match src {
+        BSource::Packed(_) => 0,
+        BSource::Raw { .. } => cols.div_ceil(NRB) * kc2_max * NRB,
+    };
+    with_buf(&B_BLOCK, b_len, |bbuf| {
+        with_buf(&A_PAIRS, rows * kc2_max, |abuf| {
+            for pc in (0..k).step_by(kc_max) {
+                let kc = kc_max.min(k - pc);
+                let k2 = kc.div_ceil(2);
+                let (rsa, csa) = pack_a(abuf, transa, a, lda, i0, rows, pc, kc);
+                // Panel of the columns jr.. of this task, depth block pc.
+                let (bdata, panel_len, first, offset) = match src {
+                    BSource::Packed(pb) => {
+                        (&pb.data[..], pb.k.div_ceil(2) * NRB, j0 / NRB, pc / 2 * NRB)
+                    }
+                    BSource::Raw { transb, b, ldb } => {
+                        pack_panels(bbuf, transb, b, ldb, pc, kc, j0, cols);
+                        (&bbuf[..], k2 * NRB, 0, 0)
+                    }
+                };
+                let up = Update {
+                    alpha: up.alpha,
+                    beta: if pc == 0 { up.beta } else { 1.0 },
+                };
+                for jr in (0..cols).step_by(NRB) {
+                    let q = first + jr / NRB;
+                    let panel = &bdata[q * panel_len + offset..][..k2 * NRB];
+                    let n_eff = (cols - jr).min(NRB);
+                    let nv = n_eff.div_ceil(16);
+                    for (ir, h) in row_panels(rows) {
+                        let ap = APairs {
+                            data: &abuf[ir * rsa..],
+                            rsa,
+                            csa,
+                        };
+                        run_tile(h, nv, k2, ap, panel, &mut view, ir, jr, n_eff, up);
+                    }
                 }
             }
-        }
+        })
     });
 }
 
@@ -281,11 +354,14 @@ pub(super) fn gemm_unpacked(
     c: &mut [f32],
     ldc: usize,
 ) {
-    if m == 0 || n == 0 {
-        return;
+    if m.div_ceil(MC) == 1 {
+        // One row of tasks: no two tasks share columns of B, so each packs its own, one
+        // depth block at a time, and the micro-kernels read it from L2.
+        let src = BSource::Raw { transb, b, ldb };
+        return run(transa, m, n, k, alpha, a, lda, src, beta, c, ldc);
     }
     let mut pb = B_PACKED.take();
-    if k == 0 || alpha == 0.0 {
+    if k == 0 || alpha == 0.0 || m == 0 || n == 0 {
         pb.data.clear();
     } else {
         pack_b(&mut pb.data, transb, k, n, b, ldb);
