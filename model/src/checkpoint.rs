@@ -80,6 +80,13 @@ pub fn write_safetensors(path: &Path, layout: &ParamLayout, data: &[f32]) -> Res
         })
         .collect::<Vec<_>>();
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    // safetensors writes a private (0600) temporary file and renames it into place; give the
+    // result the permissions of a file created here, which follow the umask as the JSON
+    // files' do.
+    let permissions = fs::File::create(path)
+        .and_then(|f| f.metadata())
+        .map_err(io_err(path))?
+        .permissions();
     safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| match e {
         safetensors::SafeTensorError::IoError(source) => CheckpointError::Io {
             path: path.to_path_buf(),
@@ -89,7 +96,25 @@ pub fn write_safetensors(path: &Path, layout: &ParamLayout, data: &[f32]) -> Res
             path: path.to_path_buf(),
             message: other.to_string(),
         },
-    })
+    })?;
+    fs::set_permissions(path, permissions).map_err(io_err(path))
+}
+
+/// What a safetensors parse error means, in words a user can act on.
+fn safetensors_message(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::MetadataIncompleteBuffer => {
+            "its size does not match its header (the tensors the header \
+             lists do not end where the file does): the file is truncated or has bytes appended, \
+             e.g. an interrupted copy or download"
+                .to_string()
+        }
+        E::HeaderTooSmall | E::InvalidHeaderLength => {
+            "it is too short to hold a safetensors header (an empty or cut file?)".to_string()
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Reads a safetensors file into the flat `data` according to `layout`.
@@ -111,7 +136,7 @@ pub fn read_safetensors(
     let bytes = fs::read(path).map_err(io_err(path))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Safetensors {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message: safetensors_message(&e),
     })?;
     let mut seen = HashSet::new();
     for (file_name, view) in st.tensors() {
@@ -181,24 +206,29 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     dir.with_file_name(name)
 }
 
-/// Writes a checkpoint directory so that a crash at any moment leaves either the previous
-/// complete checkpoint or the new one: `write` fills `DIR.tmp`, then the old `DIR` is moved to
-/// `DIR.prev`, `DIR.tmp` is renamed to `DIR`, and `DIR.prev` is removed. [`resolve`] finds
-/// `DIR.prev` if a crash hit between the two renames.
+/// Writes a checkpoint directory so that a crash or power loss at any moment leaves either
+/// the previous complete checkpoint or the new one: `write` fills `DIR.tmp`, its files and
+/// the folder itself are synced to disk, then the old `DIR` is moved to `DIR.prev`, `DIR.tmp`
+/// is renamed to `DIR`, and the parent folder is synced so the renames are on disk too
+/// (as SQLite and PostgreSQL do: a rename is durable only once its directory is synced);
+/// then `DIR.prev` is removed. [`resolve`] finds `DIR.prev` if a crash hit between the two
+/// renames. A failed `write` (a full disk) leaves `DIR` as it was.
 pub fn save_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = sibling(dir, ".tmp");
     let prev = sibling(dir, ".prev");
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
     fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
     write(&tmp)?;
     for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
-        let path = entry.map_err(io_err(&tmp))?.path();
-        fs::File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(&path))?;
+        sync(&entry.map_err(io_err(&tmp))?.path())?;
     }
+    sync_dir(&tmp)?;
     if dir.exists() {
         if prev.exists() {
             fs::remove_dir_all(&prev).map_err(io_err(&prev))?;
@@ -206,10 +236,27 @@ pub fn save_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> R
         fs::rename(dir, &prev).map_err(io_err(dir))?;
     }
     fs::rename(&tmp, dir).map_err(io_err(&tmp))?;
+    sync_dir(parent)?;
     if prev.exists() {
         fs::remove_dir_all(&prev).map_err(io_err(&prev))?;
+        sync_dir(parent)?;
     }
     Ok(())
+}
+
+/// Flushes a file's data and metadata to the disk (`fsync`).
+fn sync(path: &Path) -> Result<()> {
+    #[cfg(test)]
+    tests::SYNCED.with(|s| s.borrow_mut().push(path.to_path_buf()));
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(path))
+}
+
+/// Flushes a directory's entries (created, renamed, removed files) to the disk. Unix only:
+/// Windows cannot open a directory as a file, and its renames are journaled by NTFS.
+fn sync_dir(path: &Path) -> Result<()> {
+    if cfg!(unix) { sync(path) } else { Ok(()) }
 }
 
 /// The checkpoint directory to load for `dir`: `dir` itself if it holds a checkpoint, else the
@@ -231,6 +278,12 @@ pub fn resolve(dir: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// Every path [`sync`] flushed on this thread, in order.
+        pub(super) static SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+    }
 
     fn layout() -> ParamLayout {
         let mut l = ParamLayout::new();
@@ -312,5 +365,88 @@ mod tests {
             2
         );
         assert!(resolve(&root.path().join("nothing")).is_err());
+    }
+}
+
+#[cfg(test)]
+mod durability_tests {
+    use super::tests::SYNCED;
+    use super::*;
+
+    fn layout() -> ParamLayout {
+        let mut l = ParamLayout::new();
+        l.push("w", &[2, 3]);
+        l
+    }
+
+    #[test]
+    fn a_save_syncs_its_files_its_folder_and_the_parent_after_the_rename() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ckpt");
+        let save = || {
+            save_atomically(&dir, |tmp| {
+                write_json(&tmp.join(CONFIG_FILE), &serde_json::json!({}))?;
+                write_safetensors(&tmp.join(MODEL_FILE), &layout(), &[1.0; 6])
+            })
+        };
+        save().unwrap();
+        SYNCED.with(|s| s.borrow_mut().clear());
+        save().unwrap(); // over an existing checkpoint: two renames
+        let synced = SYNCED.with(|s| s.borrow().clone());
+        let tmp = sibling(&dir, ".tmp");
+        let at = |p: &Path| synced.iter().position(|s| s == p);
+        let (config, model) = (at(&tmp.join(CONFIG_FILE)), at(&tmp.join(MODEL_FILE)));
+        assert!(
+            config.is_some() && model.is_some(),
+            "files synced: {synced:?}"
+        );
+        if cfg!(unix) {
+            let folder = at(&tmp).expect("the new folder is synced");
+            assert!(folder > config.unwrap() && folder > model.unwrap());
+            let parent = at(root.path()).expect("the parent folder is synced after the renames");
+            assert!(parent > folder, "{synced:?}");
+        }
+        assert_eq!(
+            read_json(&dir.join(CONFIG_FILE)).unwrap(),
+            serde_json::json!({})
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn safetensors_files_get_the_same_permissions_as_json_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let (json, st) = (
+            root.path().join("a.json"),
+            root.path().join("b.safetensors"),
+        );
+        write_json(&json, &serde_json::json!({})).unwrap();
+        write_safetensors(&st, &layout(), &[1.0; 6]).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode(&st),
+            mode(&json),
+            "{:o} vs {:o}",
+            mode(&st),
+            mode(&json)
+        );
+    }
+
+    #[test]
+    fn a_cut_safetensors_file_is_called_truncated() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join(MODEL_FILE);
+        write_safetensors(&path, &layout(), &[1.0; 6]).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
+        let err = read_safetensors(&path, &layout(), &mut [0.0; 6], |n| Some(n.to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("truncated") && err.contains(MODEL_FILE),
+            "{err}"
+        );
+        assert!(!err.contains("not fully covered"), "{err}");
     }
 }

@@ -9,12 +9,15 @@
 
 mod builtin;
 mod ckpt;
+mod fmt;
 mod generate;
 mod info;
+mod lock;
 mod parallelism;
 mod plot;
 mod prepare;
 mod score;
+mod threads;
 mod train;
 
 use anyhow::Context;
@@ -109,10 +112,16 @@ fn subcommand_matches(matches: &ArgMatches) -> &ArgMatches {
         .expect("clap requires a subcommand")
 }
 
-/// Sizes rayon's global pool, which every kernel uses.
-fn build_pool(threads: usize) -> anyhow::Result<()> {
+/// Sizes rayon's global pool, which every kernel uses: at most [`threads::PER_CORE`] per
+/// core, with a warning above one per core.
+fn build_pool(n: usize) -> anyhow::Result<()> {
+    let cores = threads::cores();
+    threads::check(n, cores)?;
+    if let Some(warning) = threads::oversubscribed(n, cores) {
+        eprintln!("{warning}");
+    }
     rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
+        .num_threads(n)
         .build_global()
         .context("cannot start the worker threads; hint: try a smaller --threads")
 }

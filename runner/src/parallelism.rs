@@ -23,7 +23,7 @@ use anyhow::{Context, Result, ensure};
 use clap::Args as ClapArgs;
 use serde_json::json;
 
-use crate::plot;
+use crate::{fmt, plot};
 use model::{
     AdamWConfig, Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, ModelKind, Optimizer,
     OptimizerConfig,
@@ -393,8 +393,8 @@ impl Report {
              AdamW; tokens/s from the median step of {} × {} (each after {} untimed).  \n",
             params(ModelKind::Gpt),
             params(ModelKind::Lstm),
-            counted(self.rounds, "round"),
-            counted(self.steps, "timed step"),
+            fmt::counted(self.rounds as u64, "round"),
+            fmt::counted(self.steps as u64, "timed step"),
             self.warmup.max(1),
         );
         s += &format!("Command: `{}`\n\n", self.command);
@@ -417,7 +417,7 @@ impl Report {
         let base = self.threads[0];
         let more = &self.threads[1..];
         if !more.is_empty() {
-            s += &format!("\n## Speedup over {}\n\n| B | T |", threads_word(base));
+            s += &format!("\n## Speedup over {}\n\n| B | T |", fmt::threads(base));
             for kind in KINDS {
                 for &n in more {
                     s += &format!(" {} {base}→{n} |", display_name(kind));
@@ -467,20 +467,6 @@ fn display_name(kind: ModelKind) -> &'static str {
     }
 }
 
-/// "1 round", "3 rounds".
-fn counted(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
-
-/// "1 thread", "2 threads".
-fn threads_word(n: usize) -> String {
-    counted(n, "thread")
-}
-
 /// A ratio: "1.4×" below ten, "40×" above.
 fn times(x: f64) -> String {
     if x < 10.0 {
@@ -500,7 +486,7 @@ impl Report {
     fn findings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let (base, top) = (self.threads[0], *self.threads.last().unwrap());
-        let on = |n| format!("on {}", threads_word(n));
+        let on = |n| format!("on {}", fmt::threads(n));
         let (gpt, lstm) = (ModelKind::Gpt, ModelKind::Lstm);
 
         // Who wins where the LSTM has no batch to spread its walk over.
@@ -669,8 +655,8 @@ impl Report {
             };
             let mut sentence = format!(
                 "From {} to {} the transformer speeds up {}, the LSTM {}",
-                threads_word(base),
-                threads_word(top),
+                fmt::threads(base),
+                fmt::threads(top),
                 spread(gpt),
                 spread(lstm),
             );
@@ -685,7 +671,7 @@ impl Report {
                      for each other at a spin barrier instead of being handed work kernel by \
                      kernel. Its long critical path costs throughput only once the cores \
                      outnumber what one step can use.",
-                    threads_word(top),
+                    fmt::threads(top),
                     thousands((4 * h * h) as f64),
                 );
             }
@@ -808,6 +794,9 @@ pub fn run(args: Args) -> Result<()> {
         .collect();
     threads.sort_unstable();
     threads.dedup();
+    for &n in &threads {
+        crate::threads::check(n, machine.cores)?;
+    }
     ensure!(
         args.steps > 0 && args.rounds > 0,
         "--steps and --rounds must be at least 1; hint: e.g. --steps 5 --rounds 2"
@@ -844,7 +833,7 @@ pub fn run(args: Args) -> Result<()> {
                         args.rounds,
                         display_name(kind),
                         shape.label(),
-                        threads_word(n),
+                        fmt::threads(n),
                         thousands(run.tokens_per_s())
                     );
                     match runs
@@ -885,7 +874,7 @@ pub fn run(args: Args) -> Result<()> {
     write("parallelism.md", &markdown)?;
     write("parallelism.json", &json)?;
     let legend = plot::Legend {
-        colors: report.threads.iter().map(|&n| threads_word(n)).collect(),
+        colors: report.threads.iter().map(|&n| fmt::threads(n)).collect(),
         solid: "GPT".into(),
         dashed: "LSTM".into(),
     };
@@ -1082,7 +1071,7 @@ mod tests {
             (times(3.04), times(40.2)),
             ("3.0×".to_string(), "40×".to_string())
         );
-        assert_eq!(threads_word(1), "1 thread");
-        assert_eq!(threads_word(16), "16 threads");
+        assert_eq!(fmt::threads(1), "1 thread");
+        assert_eq!(fmt::threads(16), "16 threads");
     }
 }

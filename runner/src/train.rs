@@ -47,13 +47,14 @@ use model::optim::grad_norm;
 use model::sampling::{Rule, Sampler};
 use model::{
     AdamWConfig, Dataset, Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, Optimizer,
-    OptimizerConfig, Schedule, SgdConfig, Tokenizer, TokenizerKind,
+    OptimizerConfig, Schedule, SgdConfig, Split, Tokenizer, TokenizerKind,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::builtin;
 use crate::ckpt::{self, CHECKPOINT_DIR, Net, thousands};
+use crate::fmt;
 use crate::generate;
 use crate::plot::{self, Level};
 
@@ -330,8 +331,10 @@ struct Trainer {
     state: RunState,
     data: Dataset,
     tokenizer: Tokenizer,
-    /// Validation text bytes per token (turns nats/token into bits/byte).
+    /// Validation text bytes per token (turns nats/token into bits/byte); the training
+    /// split's when there is no validation text (`bytes_split` says which).
     val_bytes_per_token: f64,
+    bytes_split: Split,
     /// The exact entropy rate when training on the built-in corpus, bits/byte.
     source_entropy: Option<f64>,
     /// Loss of the unigram model of the training tokens, nats/token.
@@ -345,7 +348,13 @@ struct Trainer {
     estimate_steps: bool,
 }
 
-pub fn run(args: Args, matches: &ArgMatches) -> Result<()> {
+pub fn run(mut args: Args, matches: &ArgMatches) -> Result<()> {
+    // One writer per run folder, from before the first check until the process ends.
+    let out = args.out.clone().unwrap_or_else(|| default_run_dir(&args));
+    args.out = Some(out.clone());
+    let _lock = (!args.resume || out.is_dir())
+        .then(|| crate::lock::RunLock::acquire(&out))
+        .transpose()?;
     let mut trainer = if args.resume {
         Trainer::resume(&args, matches)?
     } else {
@@ -539,10 +548,7 @@ impl Trainer {
         estimate_steps: bool,
     ) -> Result<Trainer> {
         let tokenizer = Tokenizer::new(data.tokenizer());
-        let val_bytes_per_token = data
-            .meta()
-            .map(|m| m.val.bytes_per_token())
-            .unwrap_or(f64::NAN);
+        let (val_bytes_per_token, bytes_split) = bytes_per_token(&data)?;
         let source_entropy = state.shards.is_none().then(builtin::entropy_bits_per_byte);
         let unigram = unigram_loss(data.train(), tokenizer.vocab_size() as usize);
         Ok(Trainer {
@@ -554,6 +560,7 @@ impl Trainer {
             data,
             tokenizer,
             val_bytes_per_token,
+            bytes_split,
             source_entropy,
             unigram,
             metrics,
@@ -724,9 +731,9 @@ impl Trainer {
         if announce {
             bar.suspend(|| {
                 println!(
-                    "--time {}: {} steps fit at {:.0} ms per step; the learning rate decays over them",
+                    "--time {}: {} fit at {:.0} ms per step; the learning rate decays over them",
                     format_duration(budget),
-                    self.state.target_steps,
+                    fmt::counted(self.state.target_steps, "step"),
                     step_s * 1e3
                 )
             });
@@ -741,11 +748,15 @@ impl Trainer {
         let train = self.data.train().len();
         println!("model:  {}", self.net.describe());
         println!(
-            "data:   {data} ({} tokenizer, {} train tokens, {} val tokens, {:.3} bytes/token)",
+            "data:   {data} ({} tokenizer, {} train tokens, {} val tokens, {:.3} bytes/token{})",
             self.tokenizer.name(),
             thousands(train),
             thousands(self.data.val().len()),
-            self.val_bytes_per_token
+            self.val_bytes_per_token,
+            match self.bytes_split {
+                Split::Val => "",
+                Split::Train => " of the training text: there is no validation text",
+            }
         );
         let steps = if self.estimate_steps {
             format!(
@@ -753,20 +764,20 @@ impl Trainer {
                 format_duration(self.state.time_budget_s.expect("--time"))
             )
         } else {
-            format!("{} steps", self.state.target_steps)
+            fmt::counted(self.state.target_steps, "step")
         };
         let opt = match self.opt.config() {
             OptimizerConfig::AdamW(_) => "AdamW",
             OptimizerConfig::Sgd(_) => "SGD",
         };
         println!(
-            "train:  {steps} of B={} × T={} tokens, {opt}, lr {} → {} (warmup {}, cosine), {} threads",
+            "train:  {steps} of B={} × T={} tokens, {opt}, lr {} → {} (warmup {}, cosine), {}",
             self.state.batch,
             self.state.seq_len,
-            self.state.lr,
-            self.state.min_lr,
+            fmt::short(self.state.lr),
+            fmt::short(self.state.min_lr),
             self.state.warmup,
-            rayon::current_num_threads()
+            fmt::threads(rayon::current_num_threads())
         );
         let mut reference = format!(
             "a unigram model of the training tokens scores {:.3} nats/token ({:.3} bits/byte)",
@@ -894,15 +905,15 @@ impl Trainer {
         anyhow::anyhow!(
             "the {what} became {value} at step {}: training diverged; {kept}; hint: lower --lr (now {}) or keep --grad-clip on",
             step + 1,
-            self.state.lr
+            fmt::short(self.state.lr)
         )
     }
 
     fn print_summary(&self, tokens_per_s: f64) {
         let s = &self.state;
         println!(
-            "\ntrained {} steps, {} tokens, in {:.1} s ({} tokens/s)",
-            s.step,
+            "\ntrained {}, {} tokens, in {:.1} s ({} tokens/s)",
+            fmt::counted(s.step, "step"),
             thousands(s.tokens_seen),
             s.elapsed_s,
             thousands(tokens_per_s as u64)
@@ -1099,6 +1110,25 @@ fn check_data(data: &Dataset, dir: &Path, lm: &dyn LanguageModel, t: usize) -> R
     Ok(())
 }
 
+/// Text bytes per token, the factor from nats/token to bits/byte: the validation split's,
+/// else (no validation text) the training split's, so no level is NaN or infinite.
+fn bytes_per_token(data: &Dataset) -> Result<(f64, Split)> {
+    let Some(meta) = data.meta() else {
+        bail!("the shards have no meta.json; hint: prepare them with `runner prepare`");
+    };
+    let usable = |split: Split| {
+        let stats = meta.split(split);
+        let ratio = stats.bytes_per_token();
+        (stats.tokens > 0 && ratio.is_finite() && ratio > 0.0).then_some((ratio, split))
+    };
+    usable(Split::Val).or_else(|| usable(Split::Train)).with_context(|| {
+        format!(
+            "{}: neither split records its text bytes, so bits/byte is unknown; hint: prepare the shards again with `runner prepare`",
+            model::data::Meta::FILE
+        )
+    })
+}
+
 /// Loss in nats/token of predicting every token by its frequency in (the start of) the
 /// training split: H = −Σ p ln p. The floor a model with no context reaches.
 fn unigram_loss(train: &TokenStream, v: usize) -> f64 {
@@ -1202,7 +1232,7 @@ fn default_run_dir(args: &Args) -> PathBuf {
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
 /// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
