@@ -51,6 +51,11 @@ pub enum CheckpointError {
     UnexpectedTensor { path: PathBuf, name: String },
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Memory {
+        path: PathBuf,
+        source: crate::memory::OutOfMemory,
+    },
     #[error(
         "{path}: tensor `{name}` holds {value} at flat index {index}; a model with non-finite weights computes only NaN"
     )]
@@ -152,27 +157,8 @@ pub fn read_safetensors(
         let Some(name) = rename(&file_name) else {
             continue;
         };
-        let spec = layout
-            .get(&name)
-            .ok_or_else(|| CheckpointError::UnexpectedTensor {
-                path: path.to_path_buf(),
-                name: file_name.clone(),
-            })?;
-        if view.dtype() != Dtype::F32 {
-            return Err(CheckpointError::WrongDtype {
-                path: path.to_path_buf(),
-                name: file_name,
-                got: format!("{:?}", view.dtype()),
-            });
-        }
-        if view.shape() != spec.shape.as_slice() {
-            return Err(CheckpointError::WrongShape {
-                path: path.to_path_buf(),
-                name: file_name,
-                expected: spec.shape.clone(),
-                got: view.shape().to_vec(),
-            });
-        }
+        let dtype = format!("{:?}", view.dtype());
+        let spec = check_tensor(path, layout, &file_name, &name, &dtype, view.shape())?;
         // The file's bytes need not be 4-aligned: copy little-endian floats out one by one.
         let dst = &mut data[spec.range()];
         for (dst, src) in dst.iter_mut().zip(view.data().chunks_exact(4)) {
@@ -188,6 +174,43 @@ pub fn read_safetensors(
         }
         seen.insert(name);
     }
+    check_all_present(path, layout, &seen)
+}
+
+/// The layout's tensor for `file_name` (renamed `name`), if the file's dtype and shape match.
+fn check_tensor<'l>(
+    path: &Path,
+    layout: &'l ParamLayout,
+    file_name: &str,
+    name: &str,
+    dtype: &str,
+    shape: &[usize],
+) -> Result<&'l crate::params::TensorSpec> {
+    let spec = layout
+        .get(name)
+        .ok_or_else(|| CheckpointError::UnexpectedTensor {
+            path: path.to_path_buf(),
+            name: file_name.to_string(),
+        })?;
+    if dtype != format!("{:?}", Dtype::F32) {
+        return Err(CheckpointError::WrongDtype {
+            path: path.to_path_buf(),
+            name: file_name.to_string(),
+            got: dtype.to_string(),
+        });
+    }
+    if shape != spec.shape.as_slice() {
+        return Err(CheckpointError::WrongShape {
+            path: path.to_path_buf(),
+            name: file_name.to_string(),
+            expected: spec.shape.clone(),
+            got: shape.to_vec(),
+        });
+    }
+    Ok(spec)
+}
+
+fn check_all_present(path: &Path, layout: &ParamLayout, seen: &HashSet<String>) -> Result<()> {
     if let Some(missing) = layout.tensors().iter().find(|t| !seen.contains(&t.name)) {
         return Err(CheckpointError::MissingTensor {
             path: path.to_path_buf(),
@@ -195,6 +218,64 @@ pub fn read_safetensors(
         });
     }
     Ok(())
+}
+
+/// Checks a safetensors file against `layout` from its header alone, and the memory a model
+/// of `params` parameters takes to load (weights, gradients and the file's bytes) against
+/// what is available — before anything of the model's size is allocated, so a config.json
+/// whose sizes disagree with the weights (`n_positions: 1000000000`) or exceed the machine
+/// is an error naming the file, not an allocation abort. `rename` as in [`read_safetensors`].
+pub fn check_before_loading(
+    path: &Path,
+    layout: &ParamLayout,
+    rename: impl Fn(&str) -> Option<String>,
+    params: u128,
+) -> Result<()> {
+    use std::io::Read;
+    let bad = |message: String| CheckpointError::Safetensors {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut file = fs::File::open(path).map_err(io_err(path))?;
+    let file_len = file.metadata().map_err(io_err(path))?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| {
+        bad("it is too short to hold a safetensors header (an empty or cut file?)".into())
+    })?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > file_len - 8 || header_len > 100 << 20 {
+        return Err(bad(format!(
+            "its header claims {header_len} bytes in a file of {file_len}: not a safetensors file, or a cut one"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(io_err(path))?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("its header is not a JSON object: {e}")))?;
+    let mut seen = HashSet::new();
+    for (file_name, entry) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+        let Some(name) = rename(file_name) else {
+            continue;
+        };
+        let dtype = entry["dtype"].as_str().unwrap_or("(none)");
+        let shape: Option<Vec<usize>> = entry["shape"].as_array().and_then(|dims| {
+            dims.iter()
+                .map(|d| d.as_u64().map(|d| d as usize))
+                .collect()
+        });
+        let shape = shape.ok_or_else(|| bad(format!("tensor `{file_name}` has no valid shape")))?;
+        check_tensor(path, layout, file_name, &name, dtype, &shape)?;
+        seen.insert(name);
+    }
+    check_all_present(path, layout, &seen)?;
+    crate::memory::ensure_fits(
+        format!("loading {params} parameters (weights, gradients, the file)"),
+        crate::memory::f32_bytes(3 * params),
+    )
+    .map_err(|source| CheckpointError::Memory {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The index of the first NaN or infinity in `data`, if any. Scans blocks with a branch-free

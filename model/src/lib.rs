@@ -41,6 +41,7 @@ pub mod gpt;
 pub mod lm;
 pub mod load;
 pub mod lstm;
+pub mod memory;
 pub mod optim;
 pub mod params;
 pub mod rng;

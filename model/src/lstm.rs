@@ -42,6 +42,7 @@ use serde_json::json;
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::lm::{Decoder, LanguageModel, ModelKind};
+use crate::memory::Sat;
 use crate::params::ParamLayout;
 use crate::rng::SplitMix64;
 
@@ -100,6 +101,33 @@ impl LstmConfig {
         Layout::new(self).0.len()
     }
 
+    /// [`Self::num_params`] without overflow, for sizes not yet validated:
+    /// 2·V·H + L·(8H² + 8H) + V.
+    pub fn num_params_u128(&self) -> u128 {
+        let (v, h, l) = self.sizes_u128();
+        (Sat(2) * v * h + l * (Sat(8) * h * h + Sat(8) * h) + v).0
+    }
+
+    /// (V, H, L) for saturating size arithmetic.
+    fn sizes_u128(&self) -> (Sat, Sat, Sat) {
+        (
+            Sat(self.vocab_size as u128),
+            Sat(self.hidden_size as u128),
+            Sat(self.num_layers as u128),
+        )
+    }
+
+    /// Floats of activations and scratch for a (B, T) forward and backward, as `Lstm`
+    /// allocates them (ids counted as floats): per position 6H + 6LH + V + 4, plus the
+    /// projected table 4VH, the states' extra row 2LBH, the walk's packed 4H·H and 2BH + 12H.
+    pub fn activation_floats(&self, b: usize, t: usize) -> u128 {
+        let (v, h, l) = self.sizes_u128();
+        let (b, n) = (Sat(b as u128), Sat(b as u128) * Sat(t as u128));
+        let per_position = Sat(6) * h + Sat(6) * l * h + v + Sat(4);
+        let fixed = Sat(4) * v * h + Sat(2) * l * b * h + Sat(4) * h * h + Sat(2) * b * h;
+        (n * per_position + fixed + Sat(12) * h).0
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         json!({
             "model_type": MODEL_TYPE,
@@ -136,6 +164,13 @@ impl LstmConfig {
             size("hidden_size")?,
             size("num_layers")?,
         );
+        let params = config.num_params_u128();
+        if params > (isize::MAX as u128) / 8 {
+            return Err(err(format!(
+                "hidden_size {} and num_layers {} give {params} parameters, more than a process can address",
+                config.hidden_size, config.num_layers
+            )));
+        }
         if let Some(t) = value.get("tokenizer") {
             config.tokenizer = t
                 .as_str()
@@ -372,6 +407,13 @@ impl Lstm {
         let dir = checkpoint::resolve(dir)?;
         let path = dir.join(checkpoint::CONFIG_FILE);
         let config = LstmConfig::from_json(&checkpoint::read_json(&path)?, &path)?;
+        let file = dir.join(checkpoint::MODEL_FILE);
+        checkpoint::check_before_loading(
+            &file,
+            &Layout::new(&config).0,
+            |name| Some(name.to_string()),
+            config.num_params_u128(),
+        )?;
         let mut model = Self::zeros(config);
         checkpoint::read_safetensors(
             &dir.join(checkpoint::MODEL_FILE),

@@ -306,6 +306,22 @@ impl ModelConfig {
         }
     }
 
+    /// Refuses sizes whose training would not fit in memory: weights, gradients, the two
+    /// AdamW moments and the activations of a (B, T) batch, estimated before any exists.
+    fn check_memory(&self, b: usize, t: usize) -> Result<()> {
+        use model::memory::{Sat, ensure_fits, f32_bytes};
+        let (params, acts) = match self {
+            ModelConfig::Gpt(c) => (c.num_params_u128(), c.activation_floats(b * t)),
+            ModelConfig::Lstm(c) => (c.num_params_u128(), c.activation_floats(b, t)),
+        };
+        let what = format!(
+            "training {} parameters at B={b} × T={t} (weights, gradients, optimizer moments, activations)",
+            params
+        );
+        ensure_fits(what, f32_bytes((Sat(4) * Sat(params) + Sat(acts)).0))
+            .context("hint: use a smaller --batch, --seq-len, --layers, --d-model or --hidden")
+    }
+
     /// Fresh weights drawn from `seed`.
     fn build(self, seed: u64) -> Net {
         match self {
@@ -415,6 +431,7 @@ impl Trainer {
         let data = open_data(&data_dir)?;
         let tokenizer = data.tokenizer();
         let (config, t) = ModelConfig::from_args(args, tokenizer, args.seq_len)?;
+        config.check_memory(args.batch as usize, t)?;
         let net = config.build(args.seed);
         check_data(&data, &data_dir, net.lm(), t)?;
         let opt_config = match args.optimizer {

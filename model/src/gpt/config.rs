@@ -10,6 +10,7 @@
 
 use serde_json::{Value, json};
 
+use crate::memory::Sat;
 use crate::tokenizer::TokenizerKind;
 
 /// LayerNorm's ε, fixed as in GPT-2 (a config asking for another is refused).
@@ -45,6 +46,15 @@ pub enum ConfigError {
     },
     #[error("unknown GPT preset `{name}` (expected one of: tiny, small, gpt2)")]
     UnknownPreset { name: String },
+    #[error(
+        "n_layer {n_layer}, n_embd {n_embd}, n_positions {n_positions} give {params} parameters, more than a process can address"
+    )]
+    TooLarge {
+        n_layer: usize,
+        n_embd: usize,
+        n_positions: usize,
+        params: u128,
+    },
 }
 
 fn invalid(field: &'static str, value: impl ToString, reason: impl Into<String>) -> ConfigError {
@@ -94,6 +104,21 @@ impl GptConfig {
         self.vocab_size * c + self.n_positions * c + l * (12 * c * c + 13 * c) + 2 * c
     }
 
+    /// [`Self::num_params`] without overflow (saturating), for sizes not yet validated.
+    pub fn num_params_u128(&self) -> u128 {
+        let (c, l) = (Sat(self.n_embd as u128), Sat(self.n_layer as u128));
+        let (v, t) = (Sat(self.vocab_size as u128), Sat(self.n_positions as u128));
+        (v * c + t * c + l * (Sat(12) * c * c + Sat(13) * c) + Sat(2) * c).0
+    }
+
+    /// Floats of activations and backward scratch for `bt` = B·T positions, as `Gpt`
+    /// allocates them: L·(16C + NH + 4) + 16C + V + 3 per position (saturating).
+    pub fn activation_floats(&self, bt: usize) -> u128 {
+        let (c, l) = (Sat(self.n_embd as u128), Sat(self.n_layer as u128));
+        let (nh, v) = (Sat(self.n_head as u128), Sat(self.vocab_size as u128));
+        (Sat(bt as u128) * (l * (Sat(16) * c + nh + Sat(4)) + Sat(16) * c + v + Sat(3))).0
+    }
+
     /// Checks the invariants the model relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (field, value) in [
@@ -113,6 +138,15 @@ impl GptConfig {
                 self.n_head,
                 format!("must divide n_embd = {}", self.n_embd),
             ));
+        }
+        let params = self.num_params_u128();
+        if params > (isize::MAX as u128) / 8 {
+            return Err(ConfigError::TooLarge {
+                n_layer: self.n_layer,
+                n_embd: self.n_embd,
+                n_positions: self.n_positions,
+                params,
+            });
         }
         if self.vocab_size > u32::MAX as usize {
             return Err(invalid("vocab_size", self.vocab_size, "token ids are u32"));

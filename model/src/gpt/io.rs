@@ -42,6 +42,13 @@ impl Gpt {
             message: e.to_string(),
         };
         let config = GptConfig::from_json(&read_json(&config_path)?).map_err(config_err)?;
+        config.validate().map_err(config_err)?;
+        checkpoint::check_before_loading(
+            &dir.join(MODEL_FILE),
+            &super::tensors::layout(&config),
+            layout_name,
+            config.num_params_u128(),
+        )?;
         let mut model = Gpt::zeroed(config).map_err(config_err)?;
         read_safetensors(
             &dir.join(MODEL_FILE),
