@@ -772,7 +772,7 @@ impl Trainer {
             self.val_bytes_per_token,
             match self.bytes_split {
                 Split::Val => "",
-                Split::Train => " of the training text: there is no validation text",
+                Split::Train => " of the training text",
             }
         );
         let steps = if self.estimate_steps {
@@ -1117,7 +1117,12 @@ fn check_data(data: &Dataset, dir: &Path, lm: &dyn LanguageModel, t: usize) -> R
     data.train()
         .check_window(t)
         .context("hint: use a shorter --seq-len or more text")?;
-    if data.val().eval_windows(t) == 0 {
+    if data.val().is_empty() {
+        println!(
+            "note: {} has no validation split; no validation loss will be reported, and bits/byte use the training text's bytes per token (hint: prepare with --val-fraction 0.1)",
+            dir.display()
+        );
+    } else if data.val().eval_windows(t) == 0 {
         println!(
             "note: the validation split of {} holds less than one window of {} tokens; no validation loss will be reported (hint: prepare with --val-fraction 0.1)",
             dir.display(),
