@@ -51,7 +51,7 @@ pub mod tokenizer;
 pub use data::{DataError, Dataset, Split};
 pub use gpt::{Gpt, GptConfig};
 pub use kernels::Precision;
-pub use lm::{Decoder, LanguageModel, ModelKind};
+pub use lm::{Decoder, InputError, LanguageModel, ModelKind};
 pub use load::{load_checkpoint, load_resume, save_checkpoint};
 pub use lstm::{InputProjection, Lstm, LstmConfig};
 pub use optim::{AdamWConfig, Optimizer, OptimizerConfig, Schedule, SgdConfig};

@@ -70,8 +70,23 @@ pub trait LanguageModel: Send {
 
     /// Forward over `inputs` (B, T) predicting `targets` (B, T): returns the mean negative
     /// log-likelihood in nats per token and keeps what [`Self::backward`] needs. Panics if a
-    /// token id is ≥ V or T exceeds [`Self::max_seq_len`] (callers validate data first).
+    /// token id is ≥ V or T exceeds [`Self::max_seq_len`] (callers validate data first, or
+    /// call [`Self::try_forward`]).
     fn forward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> f32;
+
+    /// [`Self::forward`] on data from a caller that has not validated it: an [`InputError`]
+    /// instead of a panic for lengths that are not B·T, an empty batch, a window longer
+    /// than the context, or a token id outside the vocabulary.
+    fn try_forward(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<f32, InputError> {
+        check_inputs(self.vocab_size(), self.max_seq_len(), inputs, targets, b, t)?;
+        Ok(self.forward(inputs, targets, b, t))
+    }
 
     /// Per-position losses −ln p(target | prefix), (B, T), of the last forward.
     fn token_losses(&self) -> &[f32];
@@ -90,12 +105,116 @@ pub trait LanguageModel: Send {
     fn decoder(&self) -> Box<dyn Decoder + '_>;
 }
 
+/// What is wrong with tokens a caller handed a model or a decoder. Nothing is computed (and
+/// a decoder's state is unchanged) when one is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("token id {token} is outside the vocabulary of {vocab_size}")]
+    TokenOutOfRange { token: u32, vocab_size: usize },
+    #[error(
+        "{tokens} more tokens do not fit: {position} of the context's {capacity} positions are used (reset the decoder, or slide: feed the last tokens again)"
+    )]
+    ContextFull {
+        position: usize,
+        tokens: usize,
+        capacity: usize,
+    },
+    #[error("a window of T = {t} exceeds the context of {capacity} positions")]
+    WindowTooLong { t: usize, capacity: usize },
+    #[error("{what} has {got} tokens, (B, T) = ({b}, {t}) needs {}", b * t)]
+    WrongLength {
+        what: &'static str,
+        got: usize,
+        b: usize,
+        t: usize,
+    },
+    #[error("no tokens: the batch or prompt is empty")]
+    Empty,
+}
+
+/// The checks of [`LanguageModel::try_forward`], for a model of vocabulary `v` and context
+/// `capacity`.
+pub fn check_inputs(
+    v: usize,
+    capacity: Option<usize>,
+    inputs: &[u32],
+    targets: &[u32],
+    b: usize,
+    t: usize,
+) -> Result<(), InputError> {
+    if b == 0 || t == 0 {
+        return Err(InputError::Empty);
+    }
+    for (what, ids) in [("inputs", inputs), ("targets", targets)] {
+        if ids.len() != b * t {
+            return Err(InputError::WrongLength {
+                what,
+                got: ids.len(),
+                b,
+                t,
+            });
+        }
+    }
+    if let Some(capacity) = capacity
+        && t > capacity
+    {
+        return Err(InputError::WindowTooLong { t, capacity });
+    }
+    check_vocab(v, inputs.iter().chain(targets))
+}
+
+/// The first token id `≥ v`, as an error.
+pub fn check_vocab<'a>(v: usize, ids: impl IntoIterator<Item = &'a u32>) -> Result<(), InputError> {
+    match ids.into_iter().find(|&&id| id as usize >= v) {
+        Some(&token) => Err(InputError::TokenOutOfRange {
+            token,
+            vocab_size: v,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Token-by-token inference for generation and streaming scores: the transformer keeps a KV
-/// cache, the LSTM its (h, c) state.
+/// cache, the LSTM its (h, c) state. Errors (a full context, a token outside the vocabulary)
+/// leave the state as it was; the policy on a full context is the caller's — start over
+/// ([`Decoder::reset`]) on the last tokens, as `runner generate` slides its window.
 pub trait Decoder {
-    /// Feeds the next token and returns the logits (V) for the token after it. Panics if the
-    /// context is full (see [`Decoder::capacity`]).
-    fn feed(&mut self, token: u32) -> &[f32];
+    /// Feeds the next token and returns the logits (V) for the token after it.
+    fn feed(&mut self, token: u32) -> Result<&[f32], InputError>;
+
+    /// Feeds `tokens` in order and returns the logits after the last: the same logits as
+    /// [`Self::feed`] on each (to rounding). The transformer runs a prompt on an empty cache
+    /// as one forward pass over its positions (matrix products instead of one row at a
+    /// time); otherwise tokens are fed one by one. Checks every token and the room left
+    /// before feeding any.
+    fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], InputError> {
+        self.check_prefill(tokens)?;
+        let (last, rest) = tokens.split_last().expect("checked: not empty");
+        for &token in rest {
+            self.feed(token)?;
+        }
+        self.feed(*last)
+    }
+
+    /// The checks of [`Self::prefill`].
+    fn check_prefill(&self, tokens: &[u32]) -> Result<(), InputError> {
+        if tokens.is_empty() {
+            return Err(InputError::Empty);
+        }
+        if let Some(capacity) = self.capacity()
+            && self.position() + tokens.len() > capacity
+        {
+            return Err(InputError::ContextFull {
+                position: self.position(),
+                tokens: tokens.len(),
+                capacity,
+            });
+        }
+        check_vocab(self.vocab_size(), tokens)
+    }
+
+    /// Logits per step: the vocabulary size V.
+    fn vocab_size(&self) -> usize;
 
     /// Tokens fed so far.
     fn position(&self) -> usize;

@@ -41,7 +41,7 @@ use kernels::{Precision, gemm};
 use serde_json::json;
 
 use crate::checkpoint::{self, CheckpointError};
-use crate::lm::{Decoder, LanguageModel, ModelKind};
+use crate::lm::{Decoder, InputError, LanguageModel, ModelKind, check_vocab};
 use crate::memory::Sat;
 use crate::params::ParamLayout;
 use crate::rng::SplitMix64;
@@ -764,10 +764,10 @@ impl<'a> LstmDecoder<'a> {
 
 impl Decoder for LstmDecoder<'_> {
     #[rustfmt::skip] // one kernel call per line, mirroring `Lstm::forward` with B = T = 1
-    fn feed(&mut self, token: u32) -> &[f32] {
+    fn feed(&mut self, token: u32) -> Result<&[f32], InputError> {
         let m = self.model;
         let (v, h) = (m.config.vocab_size, m.config.hidden_size);
-        assert!((token as usize) < v, "LstmDecoder::feed: token id {token} is out of range for V = {v}");
+        check_vocab(v, &[token])?;
         let plen = lstm_packed_len(h);
         embedding_forward(&mut self.x, &[token], m.at.emb.of(&m.params), h);
         for (l, lp) in m.at.layers.iter().enumerate() {
@@ -780,7 +780,11 @@ impl Decoder for LstmDecoder<'_> {
         }
         linear_forward(&mut self.logits, &self.x, m.at.head_w.of(&m.params), m.at.head_b.of(&m.params), 1, h, v, Precision::F32);
         self.position += 1;
-        &self.logits
+        Ok(&self.logits)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.config.vocab_size
     }
 
     fn position(&self) -> usize {

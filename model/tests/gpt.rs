@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use kernels::optim::{AdamW, adamw_step};
 use kernels::testutil::{TestRng, assert_close};
 use model::checkpoint::{CONFIG_FILE, CheckpointError, MODEL_FILE, read_json, write_json};
-use model::{Gpt, GptConfig, LanguageModel};
+use model::{Gpt, GptConfig, InputError, LanguageModel};
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -212,7 +212,7 @@ fn decoder_logits_equal_the_full_forward_position_by_position() {
     for round in 0..2 {
         for (pos, &tok) in tokens.iter().enumerate() {
             assert_eq!(dec.position(), pos);
-            let step = dec.feed(tok);
+            let step = dec.feed(tok).unwrap();
             assert_rel(
                 step,
                 &full[pos * v..][..v],
@@ -248,13 +248,95 @@ fn activations_are_allocated_once_for_the_largest_batch() {
 }
 
 #[test]
-#[should_panic(expected = "context of 8 tokens is full")]
-fn decoder_refuses_to_overflow_its_context() {
+fn decoder_refuses_to_overflow_its_context_with_an_error() {
     let model = perturbed_tiny(5);
     let mut dec = model.decoder();
-    for _ in 0..9 {
-        dec.feed(1);
+    for _ in 0..8 {
+        dec.feed(1).unwrap();
     }
+    let err = dec.feed(1).unwrap_err();
+    assert_eq!(
+        err,
+        InputError::ContextFull {
+            position: 8,
+            tokens: 1,
+            capacity: 8
+        }
+    );
+    assert_eq!(dec.position(), 8, "the state is unchanged");
+    dec.reset();
+    assert!(matches!(
+        dec.prefill(&[1; 9]),
+        Err(InputError::ContextFull { tokens: 9, .. })
+    ));
+    assert!(matches!(
+        dec.feed(257),
+        Err(InputError::TokenOutOfRange { token: 257, .. })
+    ));
+    assert!(matches!(
+        dec.prefill(&[1, 2, 300]),
+        Err(InputError::TokenOutOfRange { .. })
+    ));
+    assert_eq!(dec.prefill(&[]).unwrap_err(), InputError::Empty);
+    assert_eq!(dec.position(), 0, "nothing fed by refused calls");
+}
+
+#[test]
+fn prefill_gives_the_logits_of_feeding_token_by_token() {
+    let model = perturbed_tiny(7);
+    let t = model.max_seq_len().unwrap();
+    let v = model.vocab_size();
+    let tokens = random_tokens(&mut TestRng::new(4), t, v);
+    for n in [2, 5, t] {
+        let mut one = model.decoder();
+        let mut stepwise = Vec::new();
+        for &tok in &tokens[..n] {
+            stepwise = one.feed(tok).unwrap().to_vec();
+        }
+        let mut dec = model.decoder();
+        let prefilled = dec.prefill(&tokens[..n]).unwrap().to_vec();
+        assert_eq!(dec.position(), n);
+        assert_rel(&prefilled, &stepwise, 1e-5, &format!("prefill of {n}"));
+        // The cache it filled serves the next token as feeding would have.
+        if n < t {
+            let next = dec.feed(tokens[n]).unwrap().to_vec();
+            let want = one.feed(tokens[n]).unwrap().to_vec();
+            assert_rel(
+                &next,
+                &want,
+                1e-5,
+                &format!("the token after a prefill of {n}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn try_forward_refuses_bad_batches_instead_of_panicking() {
+    let mut model = perturbed_tiny(5);
+    let ok = [1u32; 8];
+    assert!(model.try_forward(&ok, &ok, 1, 8).is_ok());
+    assert_eq!(
+        model.try_forward(&[], &[], 0, 8).unwrap_err(),
+        InputError::Empty
+    );
+    assert!(matches!(
+        model.try_forward(&[1; 9], &[1; 9], 1, 9),
+        Err(InputError::WindowTooLong { t: 9, capacity: 8 })
+    ));
+    assert!(matches!(
+        model.try_forward(&ok, &[1; 7], 1, 8),
+        Err(InputError::WrongLength {
+            what: "targets",
+            ..
+        })
+    ));
+    let mut bad = ok;
+    bad[3] = 257;
+    assert!(matches!(
+        model.try_forward(&ok, &bad, 1, 8),
+        Err(InputError::TokenOutOfRange { token: 257, .. })
+    ));
 }
 
 // ---------------------------------------------------------------- training

@@ -102,7 +102,7 @@ fn golden_matches_pytorch(how: InputProjection) {
     for bi in 0..b {
         let mut dec = m.decoder();
         for ti in 0..t {
-            let got = dec.feed(inputs[bi * t + ti]);
+            let got = dec.feed(inputs[bi * t + ti]).unwrap();
             let want = &logits[(bi * t + ti) * v..][..v];
             assert_close(got, want, 1e-4, 1e-5, &format!("logits[{bi}, {ti}]"));
         }
@@ -169,7 +169,7 @@ fn decoder_equals_the_full_forward_position_by_position() {
     for bi in 0..b {
         dec.reset();
         for ti in 0..t {
-            let logits = dec.feed(inputs[bi * t + ti]);
+            let logits = dec.feed(inputs[bi * t + ti]).unwrap();
             let max = logits.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
             let lse = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
             got[bi * t + ti] = lse - logits[targets[bi * t + ti] as usize];

@@ -1,14 +1,16 @@
 //! `runner generate`: text from a checkpoint, streamed token by token.
 //!
 //! The prompt is conditioned on a start context, the end-of-sequence token (as GPT-2 starts
-//! from `<|endoftext|>`), so an empty prompt asks for the start of a new document. Each step
+//! from `<|endoftext|>`), so an empty prompt asks for the start of a new document. The
+//! prompt is prefilled ([`Decoder::prefill`](model::Decoder::prefill): the transformer runs it
+//! in one forward pass filling its KV cache; the LSTM walks it). Each step then
 //! feeds one token to the model's [`Decoder`](model::Decoder) — the transformer's KV cache or the LSTM's
 //! carried (h, c) — so a new token costs one position, not the whole prefix; then a
 //! [`Sampler`] picks the next token from the logits (greedy, naive, top-k, nucleus, each with
 //! a temperature). Text is printed as soon as the tokenizer's streaming decoder has whole
 //! characters. When the transformer's context fills, the window slides: the decoder restarts
-//! on the last half of the context (said on stderr). Tokens per second go to stderr, so
-//! stdout holds only the text.
+//! on the last half of the context, prefilled (said on stderr). The prompt's tokens per
+//! second and the generated ones' go to stderr, separately, so stdout holds only the text.
 //!
 //! Leaves out: batched generation, beam search, repetition penalties.
 
@@ -22,7 +24,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use model::sampling::{Rule, Sampler};
 use model::{LanguageModel, Tokenizer, TokenizerKind};
 
-use crate::ckpt;
+use crate::{ckpt, fmt};
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -125,12 +127,17 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("{note}");
     }
     eprintln!(
-        "{} tokens in {:.2} s: {:.1} tokens/s (prompt of {} tokens fed in {:.3} s)",
-        g.ids.len(),
+        "prompt: {} in {:.3} s ({} tokens/s{}); generated: {} in {:.2} s ({:.1} tokens/s)",
+        fmt::counted(prompt.len() as u64, "token"),
+        g.prompt_seconds,
+        ckpt::thousands((prompt.len() as f64 / g.prompt_seconds.max(1e-9)) as u64),
+        match loaded.net {
+            ckpt::Net::Gpt(_) if prompt.len() > 1 => ", one forward pass",
+            _ => ", token by token",
+        },
+        fmt::counted(g.ids.len() as u64, "token"),
         g.seconds,
         g.ids.len() as f64 / g.seconds.max(1e-9),
-        prompt.len(),
-        g.prompt_seconds
     );
     Ok(())
 }
@@ -195,11 +202,10 @@ pub fn generate(
     let capacity = decoder.capacity();
     let started = Instant::now();
     let mut history: Vec<u32> = prompt.to_vec(); // every token fed or to feed
-    let mut logits = Vec::new();
-    for &id in prompt {
-        logits.clear();
-        logits.extend_from_slice(decoder.feed(id));
-    }
+    let mut logits = decoder
+        .prefill(prompt)
+        .expect("the caller checked the prompt's length and tokenization gives ids < V")
+        .to_vec();
     let prompt_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let mut stream = tokenizer.stream_decoder();
@@ -238,12 +244,18 @@ pub fn generate(
             }
             decoder.reset();
             let tail = history.len() - keep;
-            for &t in &history[tail..history.len() - 1] {
-                decoder.feed(t);
+            if tail < history.len() - 1 {
+                decoder
+                    .prefill(&history[tail..history.len() - 1])
+                    .expect("half a context fits an empty one");
             }
         }
         logits.clear();
-        logits.extend_from_slice(decoder.feed(id));
+        logits.extend_from_slice(
+            decoder
+                .feed(id)
+                .expect("the window slid before the context filled; sampled ids are < V"),
+        );
     }
     text.clear();
     stream.finish(&mut text);

@@ -33,7 +33,7 @@ fn score_json(ckpt: &Path, text: &str) -> serde_json::Value {
 fn decoder_nats(dec: &mut dyn Decoder, ids: &[u32]) -> Vec<f64> {
     let mut out = Vec::new();
     for w in ids.windows(2) {
-        let logits = dec.feed(w[0]);
+        let logits = dec.feed(w[0]).unwrap();
         let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
         let lse = max
             + logits
