@@ -10,11 +10,13 @@
 //!
 //! The first factor is conditioned on the start context `<eos>` (as GPT-2 conditions on
 //! `<|endoftext|>`), and the last one is `p(<eos> | text)`: the probability that the text ends
-//! there, which is what makes the product a distribution over whole texts. All factors come
-//! from one forward pass over the text (the same code that computes training losses). A text
+//! there, which is what makes the product a distribution over whole texts. The factors come
+//! from forward passes over the text (the same code that computes training losses). A text
 //! longer than the transformer's context is scored in sliding windows of the context length
 //! advancing by half of it, so every token after the first window is predicted from at least
-//! half a context of preceding tokens; the output says so. The LSTM has no context limit.
+//! half a context of preceding tokens; the output says so. The LSTM has no context limit: it
+//! scores in chunks of 1,024 tokens carrying its (h, c) across, which gives the factors of
+//! one pass in memory that does not grow with the text (beyond the text and its factors).
 //! `--plot-attention` draws one layer's and head's attention weights over (the first window
 //! of) the text.
 //!
@@ -67,6 +69,10 @@ pub struct Args {
     pub tokenizer: Option<TokenizerKind>,
 }
 
+/// Tokens per LSTM forward when scoring: its activations take about 35 KB per token for the
+/// `small` preset, so a chunk holds ~36 MB however long the text.
+const LSTM_CHUNK: usize = 1024;
+
 /// One factor of the chain rule.
 struct Factor {
     id: u32,
@@ -117,21 +123,28 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
 
-    // Score in windows of at most the context, each scoring only targets not yet scored.
+    // Score in windows of at most the context, each scoring only targets not yet scored. The
+    // LSTM, which has no context limit, goes in chunks of LSTM_CHUNK tokens with its (h, c)
+    // carried from one to the next: the same factors as one pass, in constant memory.
     let context = loaded.net.lm().max_seq_len();
-    let window = context.unwrap_or(n_factors).min(n_factors);
+    let window = context.unwrap_or(LSTM_CHUNK).min(n_factors);
     let stride = (window / 2).max(1);
+    if let Net::Lstm(lstm) = &mut loaded.net {
+        lstm.set_carry_state(true);
+    }
     let (inputs, targets) = (&ids[..n_factors], &ids[1..]);
     let mut factors = Vec::with_capacity(n_factors);
     let mut windows = 0;
     while factors.len() < n_factors {
         let scored = factors.len();
-        let end = if scored == 0 {
-            window
+        let (start, end) = if context.is_none() {
+            (scored, (scored + window).min(n_factors))
+        } else if scored == 0 {
+            (0, window)
         } else {
-            (scored + stride).min(n_factors)
+            let end = (scored + stride).min(n_factors);
+            (end - window, end)
         };
-        let start = end - window;
         let lm = loaded.net.lm_mut();
         lm.forward(&inputs[start..end], &targets[start..end], 1, end - start);
         let losses = lm.token_losses();
@@ -162,7 +175,8 @@ pub fn run(args: Args) -> Result<()> {
     let perplexity = (nats / n_factors as f64).exp();
     let bytes = text.len();
     let bits_per_byte = bits / bytes as f64;
-    let sliding = (windows > 1).then_some((window, stride));
+    let sliding = (windows > 1 && context.is_some()).then_some((window, stride));
+    let chunks = (windows > 1 && context.is_none()).then_some((window, windows));
 
     if args.json {
         let rows: Vec<_> = factors
@@ -187,6 +201,7 @@ pub fn run(args: Args) -> Result<()> {
             "perplexity": perplexity,
             "bits_per_byte": bits_per_byte,
             "sliding_window": sliding.map(|(w, s)| json!({ "window": w, "stride": s, "windows": windows })),
+            "carried_chunks": chunks.map(|(w, n)| json!({ "tokens": w, "chunks": n })),
             "attention_plot": args.plot_attention,
         });
         println!("{value:#}");
@@ -243,6 +258,11 @@ pub fn run(args: Args) -> Result<()> {
         println!(
             "the text is longer than the context: scored in {windows} sliding windows of {w} tokens advancing by {s}, so each token after the first window sees at least {} tokens before it",
             w - s
+        );
+    }
+    if let Some((w, n)) = chunks {
+        println!(
+            "scored in {n} chunks of up to {w} tokens with the LSTM's (h, c) carried from one to the next: the same factors as one pass, in constant memory"
         );
     }
     if let Some(svg) = &args.plot_attention {

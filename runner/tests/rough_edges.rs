@@ -219,3 +219,29 @@ fn a_checkpoint_with_a_nan_weight_is_refused_naming_the_tensor() {
         );
     }
 }
+
+#[test]
+fn the_lstm_scores_long_text_in_chunks_with_the_factors_of_one_pass() {
+    let root = tempfile::tempdir().unwrap();
+    let data = prepared_corpus(root.path());
+    let (run, _) = train_tiny(root.path(), "lstm", "lstm", &data, 5, &[]);
+    let text = model::corpus::builtin_documents(11, 1, 2_600).join("");
+    let out = ok(runner_with(
+        &["score", "--json", "--text", &text],
+        &["--ckpt".into(), s(&run)],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let n = text.len() + 1; // byte tokens and the final <eos>
+    assert_eq!(v["text_tokens"], text.len());
+    assert_eq!(v["carried_chunks"]["tokens"], 1024);
+    assert_eq!(v["carried_chunks"]["chunks"], n.div_ceil(1024));
+    // The same log p as one forward over the whole text.
+    let mut lm = model::load_checkpoint(&run.join("checkpoint")).unwrap();
+    let mut ids = vec![256u32];
+    ids.extend(text.bytes().map(u32::from));
+    ids.push(256);
+    lm.forward(&ids[..n], &ids[1..], 1, n);
+    let nats: f64 = lm.token_losses().iter().map(|&l| f64::from(l)).sum();
+    let ln_p = v["ln_p"].as_f64().unwrap();
+    assert!((ln_p + nats).abs() < 1e-4 * nats, "{ln_p} vs {}", -nats);
+}
