@@ -1,6 +1,7 @@
 //! Numbers as a person writes them, for everything `runner` prints: counts with their noun in
 //! the singular for one (`1 thread`, `2 threads`) and hyperparameters in their shortest form
-//! (`1e-3`, `0.1`, `2.5e-4`), never an f32 widened to f64 (`0.000100000005`).
+//! (`1e-3`, `0.1`, `2.5e-4`), never an f32 widened to f64 (`0.000100000005`); and count flags
+//! read back with a message that says what a count is.
 //!
 //! Leaves out: locale-dependent separators (thousands are `ckpt::thousands`' commas).
 
@@ -52,6 +53,20 @@ pub fn short(x: f32) -> String {
     }
 }
 
+/// Parses a count flag (`--steps`, `--batch`, …): a whole number of at least 1, with a
+/// message that says so for `-1`, `0`, `1e3` or `ten` (clap's own reads "unexpected argument"
+/// or "invalid digit").
+pub fn parse_count(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<i128>() {
+        Ok(n) if n >= 1 && n <= i128::from(u64::MAX) => Ok(n as u64),
+        Ok(n) if n < 1 => Err(format!("{n} is not a count: it must be at least 1")),
+        Ok(_) => Err("too large".to_string()),
+        Err(_) => Err(format!(
+            "{s:?} is not a whole number (write counts as digits, e.g. 5000, not 5e3)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +78,14 @@ mod tests {
         assert_eq!(counted(2, "round"), "2 rounds");
         assert_eq!(threads(1), "1 thread");
         assert_eq!(threads(16), "16 threads");
+    }
+
+    #[test]
+    fn counts_parse_with_a_clear_message() {
+        assert_eq!(parse_count("5000"), Ok(5000));
+        assert!(parse_count("-1").unwrap_err().contains("at least 1"));
+        assert!(parse_count("0").unwrap_err().contains("at least 1"));
+        assert!(parse_count("1e3").unwrap_err().contains("whole number"));
     }
 
     #[test]

@@ -16,7 +16,12 @@ fn write_atomically(path: &Path, svg: &str) -> Result<()> {
     tmp.push(".tmp");
     std::fs::write(&tmp, svg)
         .and_then(|()| std::fs::rename(&tmp, path))
-        .with_context(|| format!("cannot write {}", path.display()))
+        .with_context(|| {
+            format!(
+                "cannot write {}; hint: check the free space and permissions of its folder",
+                path.display()
+            )
+        })
 }
 
 fn draw_err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {

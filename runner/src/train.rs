@@ -110,33 +110,33 @@ pub struct Args {
     pub preset: String,
 
     /// Layers: transformer blocks (GPT) or stacked LSTM layers.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = crate::fmt::parse_count, allow_negative_numbers = true)]
     pub layers: Option<u64>,
 
     /// GPT: embedding width C (a multiple of --heads).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = crate::fmt::parse_count, allow_negative_numbers = true)]
     pub d_model: Option<u64>,
 
     /// GPT: attention heads NH.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = crate::fmt::parse_count, allow_negative_numbers = true)]
     pub heads: Option<u64>,
 
     /// LSTM: hidden size H (also the embedding width).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = crate::fmt::parse_count, allow_negative_numbers = true)]
     pub hidden: Option<u64>,
 
     /// Tokens per training window T, for the GPT also its context (n_positions) [default:
     /// tiny 64, small 128, gpt2 1024]. `small` trains on 128 rather than its benchmark
     /// window of 256: twice the steps per minute, and a sentence fits.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = crate::fmt::parse_count, allow_negative_numbers = true)]
     pub seq_len: Option<u64>,
 
     /// Windows per batch B.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 16, value_parser = crate::fmt::parse_count, allow_negative_numbers = true)]
     pub batch: u64,
 
     /// Optimizer steps [default: as many as fit in --time].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = crate::fmt::parse_count, allow_negative_numbers = true)]
     pub steps: Option<u64>,
 
     /// Wall-clock budget, e.g. 90s, 10m, 1h30m [default: 1m when --steps is not given].
@@ -176,16 +176,16 @@ pub struct Args {
     pub seed: u64,
 
     /// Evaluate on the validation split every N steps (and at the start and the end).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 100, value_parser = crate::fmt::parse_count, allow_negative_numbers = true)]
     pub eval_every: u64,
 
     /// Batches of B windows per evaluation (the first ones of the validation split, the same
     /// every time).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 16, value_parser = crate::fmt::parse_count, allow_negative_numbers = true)]
     pub eval_batches: u64,
 
     /// Save a checkpoint every N steps (and always at the end and on Ctrl-C).
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 200, value_parser = crate::fmt::parse_count, allow_negative_numbers = true)]
     pub save_every: u64,
 
     /// Run folder [default: runs/MODEL-PRESET-YYYYMMDD-HHMMSS].
@@ -1096,8 +1096,10 @@ fn default_window(preset: &str) -> usize {
 /// Opens a shard folder with a hint for each way it can be wrong.
 fn open_data(dir: &Path) -> Result<Dataset> {
     Dataset::open(dir).with_context(|| {
+        // Over an existing folder, prepare needs --overwrite to replace what is there.
+        let overwrite = if dir.exists() { " --overwrite" } else { "" };
         format!(
-            "cannot open the shard folder {}; hint: make one with `runner prepare --input FILES --out {}`",
+            "cannot open the shard folder {}; hint: make one with `runner prepare --input FILES --out {}{overwrite}`",
             dir.display(),
             dir.display()
         )

@@ -245,3 +245,45 @@ fn the_lstm_scores_long_text_in_chunks_with_the_factors_of_one_pass() {
     let ln_p = v["ln_p"].as_f64().unwrap();
     assert!((ln_p + nats).abs() < 1e-4 * nats, "{ln_p} vs {}", -nats);
 }
+
+#[test]
+fn smaller_rough_edges_get_clear_messages() {
+    let root = tempfile::tempdir().unwrap();
+    let data = prepared_corpus(root.path());
+    let shards = ["--shards".to_string(), s(&data)];
+    let train = |extra: &[&str], out: &str| {
+        let mut args = vec!["train", "--steps", "2"];
+        args.extend_from_slice(TINY);
+        args.extend_from_slice(extra);
+        let mut more = shards.to_vec();
+        more.extend(["--out".into(), s(&root.path().join(out))]);
+        runner_with(&args, &more)
+    };
+
+    // A count flag given -1 says what a count is, not "unexpected argument".
+    let err = usage_error(runner(&["train", "--steps", "-1"]), "--steps");
+    assert!(err.contains("at least 1"), "{err}");
+
+    // loss.svg that cannot be written: the error has a hint.
+    std::fs::create_dir_all(root.path().join("b/loss.svg/x")).unwrap();
+    let err = fails(train(&[], "b"));
+    assert!(err.contains("loss.svg") && err.contains("free space"), "{err}");
+
+    // meta.json saying the validation text has no bytes: bits/byte from the training split,
+    // never "inf".
+    let meta_path = data.join("meta.json");
+    let original = std::fs::read_to_string(&meta_path).unwrap();
+    let mut meta: serde_json::Value = serde_json::from_str(&original).unwrap();
+    meta["val"]["text_bytes"] = 0.into();
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    let out = ok(train(&[], "c"));
+    assert!(!out.contains("inf") && !out.contains("NaN"), "{out}");
+    std::fs::write(&meta_path, original).unwrap();
+
+    // A folder named like a shard, and the prepare hint for an existing folder.
+    std::fs::create_dir(data.join("train_999999.bin")).unwrap();
+    let err = fails(train(&[], "d"));
+    assert!(err.contains("is a folder, not a shard file"), "{err}");
+    assert!(!err.contains("os error 19"), "{err}");
+    assert!(err.contains("--overwrite"), "{err}");
+}

@@ -37,6 +37,10 @@ pub enum DataError {
         vocab_size: u32,
     },
 
+    /// A path named like a shard that is a folder (or another non-file).
+    #[error("{}: is a folder, not a shard file (its name matches train_*.bin or val_*.bin)", path.display())]
+    ShardNotAFile { path: PathBuf },
+
     /// A file too short to hold the 1024-byte llm.c header.
     #[error("{}: {len} bytes is shorter than the 1024-byte shard header; not an llm.c shard", path.display())]
     ShardTooShort { path: PathBuf, len: u64 },

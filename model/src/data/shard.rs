@@ -142,6 +142,12 @@ impl Shard {
     /// an odd number of bytes (raw).
     pub fn open(path: &Path, format: ShardFormat) -> Result<Self, DataError> {
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+        // A directory opens but cannot be mapped ("No such device"): say what it is.
+        if !file.metadata().map_err(|e| DataError::io(path, e))?.is_file() {
+            return Err(DataError::ShardNotAFile {
+                path: path.to_path_buf(),
+            });
+        }
         let map = map_readonly(path, &file)?;
         let (offset, len) = match format {
             ShardFormat::Llmc => (HEADER_BYTES, parse_header(path, &map)? as usize),
