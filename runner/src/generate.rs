@@ -158,12 +158,12 @@ pub fn describe_rule(rule: Rule, seed: u64) -> String {
             top_k,
             top_p,
         } => {
-            let mut s = format!("sampling at temperature {temperature}");
+            let mut s = format!("sampling at temperature {}", fmt::short(temperature));
             if let Some(k) = top_k {
                 s += &format!(", top-k {k}");
             }
             if let Some(p) = top_p {
-                s += &format!(", top-p {p}");
+                s += &format!(", top-p {}", fmt::short(p));
             }
             s + &format!(", seed {seed}")
         }

@@ -31,6 +31,7 @@ use model::TokenizerKind;
 use serde_json::json;
 
 use crate::ckpt::{self, Net};
+use crate::fmt;
 use crate::plot;
 
 #[derive(ClapArgs)]
@@ -243,17 +244,20 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!();
     println!(
-        "log2 p(text)  = {:.3} bits  (ln p = {:.3} nats) over {n_factors} factors ({} tokens + {})",
+        "log2 p(text)  = {:.3} bits  (ln p = {:.3} nats) over {n_factors} factors ({} + {})",
         -bits,
         -nats,
-        n_factors - 1,
+        fmt::counted(n_factors as u64 - 1, "token"),
         tokenizer.kind().eos_text()
     );
     println!(
         "perplexity    = exp({:.3} / {n_factors}) = {perplexity:.3}",
         nats
     );
-    println!("bits per byte = {bits:.3} / {bytes} bytes = {bits_per_byte:.4}");
+    println!(
+        "bits per byte = {bits:.3} / {} = {bits_per_byte:.4}",
+        fmt::counted(bytes as u64, "byte")
+    );
     if let Some((w, s)) = sliding {
         println!(
             "the text is longer than the context: scored in {windows} sliding windows of {w} tokens advancing by {s}, so each token after the first window sees at least {} tokens before it",

@@ -120,7 +120,7 @@ fn without_a_validation_split_no_level_is_nan() {
 fn numbers_read_as_a_person_writes_them() {
     let root = tempfile::tempdir().unwrap();
     let data = prepared_corpus(root.path());
-    let (_, stdout) = train_tiny(
+    let (run, stdout) = train_tiny(
         root.path(),
         "run",
         "gpt",
@@ -136,6 +136,26 @@ fn numbers_read_as_a_person_writes_them() {
     );
     assert!(banner.starts_with("train:  1 step of"), "{banner}");
     assert!(stdout.contains("trained 1 step,"), "{stdout}");
+
+    let score = ok(runner_with(
+        &["score", "--text", "a"],
+        &["--ckpt".into(), s(&run)],
+    ));
+    assert!(
+        score.contains("over 2 factors (1 token + <eos>)"),
+        "{score}"
+    );
+    assert!(score.contains(" / 1 byte = "), "{score}");
+    let out = runner_with(
+        &["generate", "--max-tokens", "1", "--temperature", "0.7"],
+        &["--ckpt".into(), s(&run)],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("temperature 0.7,"), "{err}");
+    assert!(
+        err.contains("prompt: 1 token in") && err.contains("generated: 1 token in"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -267,7 +287,10 @@ fn smaller_rough_edges_get_clear_messages() {
     // loss.svg that cannot be written: the error has a hint.
     std::fs::create_dir_all(root.path().join("b/loss.svg/x")).unwrap();
     let err = fails(train(&[], "b"));
-    assert!(err.contains("loss.svg") && err.contains("free space"), "{err}");
+    assert!(
+        err.contains("loss.svg") && err.contains("free space"),
+        "{err}"
+    );
 
     // meta.json saying the validation text has no bytes: bits/byte from the training split,
     // never "inf".

@@ -143,7 +143,11 @@ impl Shard {
     pub fn open(path: &Path, format: ShardFormat) -> Result<Self, DataError> {
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
         // A directory opens but cannot be mapped ("No such device"): say what it is.
-        if !file.metadata().map_err(|e| DataError::io(path, e))?.is_file() {
+        if !file
+            .metadata()
+            .map_err(|e| DataError::io(path, e))?
+            .is_file()
+        {
             return Err(DataError::ShardNotAFile {
                 path: path.to_path_buf(),
             });
