@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
@@ -19,14 +19,34 @@ use anyhow::{Context, Result, bail};
 pub const LOCK_FILE: &str = "run.lock";
 
 /// An exclusive lock on a run folder, released when dropped (or when the process ends).
+/// A folder the lock created is removed again on drop if nothing else was written to it
+/// (a run refused for a bad flag leaves no empty folder behind).
 #[derive(Debug)]
 pub struct RunLock {
     _file: File,
+    dir: PathBuf,
+    created: bool,
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let only_the_lock = std::fs::read_dir(&self.dir).is_ok_and(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .all(|e| e.file_name() == LOCK_FILE)
+        });
+        if self.created && only_the_lock {
+            // Still locked while removing, so no other process starts in between.
+            let _ = std::fs::remove_file(self.dir.join(LOCK_FILE));
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
 }
 
 impl RunLock {
     /// Creates `dir` if needed and locks it, or says who holds it.
     pub fn acquire(dir: &Path) -> Result<RunLock> {
+        let created = !dir.exists();
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the run folder {}", dir.display()))?;
         let path = dir.join(LOCK_FILE);
@@ -75,7 +95,11 @@ impl RunLock {
             .and_then(|()| file.rewind())
             .and_then(|()| file.write_all(label.as_bytes()))
             .and_then(|()| file.flush());
-        Ok(RunLock { _file: file })
+        Ok(RunLock {
+            _file: file,
+            dir: dir.to_path_buf(),
+            created,
+        })
     }
 }
 
@@ -114,7 +138,15 @@ mod tests {
         assert!(err.contains(&std::process::id().to_string()), "{err}");
         assert!(err.contains("hint: "), "{err}");
         drop(first);
-        let _again = RunLock::acquire(&run).unwrap();
+        assert!(!run.exists(), "a folder holding only the lock is removed");
+        let again = RunLock::acquire(&run).unwrap();
+        std::fs::write(run.join("metrics.jsonl"), "").unwrap();
+        drop(again);
+        assert!(
+            run.join("metrics.jsonl").is_file(),
+            "a folder with a run stays"
+        );
+        let _kept = RunLock::acquire(&run).unwrap();
         assert!(run.join(LOCK_FILE).is_file());
     }
 }

@@ -80,6 +80,15 @@ fn a_second_writer_of_a_run_folder_is_refused_naming_the_holder() {
         "the first run ended before the test could race it"
     );
 
+    // A fresh start refused for a bad flag leaves no folder behind.
+    let fresh = root.path().join("never");
+    let err = fails(runner_with(
+        &["train", "--model", "lstm", "--d-model", "64"],
+        &["--shards".into(), s(&data), "--out".into(), s(&fresh)],
+    ));
+    assert!(err.contains("--d-model"), "{err}");
+    assert!(!fresh.exists(), "{} was left behind", fresh.display());
+
     // The OS released the lock with the killed process: a resume now gets past it.
     let resumed = runner_with(
         &["train", "--resume", "--steps", "200000", "--time", "1s"],
