@@ -312,6 +312,22 @@ fn prefill_gives_the_logits_of_feeding_token_by_token() {
 }
 
 #[test]
+fn prefill_in_mixed_precision_matches_feeding_in_mixed_precision() {
+    let mut model = perturbed_tiny(8);
+    model.set_precision(model::Precision::Bf16);
+    let v = model.vocab_size();
+    let tokens = random_tokens(&mut TestRng::new(5), 6, v);
+    let mut one = model.decoder();
+    let mut stepwise = Vec::new();
+    for &tok in &tokens {
+        stepwise = one.feed(tok).unwrap().to_vec();
+    }
+    let prefilled = model.decoder().prefill(&tokens).unwrap().to_vec();
+    // The same bf16-rounded operands; only the products' summation order may differ.
+    assert_rel(&prefilled, &stepwise, 1e-3, "bf16 prefill");
+}
+
+#[test]
 fn try_forward_refuses_bad_batches_instead_of_panicking() {
     let mut model = perturbed_tiny(5);
     let ok = [1u32; 8];
