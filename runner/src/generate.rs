@@ -22,8 +22,9 @@ use anyhow::{Result, bail};
 use clap::Args as ClapArgs;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use model::sampling::{Rule, Sampler};
-use model::{LanguageModel, Tokenizer, TokenizerKind};
+use model::{LanguageModel, Precision, Tokenizer, TokenizerKind};
 
+use crate::precision::PrecisionArg;
 use crate::{ckpt, fmt};
 
 #[derive(ClapArgs)]
@@ -69,6 +70,9 @@ pub struct Args {
     #[arg(long, value_parser = PossibleValuesParser::new(["byte", "gpt2"])
               .map(|s| TokenizerKind::from_name(&s).expect("a listed name")))]
     pub tokenizer: Option<TokenizerKind>,
+
+    #[command(flatten)]
+    pub precision: PrecisionArg,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -84,7 +88,9 @@ pub fn run(args: Args) -> Result<()> {
     if let Err(e) = rule.validate() {
         bail!("{e}; hint: e.g. --temperature 0.8 --top-k 40 --top-p 0.95, or --greedy");
     }
-    let loaded = ckpt::open(&args.ckpt, args.tokenizer)?;
+    let mut loaded = ckpt::open(&args.ckpt, args.tokenizer)?;
+    let want = args.precision.or(Precision::fastest());
+    PrecisionArg::apply(want, loaded.net.lm_mut());
     let lm = loaded.net.lm();
     let tokenizer = loaded.tokenizer;
     let prompt = prompt_ids(&tokenizer, &args.prompt);
@@ -97,10 +103,11 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     eprintln!(
-        "{} from {} ({} tokenizer), {}",
+        "{} from {} ({} tokenizer, {} products), {}",
         loaded.net.describe(),
         loaded.dir.display(),
         tokenizer.name(),
+        lm.precision(),
         describe_rule(rule, args.seed)
     );
     let mut stdout = std::io::stdout().lock();

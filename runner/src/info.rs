@@ -18,6 +18,11 @@ pub fn run(_args: Args) -> anyhow::Result<()> {
     };
     println!("SIMD path:          {}", kernels::simd::PATH);
     println!("lanes per vector:   {}", kernels::simd::LANES);
+    println!("bf16 products:      {}", kernels::precision::BF16_PATH);
+    println!(
+        "default precision:  {} (--precision bf16|fp32 on train, score, generate, parallelism)",
+        kernels::Precision::fastest()
+    );
     println!("compiled features:  {}", list(&|f| f.compiled));
     println!("CPU features:       {}", list(&|f| f.detected));
     println!("threads (rayon):    {}", rayon::current_num_threads());

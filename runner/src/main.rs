@@ -15,6 +15,7 @@ mod info;
 mod lock;
 mod parallelism;
 mod plot;
+mod precision;
 mod prepare;
 mod score;
 mod threads;

@@ -33,6 +33,8 @@ use serde_json::json;
 use crate::ckpt::{self, Net};
 use crate::fmt;
 use crate::plot;
+use crate::precision::PrecisionArg;
+use model::Precision;
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -68,6 +70,9 @@ pub struct Args {
     #[arg(long, value_parser = PossibleValuesParser::new(["byte", "gpt2"])
               .map(|s| TokenizerKind::from_name(&s).expect("a listed name")))]
     pub tokenizer: Option<TokenizerKind>,
+
+    #[command(flatten)]
+    pub precision: PrecisionArg,
 }
 
 /// Tokens per LSTM forward when scoring: its activations take about 35 KB per token for the
@@ -99,6 +104,8 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let mut loaded = ckpt::open(&args.ckpt, args.tokenizer)?;
+    let want = args.precision.or(Precision::fastest());
+    PrecisionArg::apply(want, loaded.net.lm_mut());
     let tokenizer = loaded.tokenizer;
     let eos = tokenizer.eos_id();
     let mut ids = vec![eos];
@@ -194,6 +201,7 @@ pub fn run(args: Args) -> Result<()> {
         let value = json!({
             "checkpoint": loaded.dir,
             "tokenizer": tokenizer.name(),
+            "precision": loaded.net.lm().precision().name(),
             "text_bytes": bytes,
             "text_tokens": n_factors - 1,
             "factors": rows,
@@ -210,10 +218,11 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     println!(
-        "p(text) by the chain rule: {} from {} ({} tokenizer)",
+        "p(text) by the chain rule: {} from {} ({} tokenizer, {} products)",
         loaded.net.describe(),
         loaded.dir.display(),
-        tokenizer.name()
+        tokenizer.name(),
+        loaded.net.lm().precision()
     );
     println!(
         "the first token is conditioned on {eos_text}; the last factor is p({eos_text} | text)\n",

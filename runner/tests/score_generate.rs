@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use model::{Decoder, Gpt, LanguageModel, Lstm, Tokenizer, TokenizerKind};
+use model::{Decoder, Gpt, LanguageModel, Lstm, Precision, Tokenizer, TokenizerKind};
 
 /// Tiny GPT (context 32) and LSTM checkpoints trained 30 steps on a prepared corpus.
 fn trained(root: &Path) -> (PathBuf, PathBuf) {
@@ -21,9 +21,9 @@ fn trained(root: &Path) -> (PathBuf, PathBuf) {
     (gpt, lstm)
 }
 
-fn score_json(ckpt: &Path, text: &str) -> serde_json::Value {
+fn score_json(ckpt: &Path, text: &str, precision: &str) -> serde_json::Value {
     let out = ok(runner_with(
-        &["score", "--json", "--text", text],
+        &["score", "--json", "--precision", precision, "--text", text],
         &["--ckpt".into(), s(ckpt)],
     ));
     serde_json::from_str(&out).unwrap()
@@ -56,7 +56,20 @@ fn score_is_the_chain_rule_over_tokens_and_the_final_eos() {
     ids.extend(byte.encode(text));
     ids.push(byte.eos_id());
     for ckpt in [&gpt, &lstm] {
-        let v = score_json(ckpt, text);
+        // fp32, to compare with the library's fp32 decoder below.
+        let v = score_json(ckpt, text, "fp32");
+        assert_eq!(v["precision"], "fp32");
+        // The default is the fastest precision; bf16 products move the total by bf16 rounding.
+        let fast = score_json(ckpt, text, Precision::fastest().name());
+        assert_eq!(fast["precision"], Precision::fastest().name());
+        let (a, b) = (
+            v["log2_p"].as_f64().unwrap(),
+            fast["log2_p"].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() <= 0.01 * a.abs(),
+            "log2 p: fp32 {a} vs bf16 {b}"
+        );
         let factors = v["factors"].as_array().unwrap();
         assert_eq!(factors.len(), text.len() + 1, "n tokens + <eos>");
         assert_eq!(factors.last().unwrap()["token"], "<eos>");
@@ -120,7 +133,7 @@ fn a_text_longer_than_the_context_is_scored_in_sliding_windows() {
     let (gpt, lstm) = trained(root.path());
     let long = "The old king sees a river. A small student finds the garden. My horse waits. ";
     assert!(long.len() > 32);
-    let v = score_json(&gpt, long);
+    let v = score_json(&gpt, long, "fp32");
     assert_eq!(v["factors"].as_array().unwrap().len(), long.len() + 1);
     let window = &v["sliding_window"];
     assert_eq!(
@@ -128,7 +141,7 @@ fn a_text_longer_than_the_context_is_scored_in_sliding_windows() {
         (Some(32), Some(16))
     );
     // The first window is an ordinary forward: a prefix that fits scores the same factors.
-    let prefix = score_json(&gpt, &long[..31]);
+    let prefix = score_json(&gpt, &long[..31], "fp32");
     assert_eq!(prefix["sliding_window"], serde_json::Value::Null);
     let bits = |v: &serde_json::Value, n: usize| -> Vec<f64> {
         v["factors"].as_array().unwrap()[..n]
@@ -147,7 +160,7 @@ fn a_text_longer_than_the_context_is_scored_in_sliding_windows() {
     );
     // The LSTM has no context limit.
     assert_eq!(
-        score_json(&lstm, long)["sliding_window"],
+        score_json(&lstm, long, "fp32")["sliding_window"],
         serde_json::Value::Null
     );
 }
