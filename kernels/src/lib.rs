@@ -51,6 +51,8 @@
 
 pub mod attention;
 pub mod attention_pool;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
+mod bf16;
 pub mod cpu;
 pub mod cross_entropy;
 pub mod elementwise;

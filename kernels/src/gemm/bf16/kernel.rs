@@ -1,15 +1,7 @@
-//! The bf16 leaf: rounding fp32 operands to bfloat16 pairs and the `vdpbf16ps` micro-kernel.
-//! The only file of the bf16 GEMM with intrinsics and raw pointers; compiled only when the
-//! build enables `avx512bf16` (see `crate::precision`). Leaves out: blocking and threads
-//! (`mod.rs`).
-//!
-//! # Pairs
-//!
-//! `vdpbf16ps acc, a, b` adds, in each of the 16 fp32 lanes `j`,
-//! `a.bf16[2j]·b.bf16[2j] + a.bf16[2j+1]·b.bf16[2j+1]` to `acc[j]`: it consumes the depth
-//! `p` two at a time. So both operands are stored as *pairs*: a `u32` whose low half is the
-//! bf16 of element `2q` and whose high half that of `2q + 1` along the depth (a zero bf16 pads
-//! an odd depth, which adds exactly 0). Rounding is to nearest even (`vcvtne2ps2bf16`).
+//! The bf16 GEMM's leaf: the `vdpbf16ps` micro-kernel. The only file of the bf16 GEMM with
+//! intrinsics and raw pointers; compiled only when the build enables `avx512bf16` (see
+//! `crate::precision`). Leaves out: blocking and threads (`mod.rs`), and the pairs of bf16
+//! both operands are stored as and their rounding (`crate::bf16`, shared with attention).
 //!
 //! # Micro-kernel contract
 //!
@@ -21,8 +13,8 @@
 //! ```
 //!
 //! - `a` holds pairs of `op(A)`: `(rsa, csa) = (k2, 1)` for rows of pairs (A stored row-major,
-//!   packed by [`pairs_of_row`]) or `(1, mc)` for columns (A stored transposed, packed by
-//!   [`pairs_of_two_rows`]). Each pair is broadcast to all 16 lanes.
+//!   packed by [`crate::bf16::pairs_of_row`]) or `(1, mc)` for columns (A stored transposed, packed by
+//!   [`crate::bf16::pairs_of_two_rows`]). Each pair is broadcast to all 16 lanes.
 //! - `b` is a packed B micro-panel: `k2` rows of [`NRB`] = 32 pairs (one per column of `C`),
 //!   zero past the matrix edge; the `V = 1` kernel reads the first 16 of each row.
 //! - `R·V` accumulators stay in registers (24 of the 32 with `R = 12, V = 2`): per pair,
@@ -32,131 +24,13 @@
 
 use std::arch::x86_64::*;
 
+use crate::bf16::{bits_bh, mask16, splat, zero};
 use crate::gemm::kernel::MatMut;
 
 /// Pairs per row of a packed B micro-panel: the widest tile's columns.
 pub(crate) const NRB: usize = 32;
 /// Rows of the widest tile (12 × 2 vectors = 24 accumulators, as in the fp32 kernel).
 pub(crate) const MRB: usize = 12;
-
-/// `vpermw` indices that interleave the two bf16 halves of a `vcvtne2ps2bf16` result:
-/// `[r0[0], r1[0], r0[1], r1[1], …]`.
-static INTERLEAVE: [u16; 32] = {
-    let mut idx = [0u16; 32];
-    let mut j = 0;
-    while j < 16 {
-        idx[2 * j] = j as u16;
-        idx[2 * j + 1] = (j + 16) as u16;
-        j += 1;
-    }
-    idx
-};
-
-/// A mask of the low `n` of 16 lanes (`n ≤ 16`).
-#[inline(always)]
-fn mask16(n: usize) -> __mmask16 {
-    debug_assert!(n <= 16);
-    ((1u32 << n) - 1) as __mmask16
-}
-
-/// Loads the first `n ≤ 16` floats of `p`, zero in the other lanes.
-///
-/// # Safety
-/// `p..p+n` must be readable.
-#[inline(always)]
-unsafe fn load_low(p: *const f32, n: usize) -> __m512 {
-    if n == 0 {
-        return zero();
-    }
-    // SAFETY: a masked load touches only the n unmasked lanes, which the caller vouches for.
-    unsafe { _mm512_maskz_loadu_ps(mask16(n), p) }
-}
-
-/// `dst[q] = pair(bf16(src[2q]), bf16(src[2q + 1]))` for `q < ⌈len/2⌉`, a zero high half
-/// past the end of an odd-length `src`. Rows of A (stored row-major) become rows of pairs.
-pub(crate) fn pairs_of_row(dst: &mut [u32], src: &[f32]) {
-    let n = src.len();
-    assert!(dst.len() >= n.div_ceil(2), "pairs_of_row: dst too short");
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    let mut j = 0;
-    while j < n {
-        let left = n - j;
-        // SAFETY: lanes past `left` are masked off; src[j..j+min(left,32)] is in bounds, and
-        // dst holds ⌈n/2⌉ ≥ j/2 + ⌈min(left,32)/2⌉ pairs.
-        unsafe {
-            let lo = load_low(s.add(j), left.min(16));
-            let hi = if left > 16 {
-                load_low(s.add(j + 16), (left - 16).min(16))
-            } else {
-                zero()
-            };
-            let v = bh_bits(_mm512_cvtne2ps_pbh(hi, lo));
-            let pairs = left.min(32).div_ceil(2);
-            _mm512_mask_storeu_epi32(d.add(j / 2).cast(), mask16(pairs), v);
-        }
-        j += 32;
-    }
-}
-
-/// `dst[j] = pair(bf16(r0[j]), bf16(r1[j]))` for `j < r0.len()`; an empty `r1` means zeros
-/// (the padding of an odd depth). Two consecutive rows along the depth (B stored row-major,
-/// or A stored transposed) become one row of pairs.
-pub(crate) fn pairs_of_two_rows(dst: &mut [u32], r0: &[f32], r1: &[f32]) {
-    let n = r0.len();
-    assert!(
-        r1.is_empty() || r1.len() == n,
-        "pairs_of_two_rows: rows differ"
-    );
-    assert!(dst.len() >= n, "pairs_of_two_rows: dst too short");
-    let (p0, p1, d) = (r0.as_ptr(), r1.as_ptr(), dst.as_mut_ptr());
-    // SAFETY: INTERLEAVE is 32 u16 = 64 readable bytes.
-    let idx = unsafe { _mm512_loadu_si512(INTERLEAVE.as_ptr().cast()) };
-    let mut j = 0;
-    while j < n {
-        let w = (n - j).min(16);
-        // SAFETY: r0[j..j+w], r1[j..j+w] (when r1 is not empty) and dst[j..j+w] are in
-        // bounds; the other lanes are masked off.
-        unsafe {
-            let a = load_low(p0.add(j), w);
-            let b = if r1.is_empty() {
-                zero()
-            } else {
-                load_low(p1.add(j), w)
-            };
-            let v = bh_bits(_mm512_cvtne2ps_pbh(b, a));
-            let v = _mm512_permutexvar_epi16(idx, v);
-            _mm512_mask_storeu_epi32(d.add(j).cast(), mask16(w), v);
-        }
-        j += 16;
-    }
-}
-
-/// An all-zero vector.
-#[inline(always)]
-fn zero() -> __m512 {
-    // SAFETY: this file is compiled only when the build enables avx512f (implied by
-    // avx512bf16), so the instruction exists.
-    unsafe { _mm512_setzero_ps() }
-}
-
-/// `x` in all 16 lanes.
-#[inline(always)]
-fn splat(x: f32) -> __m512 {
-    // SAFETY: as in `zero`.
-    unsafe { _mm512_set1_ps(x) }
-}
-
-#[inline(always)]
-fn bh_bits(v: __m512bh) -> __m512i {
-    // SAFETY: both are 64 bytes of plain lanes; every bit pattern is valid for either.
-    unsafe { std::mem::transmute::<__m512bh, __m512i>(v) }
-}
-
-#[inline(always)]
-fn bits_bh(v: __m512i) -> __m512bh {
-    // SAFETY: as in `bh_bits`.
-    unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
-}
 
 /// How a tile combines its product with the `C` it overwrites.
 #[derive(Clone, Copy, Debug)]

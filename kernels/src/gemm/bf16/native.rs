@@ -6,7 +6,8 @@ use std::cell::Cell;
 use rayon::prelude::*;
 
 use super::PackedB;
-use super::kernel::{APairs, MRB, NRB, Update, pairs_of_row, pairs_of_two_rows, run_tile};
+use super::kernel::{APairs, MRB, NRB, Update, run_tile};
+use crate::bf16::{pairs_of_row, pairs_of_two_rows};
 use crate::gemm::kernel::{MR, MatMut, row_panels};
 use crate::gemm::{PAR_MIN_FLOPS, Transpose, scale};
 
