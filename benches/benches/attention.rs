@@ -1,6 +1,8 @@
 //! Causal self-attention: the fused (flash) kernels at B = 1, NH = 4, HS = 64 for
-//! T ∈ {256, 1024, 2048}, forward and forward+backward, on 1 and 2 threads; and, at T = 2048,
-//! the naive materialized version (llm.c's loops, (B, NH, T, T) buffers) beside them.
+//! T ∈ {256, 1024, 2048}, forward and forward+backward, in fp32 and bf16 (bf16 operands, fp32
+//! accumulation; `flash_bf16` runs fp32 where the build lacks AVX512_BF16) side by side, on 1
+//! and 2 threads; and, at T = 2048, the naive materialized version (llm.c's loops,
+//! (B, NH, T, T) buffers) beside them.
 //!
 //! Throughput is the causal half of the two (forward) or seven (forward + backward) T×T×HS
 //! products, counted like PyTorch's peer script (`benches/peers/peers_kernels.py`), so
@@ -8,13 +10,14 @@
 //! memory each version allocates, computed from its buffers. Leaves out: other head sizes
 //! (the model's presets use HS = 64) and the PyTorch peer itself (run its script beside this).
 //!
-//! `cargo bench --bench attention` (about 2 minutes).
+//! `cargo bench --bench attention` (about 3 minutes).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use benches::pool;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use kernels::Precision;
 use kernels::attention::{
     attention_backward, attention_backward_naive, attention_forward, attention_forward_naive,
     attention_workspace,
@@ -56,11 +59,11 @@ impl Buffers {
         }
     }
 
-    fn forward(&mut self) {
-        attention_forward(&mut self.out, &mut self.lse, &self.qkv, B, self.t, C, NH);
+    fn forward(&mut self, p: Precision) {
+        attention_forward(&mut self.out, &mut self.lse, &self.qkv, B, self.t, C, NH, p);
     }
 
-    fn backward(&mut self) {
+    fn backward(&mut self, p: Precision) {
         let t = self.t;
         attention_backward(
             &mut self.dqkv,
@@ -72,14 +75,15 @@ impl Buffers {
             t,
             C,
             NH,
+            p,
         );
     }
 
     /// The forward, and the backward too when `passes` counts the backward's products.
-    fn step(&mut self, passes: u64) {
-        self.forward();
+    fn step(&mut self, passes: u64, p: Precision) {
+        self.forward(p);
         if passes == 7 {
-            self.backward();
+            self.backward(p);
         }
     }
 }
@@ -90,20 +94,22 @@ fn mib(bytes: usize) -> f64 {
 
 /// Extra memory of each version at T = 2048, from the buffers each allocates.
 fn print_memory() {
-    let ws = attention_workspace(B, NAIVE_T, C, NH);
     let matrix = B * NH * NAIVE_T * NAIVE_T * std::mem::size_of::<f32>(); // one (B, NH, T, T)
     println!(
         "attention extra memory at B={B} NH={NH} HS={HS} T={NAIVE_T} (beyond qkv/out/lse/grads):"
     );
-    println!(
-        "  flash forward   {:8.1} MiB  (+{} KiB stack per thread)   O(T)",
-        mib(ws.forward_bytes),
-        ws.per_thread_bytes / 1024
-    );
-    println!(
-        "  flash backward  {:8.1} MiB   O(T)",
-        mib(ws.backward_bytes)
-    );
+    for p in [Precision::F32, Precision::Bf16.effective()] {
+        let ws = attention_workspace(B, NAIVE_T, C, NH, p);
+        println!(
+            "  flash {p} forward   {:8.1} MiB  (+{} KiB stack per thread)   O(T)",
+            mib(ws.forward_bytes),
+            ws.per_thread_bytes / 1024
+        );
+        println!(
+            "  flash {p} backward  {:8.1} MiB   O(T)",
+            mib(ws.backward_bytes)
+        );
+    }
     println!(
         "  naive forward   {:8.1} MiB  (preatt, att)   O(T²)",
         mib(2 * matrix)
@@ -126,13 +132,15 @@ fn flash(c: &mut Criterion) {
             g.throughput(Throughput::Elements(forward_flops(t) * passes / 2));
             for threads in [1, 2] {
                 let p = pool(threads);
-                let id = BenchmarkId::new(format!("flash/{threads}t"), t);
-                g.bench_function(id, |bench| {
-                    bench.iter(|| {
-                        p.install(|| bufs.step(passes));
-                        black_box(&bufs.out);
-                    })
-                });
+                for prec in [Precision::F32, Precision::Bf16] {
+                    let id = BenchmarkId::new(format!("flash_{prec}/{threads}t"), t);
+                    g.bench_function(id, |bench| {
+                        bench.iter(|| {
+                            p.install(|| bufs.step(passes, prec));
+                            black_box(&bufs.out);
+                        })
+                    });
+                }
             }
         }
         g.finish();
@@ -184,7 +192,7 @@ fn naive_vs_flash(c: &mut Criterion) {
         });
         g.bench_function(BenchmarkId::new(format!("flash/1t/{name}"), t), |bench| {
             bench.iter(|| {
-                p.install(|| bufs.step(passes));
+                p.install(|| bufs.step(passes, Precision::F32));
                 black_box(&bufs.out);
             })
         });

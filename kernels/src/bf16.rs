@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::simd::LANES;
+use crate::simd::{F32s, LANES};
 
 const _: () = assert!(LANES == 16, "avx512bf16 implies AVX-512: 16 fp32 lanes");
 
@@ -132,4 +132,29 @@ pub(crate) fn bh_bits(v: __m512bh) -> __m512i {
 pub(crate) fn bits_bh(v: __m512i) -> __m512bh {
     // SAFETY: as in `bh_bits`.
     unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+}
+
+/// `pair` (a bf16 pair) broadcast to all 16 lanes.
+#[inline(always)]
+pub(crate) fn broadcast_pair(pair: u32) -> __m512bh {
+    // SAFETY: as in `zero`.
+    bits_bh(unsafe { _mm512_set1_epi32(pair as i32) })
+}
+
+/// The 16 pairs at `p`.
+///
+/// # Safety
+/// `p..p+16` must be readable.
+#[inline(always)]
+pub(crate) unsafe fn load_pairs(p: *const u32) -> __m512bh {
+    // SAFETY: the caller vouches for the 64 bytes; an unaligned load accepts any address.
+    bits_bh(unsafe { _mm512_loadu_si512(p.cast()) })
+}
+
+/// `acc[j] + a.bf16[2j]·b.bf16[2j] + a.bf16[2j+1]·b.bf16[2j+1]` in each lane (`vdpbf16ps`).
+#[inline(always)]
+pub(crate) fn dot_pairs(acc: F32s, a: __m512bh, b: __m512bh) -> F32s {
+    let acc: __m512 = bytemuck::cast(acc);
+    // SAFETY: as in `zero`: this file is compiled only with avx512bf16 enabled.
+    bytemuck::cast(unsafe { _mm512_dpbf16_ps(acc, a, b) })
 }

@@ -4,12 +4,15 @@
 //! Plan of a call (both directions):
 //! 1. **Pack** (parallel over (batch, head, tile)): each head's q, k, v (and, backward, dO)
 //!    are copied out of the strided (B, T, 3C) layout into contiguous, zero-padded tiles of
-//!    `TILE` rows by HSp = HS rounded up to the lane width: Q pre-scaled by 1/√HS, K and V both
-//!    as rows (TILE, HSp) and transposed (HSp, TILE), whichever a product needs as its `B`
-//!    operand (see `tile.rs`: B's rows must be contiguous vectors).
+//!    `TILE` rows by HSp = HS rounded up to the lane width, in the forms the products take
+//!    ([`Packing`]): as an `A` operand (depth along HS), as a `B` operand with depth along HS
+//!    (transposed, HSp × TILE) or along positions (TILE × HSp); see `tile.rs`: B's rows must
+//!    be contiguous vectors.
 //! 2. **Tiles** (parallel, see below): products of TILE × TILE × HSp on L1/L2-resident tiles
 //!    through the one micro-kernel `gemm_tile`, with the softmax work between them. Tiles on
-//!    the diagonal compute only their causal half ([`Part`]).
+//!    the diagonal compute only their causal half ([`Part`]). The scores leave their product
+//!    unscaled; 1/√HS is applied as the softmax reads them (and to dQ, dK when they are
+//!    scattered), so the packed q is q itself.
 //! 3. **Scatter** (parallel over rows): results go back into the (B, T, C) / (B, T, 3C) layout.
 //!
 //! Forward, one task per (batch, head, query tile i): for key tiles j = 0..=i (tiles above the
@@ -28,11 +31,18 @@
 //! Every split depends only on the shapes, never on the thread count, and every sum runs in a
 //! fixed order, so results are bitwise identical on any pool size.
 //!
+//! Precision ([`Packing`]): in fp32 ([`F32`]) every operand is packed as fp32. In bf16
+//! (`bf16.rs`) the packed q, k, v and dO are bf16 pairs, rounded once (to nearest even) while
+//! packing, and the score tiles P and dS are rounded to pairs right before the products that
+//! take them as `A` (P·V; Pᵀ·dO, dSᵀ·Q, dS·K); every product accumulates in fp32. The scores
+//! S and dP, the running max and sum, lse, D, P = e^(S − lse) and dS = P∘(dP − D) are fp32.
+//!
 //! Memory: the packed copies, the dK/dV tiles and the dQ partial sums live in one workspace
 //! of O(B·T·C) floats ([`Dims::forward_workspace_floats`], [`Dims::backward_workspace_floats`]),
 //! kept between calls ([`SPARE`]); each worker thread adds two 64×64 score tiles on its stack.
 //!
-//! Leaves out: non-causal attention, dropout, attention masks other than causal, mixed precision.
+//! Leaves out: non-causal attention, dropout, attention masks other than causal, bf16 in memory
+//! (inputs and outputs are fp32).
 
 use std::sync::Mutex;
 
@@ -40,7 +50,8 @@ use rayon::prelude::*;
 
 use super::dot;
 use super::exp::exp_nonpositive;
-use super::tile::{MR, Strided, gemm_tile};
+use super::tile::{MR, Operand, Strided, gemm_tile};
+use crate::precision::Precision;
 use crate::simd::{F32s, LANES, U32s, load, store};
 use wide::ShuffleExt;
 
@@ -106,25 +117,110 @@ impl Dims {
         2 * self.nt.div_ceil(2 * self.groups())
     }
 
-    /// Floats the forward allocates: packed Q, Kᵀ, V and O, and the padded lse.
-    pub fn forward_workspace_floats(&self) -> usize {
-        4 * self.packed_len() + self.bh * self.tp
+    /// Operand elements (4 bytes each, as a float) in one packed buffer of `M`'s operands.
+    fn packed_elems<M: Packing>(&self) -> usize {
+        self.packed_len() / M::E::DEPTH
     }
 
-    /// Floats the backward allocates: packed Q, Kᵀ, K, Vᵀ, dO; padded lse and D; per group the
-    /// dK and dV tiles it owns and its dQ partial sum.
-    pub fn backward_workspace_floats(&self) -> usize {
+    /// Floats the forward allocates: packed Q, Kᵀ, V (in `M`'s operands), O, and the padded
+    /// lse.
+    pub fn forward_workspace_floats<M: Packing>(&self) -> usize {
+        3 * self.packed_elems::<M>() + self.packed_len() + self.bh * self.tp
+    }
+
+    /// Floats the backward allocates: packed Q, Kᵀ, K, Vᵀ, dO (and Q and dO again in their `B`
+    /// forms where these differ, see [`Packing::SHARED_ROWS`]); padded lse and D; per group
+    /// the dK and dV tiles it owns and its dQ partial sum.
+    pub fn backward_workspace_floats<M: Packing>(&self) -> usize {
         let g = self.groups();
-        5 * self.packed_len()
+        let operands = if M::SHARED_ROWS { 5 } else { 7 };
+        operands * self.packed_elems::<M>()
             + 2 * self.bh * self.tp
             + 2 * self.bh * g * self.slots() * self.tile_len()
             + g * self.packed_len()
     }
 
     /// Floats of tile scratch a worker thread holds on its stack while a task runs: the
-    /// backward's two score tiles (the forward's one tile and four row vectors are fewer).
-    pub fn per_thread_floats() -> usize {
-        2 * TILE * TILE
+    /// backward's two score tiles and one tile converted to `M`'s operands (the forward's are
+    /// fewer).
+    pub fn per_thread_floats<M: Packing>() -> usize {
+        2 * TILE * TILE + std::mem::size_of::<M::Conv>() / std::mem::size_of::<f32>()
+    }
+
+    /// (forward, backward, per-thread) floats of a call in precision `p` as this build runs it.
+    pub fn workspace_floats(&self, p: Precision) -> (usize, usize, usize) {
+        fn of<M: Packing>(d: &Dims) -> (usize, usize, usize) {
+            (
+                d.forward_workspace_floats::<M>(),
+                d.backward_workspace_floats::<M>(),
+                Dims::per_thread_floats::<M>(),
+            )
+        }
+        match p.effective() {
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
+            Precision::Bf16 => of::<super::bf16::Bf16>(self),
+            _ => of::<F32>(self),
+        }
+    }
+}
+
+/// How the products of one precision take their operands: the element type the micro-kernel
+/// multiplies ([`Operand`]) and how each tile is packed into it. Implemented by [`F32`] and,
+/// where the build has AVX512_BF16, `bf16::Bf16`.
+pub(super) trait Packing {
+    /// fp32 values or bf16 pairs.
+    type E: Operand;
+    /// Per-thread scratch holding one score tile (P or dS) converted to `E`; empty for fp32,
+    /// which reads the score tile itself.
+    type Conv: Default + AsMut<[Self::E]>;
+    /// Whether a tile packed as `A` ([`Packing::pack_a`]) is also its `B` form along the
+    /// positions ([`Packing::pack_b`]), so the backward packs q and dO once, not twice.
+    const SHARED_ROWS: bool;
+    /// Positions `i·TILE ..` of head `bh` as the `A` of a product over HS: (TILE, HSp/DEPTH),
+    /// zero-padded.
+    fn pack_a(dst: &mut [Self::E], src: Source, d: &Dims, bh: usize, i: usize);
+    /// The same positions as the `B` of a product over HS (transposed): (HSp/DEPTH, TILE).
+    fn pack_bt(dst: &mut [Self::E], src: Source, d: &Dims, bh: usize, i: usize);
+    /// The same positions as the `B` of a product over positions: (TILE/DEPTH, HSp).
+    fn pack_b(dst: &mut [Self::E], src: Source, d: &Dims, bh: usize, i: usize);
+    /// D = Σ dout·out over one row (`hs` long), with dout as the products see it.
+    fn d_row(dout: &[f32], out: &[f32]) -> f32;
+    /// The TILE × TILE score tile `x` as the `A` of a product over its columns.
+    fn a_rows<'a>(x: &'a [f32], conv: &'a mut [Self::E]) -> Strided<'a, Self::E>;
+    /// `xᵀ` as the `A` of a product over the rows of `x`.
+    fn a_cols<'a>(x: &'a [f32], conv: &'a mut [Self::E]) -> Strided<'a, Self::E>;
+}
+
+/// fp32 operands throughout: tiles of floats, the score tiles read in place.
+pub(super) struct F32;
+
+impl Packing for F32 {
+    type E = f32;
+    type Conv = [f32; 0];
+    const SHARED_ROWS: bool = true;
+
+    fn pack_a(dst: &mut [f32], src: Source, d: &Dims, bh: usize, i: usize) {
+        pack_rows(dst, src, d, bh, i);
+    }
+
+    fn pack_bt(dst: &mut [f32], src: Source, d: &Dims, bh: usize, i: usize) {
+        pack_cols(dst, src, d, bh, i);
+    }
+
+    fn pack_b(dst: &mut [f32], src: Source, d: &Dims, bh: usize, i: usize) {
+        pack_rows(dst, src, d, bh, i);
+    }
+
+    fn d_row(dout: &[f32], out: &[f32]) -> f32 {
+        dot(dout, out)
+    }
+
+    fn a_rows<'a>(x: &'a [f32], _: &'a mut [f32]) -> Strided<'a, f32> {
+        Strided::rows(x, TILE)
+    }
+
+    fn a_cols<'a>(x: &'a [f32], _: &'a mut [f32]) -> Strided<'a, f32> {
+        Strided::transposed(x, TILE)
     }
 }
 
@@ -186,6 +282,11 @@ fn carve<'a>(rest: &mut &'a mut [f32], n: usize) -> &'a mut [f32] {
     head
 }
 
+/// Splits the first `n` floats off `rest` as `n` operand elements (4 bytes each).
+fn carve_as<'a, E: Operand>(rest: &mut &'a mut [f32], n: usize) -> &'a mut [E] {
+    bytemuck::cast_slice_mut(carve(rest, n))
+}
+
 /// Transposes a LANES × LANES block held as LANES row vectors, in log2(LANES) rounds of
 /// two-input lane shuffles: the round with block size h swaps, in every pair of rows
 /// (i, i + h) with bit h of i clear, the lanes with bit h set in row i with the lanes with bit h
@@ -234,7 +335,7 @@ fn iota() -> F32s {
 /// Where one head's vectors sit in a (B, T, width) buffer: row `t` of head `h` in batch `b`
 /// starts at `(b·T + t)·width + part·C + h·HS`.
 #[derive(Clone, Copy)]
-struct Source<'a> {
+pub(super) struct Source<'a> {
     data: &'a [f32],
     width: usize,
     part: usize,
@@ -242,33 +343,35 @@ struct Source<'a> {
 
 impl Source<'_> {
     /// The `hs` floats of position `row` (0 ≤ row < T) of head `bh` (= b·NH + h).
-    fn row(&self, d: &Dims, bh: usize, row: usize) -> &[f32] {
+    pub(super) fn row(&self, d: &Dims, bh: usize, row: usize) -> &[f32] {
         let (b, h) = (bh / d.nh, bh % d.nh);
         &self.data[(b * d.t + row) * self.width + self.part * d.c + h * d.hs..][..d.hs]
     }
 }
 
-/// Packs rows `i·TILE ..` of head `bh` into a (TILE, HSp) tile scaled by `alpha`; padding
-/// (rows ≥ T, columns ≥ HS) is zero.
-fn pack_rows(dst: &mut [f32], src: Source, d: &Dims, bh: usize, i: usize, alpha: f32) {
-    dst.fill(0.0);
+/// Packs rows `i·TILE ..` of head `bh` into a (TILE, HSp) tile; padding (rows ≥ T, columns
+/// ≥ HS) is zero.
+fn pack_rows(dst: &mut [f32], src: Source, d: &Dims, bh: usize, i: usize) {
     for (r, dst_row) in dst.chunks_exact_mut(d.hsp).enumerate() {
         let row = i * TILE + r;
         if row >= d.t {
-            break;
+            dst_row.fill(0.0);
+            continue;
         }
-        for (x, &y) in dst_row.iter_mut().zip(src.row(d, bh, row)) {
-            *x = alpha * y;
-        }
+        let (head, pad) = dst_row.split_at_mut(d.hs);
+        head.copy_from_slice(src.row(d, bh, row));
+        pad.fill(0.0);
     }
 }
 
 /// Packs rows `i·TILE ..` of head `bh` transposed, into an (HSp, TILE) tile; padding is zero.
 /// Full LANES × LANES blocks go through a register transpose; ragged edges element by element.
-fn pack_cols(dst: &mut [f32], src: Source, d: &Dims, bh: usize, i: usize) {
+pub(super) fn pack_cols(dst: &mut [f32], src: Source, d: &Dims, bh: usize, i: usize) {
     let rows = TILE.min(d.t - i * TILE);
     let full_k = d.hs / LANES * LANES;
-    dst.fill(0.0);
+    if rows < TILE || d.hs < d.hsp {
+        dst.fill(0.0); // padding; a full tile overwrites every float
+    }
     for r0 in (0..rows).step_by(LANES) {
         if r0 + LANES <= rows {
             let block: [&[f32]; LANES] = std::array::from_fn(|l| src.row(d, bh, i * TILE + r0 + l));
@@ -293,50 +396,56 @@ fn pack_cols(dst: &mut [f32], src: Source, d: &Dims, bh: usize, i: usize) {
     }
 }
 
-/// Forward: see the module doc. Shapes are checked by the caller.
-pub(super) fn forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: Dims) {
-    let mut ws = Scratch::take(d.forward_workspace_floats());
-    forward_in(ws.floats(), out, lse, qkv, d);
+/// Forward in precision `p` (as this build runs it): see the module doc. Shapes are checked
+/// by the caller.
+pub(super) fn forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: Dims, p: Precision) {
+    type Run = fn(&mut [f32], &mut [f32], &mut [f32], &[f32], Dims);
+    let run: Run = match p.effective() {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
+        Precision::Bf16 => forward_in::<super::bf16::Bf16>,
+        _ => forward_in::<F32>,
+    };
+    let mut ws = Scratch::take(d.workspace_floats(p).0);
+    run(ws.floats(), out, lse, qkv, d);
 }
 
-/// [`forward`] in the scratch `ws` (vector-aligned, at least `forward_workspace_floats`
-/// long, any contents).
-fn forward_in(ws: &mut [f32], out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: Dims) {
-    let tl = d.tile_len();
-    let scale = 1.0 / (d.hs as f32).sqrt();
+/// [`forward`] with `M`'s operands in the scratch `ws` (vector-aligned, at least
+/// `forward_workspace_floats` long, any contents).
+fn forward_in<M: Packing>(ws: &mut [f32], out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: Dims) {
+    let te = d.tile_len() / M::E::DEPTH; // operand elements in a packed tile
     let src = |part| Source {
         data: qkv,
         width: 3 * d.c,
         part,
     };
     let mut rest = ws;
-    let qs = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp), pre-scaled by 1/√HS
-    let kt = carve(&mut rest, d.packed_len()); // (B·NH, NT, HSp, TILE)
-    let vs = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp)
+    let qs = carve_as::<M::E>(&mut rest, d.packed_elems::<M>()); // (B·NH, Tp, HSp/DEPTH)
+    let kt = carve_as::<M::E>(&mut rest, d.packed_elems::<M>()); // (B·NH, NT, HSp/DEPTH, TILE)
+    let vs = carve_as::<M::E>(&mut rest, d.packed_elems::<M>()); // (B·NH, Tp/DEPTH, HSp)
     let o = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp)
     let lp = carve(&mut rest, d.bh * d.tp); // (B·NH, Tp)
-    qs.par_chunks_mut(tl)
-        .zip(kt.par_chunks_mut(tl))
-        .zip(vs.par_chunks_mut(tl))
+    qs.par_chunks_mut(te)
+        .zip(kt.par_chunks_mut(te))
+        .zip(vs.par_chunks_mut(te))
         .enumerate()
         .for_each(|(idx, ((q, k), v))| {
             let (bh, i) = (idx / d.nt, idx % d.nt);
-            pack_rows(q, src(0), &d, bh, i, scale);
-            pack_cols(k, src(1), &d, bh, i);
-            pack_rows(v, src(2), &d, bh, i, 1.0);
+            M::pack_a(q, src(0), &d, bh, i);
+            M::pack_bt(k, src(1), &d, bh, i);
+            M::pack_b(v, src(2), &d, bh, i);
         });
 
     let (qs, kt, vs) = (&*qs, &*kt, &*vs);
-    let head = d.tp * d.hsp;
-    o.par_chunks_mut(tl)
+    let head = d.nt * te;
+    o.par_chunks_mut(d.tile_len())
         .zip(lp.par_chunks_mut(TILE))
         .enumerate()
         .for_each(|(idx, (o_i, lse_i))| {
             let (bh, i) = (idx / d.nt, idx % d.nt);
-            let q_i = &qs[bh * head + i * tl..][..tl];
+            let q_i = &qs[bh * head + i * te..][..te];
             let kt_h = &kt[bh * head..][..head];
             let v_h = &vs[bh * head..][..head];
-            forward_tile(o_i, lse_i, q_i, kt_h, v_h, i, d.hsp);
+            forward_tile::<M>(o_i, lse_i, q_i, kt_h, v_h, i, &d);
         });
 
     let o = &*o;
@@ -354,27 +463,30 @@ fn forward_in(ws: &mut [f32], out: &mut [f32], lse: &mut [f32], qkv: &[f32], d: 
     }
 }
 
-/// One query tile `i` of one head: `o_i` (TILE, HSp) and `lse_i` (TILE) from the pre-scaled
-/// queries `q_i` (TILE, HSp), the head's key tiles `kt_h` (NT, HSp, TILE) and values `v_h`
-/// (Tp, HSp).
-fn forward_tile(
+/// One query tile `i` of one head: `o_i` (TILE, HSp) and `lse_i` (TILE) from the packed
+/// queries `q_i`, the head's key tiles `kt_h` (NT tiles of Kᵀ) and values `v_h`, in `M`'s
+/// forms ([`Packing::pack_a`], [`Packing::pack_bt`], [`Packing::pack_b`]).
+fn forward_tile<M: Packing>(
     o_i: &mut [f32],
     lse_i: &mut [f32],
-    q_i: &[f32],
-    kt_h: &[f32],
-    v_h: &[f32],
+    q_i: &[M::E],
+    kt_h: &[M::E],
+    v_h: &[M::E],
     i: usize,
-    hsp: usize,
+    d: &Dims,
 ) {
-    let tl = TILE * hsp;
+    let hsp = d.hsp;
+    let te = TILE * hsp / M::E::DEPTH;
+    let scale = 1.0 / (d.hs as f32).sqrt();
     let mut s = ScoreTile::new(); // (TILE, TILE): scores, then probabilities
-    let mut m = [f32::NEG_INFINITY; TILE]; // running row max
+    let mut conv = M::Conv::default(); // the probabilities as operands
+    let mut m = [f32::NEG_INFINITY; TILE]; // running row max of the scaled scores
     let mut m_new = [0.0f32; TILE];
     let mut l = [0.0f32; TILE]; // running row sum of e^(s − m)
     let mut alpha = [0.0f32; TILE]; // e^(m_old − m_new), the rescale of O and l
     for j in 0..=i {
-        // S = Q_i · K_jᵀ (already scaled through Q).
-        let kt_j = &kt_h[j * tl..][..tl];
+        // S = Q_i · K_jᵀ (unscaled).
+        let kt_j = &kt_h[j * te..][..te];
         let diag = j == i;
         product(
             if diag { Part::LowerC } else { Part::Full },
@@ -382,7 +494,7 @@ fn forward_tile(
             TILE,
             TILE,
             hsp,
-            Strided::rows(q_i, hsp),
+            Strided::rows(q_i, hsp / M::E::DEPTH),
             kt_j,
             TILE,
             &mut s.0,
@@ -393,7 +505,8 @@ fn forward_tile(
             if diag {
                 mask_above(row, r);
             }
-            *m_new_r = m[r].max(row_max(row));
+            // fl(scale·x) is monotonic in x, so this is the max of the scaled row.
+            *m_new_r = m[r].max(scale * row_max(row));
         }
         for ((a, mo), mn) in alpha
             .chunks_exact_mut(LANES)
@@ -403,7 +516,7 @@ fn forward_tile(
             store(a, exp_nonpositive(load(mo) - load(mn)));
         }
         for r in 0..TILE {
-            let sum = exp_shifted(s.row_mut(r), m_new[r]);
+            let sum = exp_shifted(s.row_mut(r), scale, m_new[r]);
             l[r] = l[r] * alpha[r] + sum;
             if j > 0 {
                 scale_row(&mut o_i[r * hsp..][..hsp], alpha[r]);
@@ -411,14 +524,14 @@ fn forward_tile(
         }
         m = m_new;
         // O (+)= P · V_j
-        let v_j = &v_h[j * tl..][..tl];
+        let v_j = &v_h[j * te..][..te];
         product(
             if diag { Part::LowerA } else { Part::Full },
             j > 0,
             TILE,
             hsp,
             TILE,
-            Strided::rows(&s.0, TILE),
+            M::a_rows(&s.0, conv.as_mut()),
             v_j,
             hsp,
             o_i,
@@ -447,22 +560,25 @@ enum Part {
 
 /// [`gemm_tile`] restricted to `part`: on the diagonal it runs one register block of rows at
 /// a time, each with only the columns (`LowerC`) or the k range (`LowerA`, `UpperA`) that can
-/// be nonzero. Entries of C outside a `LowerC` part keep stale values.
+/// be nonzero. Entries of C outside a `LowerC` part keep stale values. `k` counts elements
+/// of the depth (a multiple of `T::DEPTH`: HSp and TILE are even); a bf16 range starts and
+/// ends on whole pairs that cover it.
 #[allow(clippy::too_many_arguments)]
-fn product(
+fn product<T: Operand>(
     part: Part,
     accumulate: bool,
     m: usize,
     n: usize,
     k: usize,
-    a: Strided,
-    b: &[f32],
+    a: Strided<T>,
+    b: &[T],
     ldb: usize,
     c: &mut [f32],
     ldc: usize,
 ) {
+    let kd = k / T::DEPTH;
     if let Part::Full = part {
-        return gemm_tile(accumulate, m, n, k, a, b, ldb, c, ldc);
+        return gemm_tile(accumulate, m, n, kd, a, b, ldb, c, ldc);
     }
     for r0 in (0..m).step_by(MR) {
         let end = (r0 + MR).min(m);
@@ -472,6 +588,7 @@ fn product(
             Part::UpperA => (n, r0.min(k), k),
             Part::Full => unreachable!("handled above"),
         };
+        let (p0, p1) = (p0 / T::DEPTH, p1.div_ceil(T::DEPTH));
         let c_s = &mut c[r0 * ldc..];
         if p1 == p0 {
             if !accumulate {
@@ -522,12 +639,12 @@ fn row_max(row: &[f32]) -> f32 {
     hmax(mx)
 }
 
-/// Replaces each entry x by e^(x − shift) and returns their sum.
-fn exp_shifted(row: &mut [f32], shift: f32) -> f32 {
-    let sv = F32s::splat(shift);
+/// Replaces each entry x by e^(fl(scale·x) − shift) and returns their sum.
+fn exp_shifted(row: &mut [f32], scale: f32, shift: f32) -> f32 {
+    let (sc, sv) = (F32s::splat(scale), F32s::splat(shift));
     let mut sum = F32s::ZERO;
     for chunk in row.chunks_exact_mut(LANES) {
-        let p = exp_nonpositive(load(chunk) - sv);
+        let p = exp_nonpositive(load(chunk) * sc - sv);
         store(chunk, p);
         sum += p;
     }
@@ -560,25 +677,30 @@ fn group_tiles(gi: usize, g: usize, nt: usize) -> impl Iterator<Item = usize> {
         .take_while(move |&j| j < nt)
 }
 
-/// One head's packed operands for the backward.
-struct BackwardHead<'a> {
-    /// (Tp, HSp) queries pre-scaled by 1/√HS.
-    qs: &'a [f32],
-    /// (NT, HSp, TILE) keys transposed per tile.
-    kt: &'a [f32],
-    /// (Tp, HSp) keys.
-    kn: &'a [f32],
-    /// (NT, HSp, TILE) values transposed per tile.
-    vt: &'a [f32],
-    /// (Tp, HSp) output gradient.
-    dos: &'a [f32],
+/// One head's packed operands for the backward, in `E` ([`Packing`]'s forms).
+struct BackwardHead<'a, E> {
+    /// (NT tiles) queries as `A` (`pack_a`).
+    qa: &'a [E],
+    /// Queries as `B` over positions (`pack_b`; the same as `qa` where the forms agree).
+    qb: &'a [E],
+    /// Keys transposed per tile (`pack_bt`).
+    kt: &'a [E],
+    /// Keys as `B` over positions (`pack_b`).
+    kb: &'a [E],
+    /// Values transposed per tile (`pack_bt`).
+    vt: &'a [E],
+    /// Output gradient as `A` (`pack_a`).
+    doa: &'a [E],
+    /// Output gradient as `B` over positions (`pack_b`).
+    dob: &'a [E],
     /// (Tp) D = rowsum(dO∘O), 0 on padding rows.
     dd: &'a [f32],
     /// (Tp) saved lse, +∞ on padding rows (so their probabilities are 0).
     lp: &'a [f32],
 }
 
-/// Backward: see the module doc. Shapes are checked by the caller.
+/// Backward in precision `p` (as this build runs it): see the module doc. Shapes are checked
+/// by the caller.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
     dqkv: &mut [f32],
@@ -587,15 +709,22 @@ pub(super) fn backward(
     out: &[f32],
     lse: &[f32],
     d: Dims,
+    p: Precision,
 ) {
-    let mut ws = Scratch::take(d.backward_workspace_floats());
-    backward_in(ws.floats(), dqkv, dout, qkv, out, lse, d);
+    type Run = fn(&mut [f32], &mut [f32], &[f32], &[f32], &[f32], &[f32], Dims);
+    let run: Run = match p.effective() {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
+        Precision::Bf16 => backward_in::<super::bf16::Bf16>,
+        _ => backward_in::<F32>,
+    };
+    let mut ws = Scratch::take(d.workspace_floats(p).1);
+    run(ws.floats(), dqkv, dout, qkv, out, lse, d);
 }
 
-/// [`backward`] in the scratch `ws` (vector-aligned, at least `backward_workspace_floats`
-/// long, any contents).
+/// [`backward`] with `M`'s operands in the scratch `ws` (vector-aligned, at least
+/// `backward_workspace_floats` long, any contents).
 #[allow(clippy::too_many_arguments)]
-fn backward_in(
+fn backward_in<M: Packing>(
     ws: &mut [f32],
     dqkv: &mut [f32],
     dout: &[f32],
@@ -605,6 +734,7 @@ fn backward_in(
     d: Dims,
 ) {
     let tl = d.tile_len();
+    let te = tl / M::E::DEPTH;
     let scale = 1.0 / (d.hs as f32).sqrt();
     let src = |part| Source {
         data: qkv,
@@ -623,65 +753,86 @@ fn backward_in(
     };
     let g = d.groups();
     let slots = d.slots();
+    let pe = d.packed_elems::<M>();
     let mut rest = ws;
-    let qs = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp), pre-scaled by 1/√HS
-    let kt = carve(&mut rest, d.packed_len()); // (B·NH, NT, HSp, TILE)
-    let kn = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp)
-    let vt = carve(&mut rest, d.packed_len()); // (B·NH, NT, HSp, TILE)
-    let dos = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp)
+    let qa = carve_as::<M::E>(&mut rest, pe); // (B·NH, NT, TILE, HSp/DEPTH)
+    let kt = carve_as::<M::E>(&mut rest, pe); // (B·NH, NT, HSp/DEPTH, TILE)
+    let kb = carve_as::<M::E>(&mut rest, pe); // (B·NH, NT, TILE/DEPTH, HSp)
+    let vt = carve_as::<M::E>(&mut rest, pe); // (B·NH, NT, HSp/DEPTH, TILE)
+    let doa = carve_as::<M::E>(&mut rest, pe); // (B·NH, NT, TILE, HSp/DEPTH)
     let dd = carve(&mut rest, d.bh * d.tp); // (B·NH, Tp)
     let lp = carve(&mut rest, d.bh * d.tp); // (B·NH, Tp)
     let dk = carve(&mut rest, d.bh * g * slots * tl); // (B·NH, G, slots, TILE, HSp)
     let dv = carve(&mut rest, d.bh * g * slots * tl); // (B·NH, G, slots, TILE, HSp)
     let dq = carve(&mut rest, g * d.packed_len()); // (B·NH, G, Tp, HSp)
-    qs.par_chunks_mut(tl)
-        .zip(kt.par_chunks_mut(tl))
-        .zip(kn.par_chunks_mut(tl))
-        .zip(vt.par_chunks_mut(tl))
-        .zip(dos.par_chunks_mut(tl))
+    // q and dO as `B` over positions, where that form is not the `A` one (else empty).
+    let b_forms = if M::SHARED_ROWS { 0 } else { pe };
+    let qb = carve_as::<M::E>(&mut rest, b_forms); // (B·NH, NT, TILE/DEPTH, HSp)
+    let dob = carve_as::<M::E>(&mut rest, b_forms); // (B·NH, NT, TILE/DEPTH, HSp)
+    let tiles_of = |x| tiles_or_empty(x, te, d.bh * d.nt);
+    qa.par_chunks_mut(te)
+        .zip(kt.par_chunks_mut(te))
+        .zip(kb.par_chunks_mut(te))
+        .zip(vt.par_chunks_mut(te))
+        .zip(doa.par_chunks_mut(te))
+        .zip(tiles_of(qb).into_par_iter().zip(tiles_of(dob)))
         .zip(dd.par_chunks_mut(TILE))
         .zip(lp.par_chunks_mut(TILE))
         .enumerate()
-        .for_each(|(idx, ((((((q, k), kr), v), dov), ddv), lpv))| {
-            let (bh, i) = (idx / d.nt, idx % d.nt);
-            pack_rows(q, src(0), &d, bh, i, scale);
-            pack_cols(k, src(1), &d, bh, i);
-            pack_rows(kr, src(1), &d, bh, i, 1.0);
-            pack_cols(v, src(2), &d, bh, i);
-            pack_rows(dov, dout_src, &d, bh, i, 1.0);
-            for r in 0..TILE {
-                let row = i * TILE + r;
-                if row < d.t {
-                    let (go, o) = (dout_src.row(&d, bh, row), out_src.row(&d, bh, row));
-                    ddv[r] = dot(go, o);
-                    lpv[r] = lse[bh * d.t + row];
-                } else {
-                    ddv[r] = 0.0;
-                    lpv[r] = f32::INFINITY;
+        .for_each(
+            |(idx, (((((((q, k), kr), v), dov), (qbt, dobt)), ddv), lpv))| {
+                let (bh, i) = (idx / d.nt, idx % d.nt);
+                M::pack_a(q, src(0), &d, bh, i);
+                M::pack_bt(k, src(1), &d, bh, i);
+                M::pack_b(kr, src(1), &d, bh, i);
+                M::pack_bt(v, src(2), &d, bh, i);
+                M::pack_a(dov, dout_src, &d, bh, i);
+                if !M::SHARED_ROWS {
+                    M::pack_b(qbt, src(0), &d, bh, i);
+                    M::pack_b(dobt, dout_src, &d, bh, i);
                 }
-            }
-        });
-
-    let head = d.tp * d.hsp;
-    let (qs, kt, kn, vt, dos, dd, lp) = (&*qs, &*kt, &*kn, &*vt, &*dos, &*dd, &*lp);
+                for r in 0..TILE {
+                    let row = i * TILE + r;
+                    if row < d.t {
+                        let (go, o) = (dout_src.row(&d, bh, row), out_src.row(&d, bh, row));
+                        ddv[r] = M::d_row(go, o);
+                        lpv[r] = lse[bh * d.t + row];
+                    } else {
+                        ddv[r] = 0.0;
+                        lpv[r] = f32::INFINITY;
+                    }
+                }
+            },
+        );
+    let head = d.nt * te;
+    let (qa, kt, kb, vt, doa, dd, lp) = (&*qa, &*kt, &*kb, &*vt, &*doa, &*dd, &*lp);
+    let (qb, dob) = if M::SHARED_ROWS {
+        (qa, doa)
+    } else {
+        (&*qb, &*dob)
+    };
     dk.par_chunks_mut(slots * tl)
         .zip(dv.par_chunks_mut(slots * tl))
-        .zip(dq.par_chunks_mut(head))
+        .zip(dq.par_chunks_mut(d.tp * d.hsp))
         .enumerate()
         .for_each(|(idx, ((dk_g, dv_g), dq_g))| {
             let (bh, gi) = (idx / g, idx % g);
+            let part = |x| head_of(x, bh, head);
             let h = BackwardHead {
-                qs: &qs[bh * head..][..head],
-                kt: &kt[bh * head..][..head],
-                kn: &kn[bh * head..][..head],
-                vt: &vt[bh * head..][..head],
-                dos: &dos[bh * head..][..head],
+                qa: part(qa),
+                qb: part(qb),
+                kt: part(kt),
+                kb: part(kb),
+                vt: part(vt),
+                doa: part(doa),
+                dob: part(dob),
                 dd: &dd[bh * d.tp..][..d.tp],
                 lp: &lp[bh * d.tp..][..d.tp],
             };
-            backward_group(dk_g, dv_g, dq_g, &h, gi, g, d.nt, d.hsp);
+            backward_group::<M>(dk_g, dv_g, dq_g, &h, gi, g, &d);
         });
 
+    let head = d.tp * d.hsp;
     let (dk, dv, dq) = (&*dk, &*dv, &*dq);
     dqkv.par_chunks_mut(3 * d.c)
         .with_min_len(16)
@@ -704,39 +855,62 @@ fn backward_in(
                     let n = LANES.min(d.hs - c0);
                     dq_row[c0..][..n].copy_from_slice(&(acc * F32s::splat(scale)).to_array()[..n]);
                 }
+                // dK = (1/√HS) dSᵀ·Q; dV as summed.
                 let kv = ((bh * g + gj) * slots + slot) * tl + r * d.hsp;
-                dst[d.c + h * d.hs..][..d.hs].copy_from_slice(&dk[kv..][..d.hs]);
+                let dk_row = &mut dst[d.c + h * d.hs..][..d.hs];
+                for c0 in (0..d.hs).step_by(LANES) {
+                    let n = LANES.min(d.hs - c0);
+                    let x = load(&dk[kv + c0..]) * F32s::splat(scale);
+                    dk_row[c0..][..n].copy_from_slice(&x.to_array()[..n]);
+                }
                 dst[2 * d.c + h * d.hs..][..d.hs].copy_from_slice(&dv[kv..][..d.hs]);
             }
         });
 }
 
+/// The `n` tiles of `len` elements of `x`, or `n` empty slices where `x` is empty.
+fn tiles_or_empty<E>(x: &mut [E], len: usize, n: usize) -> Vec<&mut [E]> {
+    let mut v: Vec<&mut [E]> = x.chunks_mut(len).collect();
+    v.resize_with(n, Default::default);
+    v
+}
+
+/// Head `bh`'s `head` elements of a buffer holding every head.
+fn head_of<E>(x: &[E], bh: usize, head: usize) -> &[E] {
+    &x[bh * head..][..head]
+}
+
 /// The backward of key-tile group `gi` (of `g`) of one head: writes the group's dK and dV
-/// tiles, `dk_g`/`dv_g` (slots, TILE, HSp), and its dQ partial sum `dq_g` (Tp, HSp; rows of
-/// query tiles < gi are left untouched).
+/// tiles, `dk_g`/`dv_g` (slots, TILE, HSp; dK without its 1/√HS), and its dQ partial sum
+/// `dq_g` (Tp, HSp; rows of query tiles < gi are left untouched).
 #[allow(clippy::too_many_arguments)]
-fn backward_group(
+fn backward_group<M: Packing>(
     dk_g: &mut [f32],
     dv_g: &mut [f32],
     dq_g: &mut [f32],
-    h: &BackwardHead,
+    h: &BackwardHead<M::E>,
     gi: usize,
     g: usize,
-    nt: usize,
-    hsp: usize,
+    d: &Dims,
 ) {
+    let (nt, hsp) = (d.nt, d.hsp);
     let tl = TILE * hsp;
+    let te = tl / M::E::DEPTH;
+    let scale = 1.0 / (d.hs as f32).sqrt();
     let mut p = ScoreTile::new(); // (TILE, TILE): S, then P
     let mut ds = ScoreTile::new(); // (TILE, TILE): dP, then dS
+    let mut conv = M::Conv::default(); // P or dS (or their transposes) as operands
     for (slot, j) in group_tiles(gi, g, nt).enumerate() {
-        let kt_j = &h.kt[j * tl..][..tl];
-        let vt_j = &h.vt[j * tl..][..tl];
-        let k_j = &h.kn[j * tl..][..tl];
+        let kt_j = &h.kt[j * te..][..te];
+        let vt_j = &h.vt[j * te..][..te];
+        let k_j = &h.kb[j * te..][..te];
         let dk_j = &mut dk_g[slot * tl..][..tl];
         let dv_j = &mut dv_g[slot * tl..][..tl];
         for i in j..nt {
-            let q_i = &h.qs[i * tl..][..tl];
-            let do_i = &h.dos[i * tl..][..tl];
+            let qa_i = &h.qa[i * te..][..te];
+            let qb_i = &h.qb[i * te..][..te];
+            let doa_i = &h.doa[i * te..][..te];
+            let dob_i = &h.dob[i * te..][..te];
             let lse_i = &h.lp[i * TILE..][..TILE];
             let d_i = &h.dd[i * TILE..][..TILE];
             let diag = i == j;
@@ -745,14 +919,14 @@ fn backward_group(
             } else {
                 (Part::Full, Part::Full, Part::Full)
             };
-            // P = e^(Q_i·K_jᵀ − lse), causal entries only.
+            // P = e^(Q_i·K_jᵀ/√HS − lse), causal entries only.
             product(
                 lower_c,
                 false,
                 TILE,
                 TILE,
                 hsp,
-                Strided::rows(q_i, hsp),
+                Strided::rows(qa_i, hsp / M::E::DEPTH),
                 kt_j,
                 TILE,
                 &mut p.0,
@@ -763,7 +937,7 @@ fn backward_group(
                 if diag {
                     mask_above(row, r);
                 }
-                exp_shifted(row, lse_r);
+                exp_shifted(row, scale, lse_r);
             }
             // dS = P ∘ (dO_i·V_jᵀ − D); where P = 0 (masked, or not computed on the
             // diagonal) so is dS, whatever stale dP the tile holds there.
@@ -773,7 +947,7 @@ fn backward_group(
                 TILE,
                 TILE,
                 hsp,
-                Strided::rows(do_i, hsp),
+                Strided::rows(doa_i, hsp / M::E::DEPTH),
                 vt_j,
                 TILE,
                 &mut ds.0,
@@ -790,16 +964,16 @@ fn backward_group(
                     store(x, load(pc) * (load(x) - dv));
                 }
             }
-            // dV_j += Pᵀ·dO_i, dK_j += dSᵀ·Q_i (Q pre-scaled, so this is (1/√HS) dSᵀ·q);
-            // the diagonal tile comes first and overwrites.
+            // dV_j += Pᵀ·dO_i, dK_j += dSᵀ·Q_i (the 1/√HS comes at the scatter); the
+            // diagonal tile comes first and overwrites.
             product(
                 upper_a,
                 !diag,
                 TILE,
                 hsp,
                 TILE,
-                Strided::transposed(&p.0, TILE),
-                do_i,
+                M::a_cols(&p.0, conv.as_mut()),
+                dob_i,
                 hsp,
                 dv_j,
                 hsp,
@@ -810,8 +984,8 @@ fn backward_group(
                 TILE,
                 hsp,
                 TILE,
-                Strided::transposed(&ds.0, TILE),
-                q_i,
+                M::a_cols(&ds.0, conv.as_mut()),
+                qb_i,
                 hsp,
                 dk_j,
                 hsp,
@@ -825,7 +999,7 @@ fn backward_group(
                 TILE,
                 hsp,
                 TILE,
-                Strided::rows(&ds.0, TILE),
+                M::a_rows(&ds.0, conv.as_mut()),
                 k_j,
                 hsp,
                 dq_i,
@@ -860,8 +1034,29 @@ mod tests {
         }
     }
 
+    /// (out, lse, dqkv) of `M`'s kernels run in a workspace filled with `fill`.
+    fn run_in<M: Packing>(
+        fill: f32,
+        qkv: &[f32],
+        dout: &[f32],
+        d: Dims,
+        b: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let filled = |n: usize| vec![F32s::splat(fill); n.div_ceil(LANES)];
+        let mut ws = filled(d.forward_workspace_floats::<M>());
+        let (mut out, mut lse) = (vec![0.0; b * d.t * d.c], vec![0.0; b * d.nh * d.t]);
+        let ws_f = bytemuck::cast_slice_mut(&mut ws);
+        forward_in::<M>(ws_f, &mut out, &mut lse, qkv, d);
+        let mut ws = filled(d.backward_workspace_floats::<M>());
+        let mut dqkv = vec![0.0; b * d.t * 3 * d.c];
+        let ws_f = bytemuck::cast_slice_mut(&mut ws);
+        backward_in::<M>(ws_f, &mut dqkv, dout, qkv, &out, &lse, d);
+        (out, lse, dqkv)
+    }
+
     /// The workspace is reused between calls with whatever the last call left in it: a NaN in
-    /// any float that is read before it is written would show in the results.
+    /// any float that is read before it is written would show in the results, which must be
+    /// those of a zeroed workspace bit for bit (and, in fp32, the reference's).
     #[test]
     fn stale_workspace_is_never_read() {
         use crate::attention::{attention_backward_ref, attention_forward_ref};
@@ -877,22 +1072,26 @@ mod tests {
             let mut dqkv_ref = vec![0.0; b * t * 3 * c];
             attention_backward_ref(&mut dqkv_ref, &dout, &qkv, &out_ref, &lse_ref, b, t, c, nh);
 
-            let poisoned = |n: usize| vec![F32s::splat(f32::NAN); n.div_ceil(LANES)];
-            let mut ws = poisoned(d.forward_workspace_floats());
-            let (mut out, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
-            forward_in(
-                bytemuck::cast_slice_mut(&mut ws),
-                &mut out,
-                &mut lse,
-                &qkv,
-                d,
-            );
+            let (out, _, dqkv) = run_in::<F32>(f32::NAN, &qkv, &dout, d, b);
             assert_close(&out, &out_ref, 1e-4, 2e-6, "out");
-            let mut ws = poisoned(d.backward_workspace_floats());
-            let mut dqkv = vec![0.0; b * t * 3 * c];
-            let ws = bytemuck::cast_slice_mut(&mut ws);
-            backward_in(ws, &mut dqkv, &dout, &qkv, &out, &lse, d);
             assert_close(&dqkv, &dqkv_ref, 1e-3, 2e-5, "dqkv");
+            let bits = |r: (Vec<f32>, Vec<f32>, Vec<f32>)| {
+                [r.0, r.1, r.2].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+            };
+            assert!(
+                bits(run_in::<F32>(f32::NAN, &qkv, &dout, d, b))
+                    == bits(run_in::<F32>(0.0, &qkv, &dout, d, b)),
+                "fp32: a poisoned workspace changes the results"
+            );
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
+            {
+                use crate::attention::bf16::Bf16;
+                assert!(
+                    bits(run_in::<Bf16>(f32::NAN, &qkv, &dout, d, b))
+                        == bits(run_in::<Bf16>(0.0, &qkv, &dout, d, b)),
+                    "bf16: a poisoned workspace changes the results"
+                );
+            }
         }
     }
 

@@ -20,6 +20,8 @@
 //!
 //! Leaves out: non-causal and padded-batch masks, dropout, grouped-query heads.
 
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
+mod bf16;
 mod decode;
 mod exp;
 mod flash;
@@ -34,6 +36,7 @@ pub use decode::{attention_decode, kv_cache_write};
 pub use naive::{attention_backward_naive, attention_forward_naive};
 pub use reference::{attention_backward_ref, attention_forward_ref};
 
+use crate::precision::Precision;
 use crate::simd::{F32s, LANES, load, store};
 use exp::exp_nonpositive;
 
@@ -143,6 +146,12 @@ fn check_backward(
 /// T×T matrix: the extra memory is a few packed copies of q, k, v (see
 /// [`attention_workspace`]). Parallel over (batch, head, query tile) in the current rayon pool;
 /// results are bitwise identical on any number of threads. Any T ≥ 0 and any HS.
+///
+/// `precision` is that of the two products (Q·Kᵀ and P·V), which accumulate in fp32 either
+/// way. With [`Precision::Bf16`] (where the build has it, see [`Precision::effective`]) q, k
+/// and v are rounded to bf16 once, and P is rounded to bf16 before P·V; the softmax (scores,
+/// running max and sum, lse, the normalization) is fp32.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
     out: &mut [f32],
     lse: &mut [f32],
@@ -151,11 +160,12 @@ pub fn attention_forward(
     t: usize,
     c: usize,
     nh: usize,
+    precision: Precision,
 ) {
     let _launch = crate::launch::start(1);
     check_forward(out, lse, qkv, b, t, c, nh);
     if b * t > 0 {
-        flash::forward(out, lse, qkv, flash::Dims::new(b, t, c, nh));
+        flash::forward(out, lse, qkv, flash::Dims::new(b, t, c, nh), precision);
     }
 }
 
@@ -170,6 +180,12 @@ pub fn attention_forward(
 ///
 /// recomputing P tile by tile from q, k and lse (no T×T buffer). Parallel over (batch, head,
 /// group of key tiles); bitwise identical on any number of threads.
+///
+/// `precision` is that of the five products (S = Q·Kᵀ, dO·Vᵀ, Pᵀ·dO, dSᵀ·Q, dS·K), which
+/// accumulate in fp32 either way. With [`Precision::Bf16`] (where the build has it) q, k, v
+/// and dout are rounded to bf16 once (D uses the rounded dout, so that D = Σ_j P_tj·dP_tj holds
+/// for the dP computed), and P and dS are rounded to bf16 before the products that take them;
+/// P, dP, D, dS and lse themselves are fp32. `out` and `lse` are used as given.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dqkv: &mut [f32],
@@ -181,11 +197,20 @@ pub fn attention_backward(
     t: usize,
     c: usize,
     nh: usize,
+    precision: Precision,
 ) {
     let _launch = crate::launch::start(1);
     check_backward(dqkv, dout, qkv, out, lse, b, t, c, nh);
     if b * t > 0 {
-        flash::backward(dqkv, dout, qkv, out, lse, flash::Dims::new(b, t, c, nh));
+        flash::backward(
+            dqkv,
+            dout,
+            qkv,
+            out,
+            lse,
+            flash::Dims::new(b, t, c, nh),
+            precision,
+        );
     }
 }
 
@@ -197,23 +222,32 @@ pub struct WorkspaceBytes {
     /// Heap bytes [`attention_backward`] allocates (packed operands, dK/dV tiles, dQ partial
     /// sums): O(B·T·C).
     pub backward_bytes: usize,
-    /// Stack bytes of tile scratch per worker thread (two 64×64 score tiles), independent of T.
+    /// Stack bytes of tile scratch per worker thread (two 64×64 score tiles, and in bf16 one
+    /// converted to bf16 pairs), independent of T.
     pub per_thread_bytes: usize,
 }
 
-/// The memory [`attention_forward`] and [`attention_backward`] allocate for these shapes,
-/// computed by the same code that sizes their buffers. Grows linearly in T, where a
+/// The memory [`attention_forward`] and [`attention_backward`] allocate for these shapes in
+/// `precision` (bf16 packs its operands in half the bytes), computed by the same code that
+/// sizes their buffers. Grows linearly in T, where a
 /// materialized attention needs B·NH·T² floats per matrix. One buffer of the largest size
 /// used so far is kept between calls (a training step calls attention with the same shapes in
 /// every layer, and re-faulting fresh pages each time cost a quarter of the backward).
-pub fn attention_workspace(b: usize, t: usize, c: usize, nh: usize) -> WorkspaceBytes {
+pub fn attention_workspace(
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+    precision: Precision,
+) -> WorkspaceBytes {
     check_shapes(b, t, c, nh);
     let d = flash::Dims::new(b, t, c, nh);
+    let (fwd, bwd, per_thread) = d.workspace_floats(precision);
     let f = std::mem::size_of::<f32>();
     WorkspaceBytes {
-        forward_bytes: d.forward_workspace_floats() * f,
-        backward_bytes: d.backward_workspace_floats() * f,
-        per_thread_bytes: flash::Dims::per_thread_floats() * f,
+        forward_bytes: fwd * f,
+        backward_bytes: bwd * f,
+        per_thread_bytes: per_thread * f,
     }
 }
 

@@ -3,6 +3,7 @@
 //! the naive materialized baseline, decoding with a KV cache, and the plotting probabilities.
 
 use super::*;
+use crate::precision::Precision::{self, Bf16, F32};
 use crate::testutil::{TestRng, assert_close};
 
 /// The sequence lengths the issue asks for: 1, 2, a prime, tile − 1, tile, tile + 1, and a
@@ -54,11 +55,11 @@ impl Case {
     }
 
     /// (out, lse) of the fused kernel; outputs start poisoned with NaN.
-    fn forward(&self) -> (Vec<f32>, Vec<f32>) {
+    fn forward(&self, p: Precision) -> (Vec<f32>, Vec<f32>) {
         let mut out = vec![f32::NAN; self.b * self.t * self.c];
         let mut lse = vec![f32::NAN; self.b * self.nh * self.t];
         attention_forward(
-            &mut out, &mut lse, &self.qkv, self.b, self.t, self.c, self.nh,
+            &mut out, &mut lse, &self.qkv, self.b, self.t, self.c, self.nh, p,
         );
         (out, lse)
     }
@@ -71,10 +72,10 @@ impl Case {
         dqkv
     }
 
-    fn backward(&self, out: &[f32], lse: &[f32]) -> Vec<f32> {
+    fn backward(&self, out: &[f32], lse: &[f32], p: Precision) -> Vec<f32> {
         let mut dqkv = vec![f32::NAN; self.qkv.len()];
         attention_backward(
-            &mut dqkv, &self.dout, &self.qkv, out, lse, self.b, self.t, self.c, self.nh,
+            &mut dqkv, &self.dout, &self.qkv, out, lse, self.b, self.t, self.c, self.nh, p,
         );
         dqkv
     }
@@ -109,7 +110,7 @@ fn cases() -> Vec<Case> {
 fn forward_matches_reference() {
     for cs in cases() {
         let (out_ref, lse_ref) = cs.forward_ref();
-        let (out, lse) = cs.forward();
+        let (out, lse) = cs.forward(F32);
         assert_close(&out, &out_ref, 1e-4, 2e-6, &format!("out {}", cs.name()));
         assert_close(&lse, &lse_ref, 1e-5, 1e-5, &format!("lse {}", cs.name()));
     }
@@ -121,7 +122,7 @@ fn backward_matches_reference() {
         // Same saved activations for both, so only the backward is compared.
         let (out, lse) = cs.forward_ref();
         let want = cs.parts(&cs.backward_ref(&out, &lse));
-        let got = cs.parts(&cs.backward(&out, &lse));
+        let got = cs.parts(&cs.backward(&out, &lse, F32));
         for (p, name) in ["dq", "dk", "dv"].iter().enumerate() {
             assert_close(
                 &got[p],
@@ -141,11 +142,11 @@ fn sharp_scores_stay_accurate() {
     for (t, hs) in [(300, 64), (200, 16)] {
         let cs = Case::new(1, t, 2, hs, 4.0, 9);
         let (out_ref, lse_ref) = cs.forward_ref();
-        let (out, lse) = cs.forward();
+        let (out, lse) = cs.forward(F32);
         assert_close(&out, &out_ref, 1e-3, 2e-5, &format!("out {}", cs.name()));
         assert_close(&lse, &lse_ref, 1e-5, 1e-4, &format!("lse {}", cs.name()));
         let want = cs.parts(&cs.backward_ref(&out_ref, &lse_ref));
-        let got = cs.parts(&cs.backward(&out, &lse));
+        let got = cs.parts(&cs.backward(&out, &lse, F32));
         for (p, name) in ["dq", "dk", "dv"].iter().enumerate() {
             let scale = want[p].iter().fold(0.0f32, |m, x| m.max(x.abs()));
             assert_close(
@@ -167,14 +168,23 @@ fn backward_matches_finite_differences() {
     let loss = |qkv: &[f32]| -> f64 {
         let mut out = vec![0.0; cs.b * cs.t * cs.c];
         let mut lse = vec![0.0; cs.b * cs.nh * cs.t];
-        attention_forward(&mut out, &mut lse, qkv, cs.b, cs.t, cs.c, cs.nh);
+        attention_forward(
+            &mut out,
+            &mut lse,
+            qkv,
+            cs.b,
+            cs.t,
+            cs.c,
+            cs.nh,
+            Precision::F32,
+        );
         out.iter()
             .zip(&cs.dout)
             .map(|(&o, &g)| o as f64 * g as f64)
             .sum()
     };
-    let (out, lse) = cs.forward();
-    let grad = cs.backward(&out, &lse);
+    let (out, lse) = cs.forward(F32);
+    let grad = cs.backward(&out, &lse, F32);
     let eps = 1e-2f32;
     let mut fd = vec![0.0f32; grad.len()];
     let mut x = cs.qkv.clone();
@@ -195,9 +205,9 @@ fn backward_matches_finite_differences() {
 fn forward_then_backward_matches_reference() {
     let cs = Case::new(2, 150, 4, 16, 1.5, 77);
     let (out_ref, lse_ref) = cs.forward_ref();
-    let (out, lse) = cs.forward();
+    let (out, lse) = cs.forward(F32);
     let want = cs.backward_ref(&out_ref, &lse_ref);
-    let got = cs.backward(&out, &lse);
+    let got = cs.backward(&out, &lse, F32);
     assert_close(&got, &want, 1e-3, 5e-5, "dqkv");
 }
 
@@ -221,18 +231,20 @@ fn results_do_not_depend_on_thread_count() {
         Case::new(1, 300, 2, 64, 1.0, 5),
         Case::new(2, 600, 1, 16, 1.0, 6),
     ] {
-        let run = || {
-            let (out, lse) = cs.forward();
-            let dqkv = cs.backward(&out, &lse);
-            (bits(&out), bits(&lse), bits(&dqkv))
-        };
-        let one = in_pool(1, run);
-        for threads in [2, 3] {
-            assert!(
-                one == in_pool(threads, run),
-                "{}: {threads} threads differ from 1",
-                cs.name()
-            );
+        for p in [F32, Bf16] {
+            let run = || {
+                let (out, lse) = cs.forward(p);
+                let dqkv = cs.backward(&out, &lse, p);
+                (bits(&out), bits(&lse), bits(&dqkv))
+            };
+            let one = in_pool(1, run);
+            for threads in [2, 3] {
+                assert!(
+                    one == in_pool(threads, run),
+                    "{} {p}: {threads} threads differ from 1",
+                    cs.name()
+                );
+            }
         }
     }
 }
@@ -244,9 +256,11 @@ fn empty_batch_and_sequence_are_no_ops() {
         let mut out = vec![0.0; b * t * c];
         let mut lse = vec![0.0; b * 2 * t];
         let qkv = vec![0.0; b * t * 3 * c];
-        attention_forward(&mut out, &mut lse, &qkv, b, t, c, 2);
-        let mut dqkv = vec![0.0; b * t * 3 * c];
-        attention_backward(&mut dqkv, &out, &qkv, &out, &lse, b, t, c, 2);
+        for p in [Precision::F32, Precision::Bf16] {
+            attention_forward(&mut out, &mut lse, &qkv, b, t, c, 2, p);
+            let mut dqkv = vec![0.0; b * t * 3 * c];
+            attention_backward(&mut dqkv, &out, &qkv, &out, &lse, b, t, c, 2, p);
+        }
     }
 }
 
@@ -255,19 +269,19 @@ fn empty_batch_and_sequence_are_no_ops() {
 fn wrong_qkv_length_panics_with_its_name() {
     let mut out = vec![0.0; 2 * 8];
     let mut lse = vec![0.0; 2];
-    attention_forward(&mut out, &mut lse, &[0.0; 10], 1, 2, 8, 1);
+    attention_forward(&mut out, &mut lse, &[0.0; 10], 1, 2, 8, 1, Precision::F32);
 }
 
 #[test]
 #[should_panic(expected = "multiple of NH")]
 fn head_count_must_divide_channels() {
-    attention_forward(&mut [], &mut [], &[], 1, 0, 10, 3);
+    attention_forward(&mut [], &mut [], &[], 1, 0, 10, 3, Precision::F32);
 }
 
 #[test]
 fn workspace_grows_linearly_in_t() {
-    let w1 = attention_workspace(1, 1024, 256, 4);
-    let w2 = attention_workspace(1, 2048, 256, 4);
+    let w1 = attention_workspace(1, 1024, 256, 4, Precision::F32);
+    let w2 = attention_workspace(1, 2048, 256, 4, Precision::F32);
     assert_eq!(w2.forward_bytes, 2 * w1.forward_bytes);
     // The backward's group count saturates at T = 8 tiles, after which it is linear too.
     assert_eq!(w2.backward_bytes, 2 * w1.backward_bytes);
@@ -398,4 +412,234 @@ fn decode_past_the_cache_panics() {
     let mut vc = vec![0.0; b * t_max * c];
     let mut out = vec![0.0; b * c];
     attention_decode(&mut out, &mut kc, &mut vc, &[0.0; 48], 4, b, t_max, c, 1);
+}
+
+// bf16. The kernel rounds q, k, v and dout to bf16 (nearest even) once, as it packs them, and
+// rounds the score tiles P and dS to bf16 right before the products that take them (P·V,
+// Pᵀ·dO; dSᵀ·Q, dS·K); every product sums in fp32 and the softmax is fp32. So against the f64
+// reference run on the rounded q, k, v, dout, the only errors beyond fp32's come from P and
+// dS, each term off by at most half a bf16 ulp, u = 2⁻⁸ of itself:
+//
+//   |Δout_tc| ≤ u·Σ_j P_tj·|v_jc|                  (P normalized; l is summed from fp32 P)
+//   |Δdv_jc|  ≤ u·Σ_t P_tj·|dout_tc|
+//   |Δdk_jc|  ≤ u·Σ_t |dS_tj|·|q_tc| / √HS,   |Δdq_tc| ≤ u·Σ_j |dS_tj|·|k_jc| / √HS
+//
+// The tests allow that bound (from the reference's P and dS) plus the fp32 tests' tolerance.
+
+/// Half an ulp of bf16 (8 significant bits), relative.
+const BF16_U: f64 = 1.0 / 256.0;
+
+/// `x` with every element rounded to bf16.
+fn rounded(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| crate::precision::round_bf16(v)).collect()
+}
+
+impl Case {
+    /// The same case with q, k, v and dout rounded to bf16.
+    fn rounded(&self) -> Case {
+        Case {
+            qkv: rounded(&self.qkv),
+            dout: rounded(&self.dout),
+            ..*self
+        }
+    }
+
+    /// Element (b, t, part, h, c) of qkv.
+    fn x(&self, b: usize, t: usize, part: usize, h: usize, c: usize) -> f64 {
+        let hs = self.c / self.nh;
+        self.qkv[(b * self.t + t) * 3 * self.c + part * self.c + h * hs + c] as f64
+    }
+
+    /// The per-element bounds above, [out, dq, dk, dv], each (B, T, C), from f64 P and dS of
+    /// this case's (already rounded) values.
+    fn bf16_bounds(&self) -> [Vec<f64>; 4] {
+        let (b_n, t_n, c_n, nh) = (self.b, self.t, self.c, self.nh);
+        let hs = c_n / nh;
+        let scale = 1.0 / (hs as f64).sqrt();
+        let mut bounds: [Vec<f64>; 4] = std::array::from_fn(|_| vec![0.0; b_n * t_n * c_n]);
+        let at = |b: usize, t: usize, h: usize, c: usize| (b * t_n + t) * c_n + h * hs + c;
+        for b in 0..b_n {
+            for h in 0..nh {
+                // P and dS of this head, (T, T), causal.
+                let mut p = vec![0.0f64; t_n * t_n];
+                let mut ds = vec![0.0f64; t_n * t_n];
+                for t in 0..t_n {
+                    let s: Vec<f64> = (0..=t)
+                        .map(|j| {
+                            (0..hs)
+                                .map(|c| self.x(b, t, 0, h, c) * self.x(b, j, 1, h, c))
+                                .sum::<f64>()
+                                * scale
+                        })
+                        .collect();
+                    let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
+                    let dout = |c: usize| self.dout[at(b, t, h, c)] as f64;
+                    let dp: Vec<f64> = (0..=t)
+                        .map(|j| (0..hs).map(|c| dout(c) * self.x(b, j, 2, h, c)).sum())
+                        .collect();
+                    let pr: Vec<f64> = s.iter().map(|x| (x - mx).exp() / z).collect();
+                    let dd: f64 = pr.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                    for j in 0..=t {
+                        p[t * t_n + j] = pr[j];
+                        ds[t * t_n + j] = pr[j] * (dp[j] - dd);
+                    }
+                }
+                for t in 0..t_n {
+                    for c in 0..hs {
+                        let (mut o, mut dq, mut dk, mut dv) = (0.0, 0.0, 0.0, 0.0);
+                        for j in 0..=t {
+                            o += p[t * t_n + j] * self.x(b, j, 2, h, c).abs();
+                            dq += ds[t * t_n + j].abs() * self.x(b, j, 1, h, c).abs();
+                        }
+                        // Column t as the key: every query s ≥ t.
+                        for s in t..t_n {
+                            dk += ds[s * t_n + t].abs() * self.x(b, s, 0, h, c).abs();
+                            dv += p[s * t_n + t] * (self.dout[at(b, s, h, c)] as f64).abs();
+                        }
+                        let i = at(b, t, h, c);
+                        bounds[0][i] = BF16_U * o;
+                        bounds[1][i] = BF16_U * scale * dq;
+                        bounds[2][i] = BF16_U * scale * dk;
+                        bounds[3][i] = BF16_U * dv;
+                    }
+                }
+            }
+        }
+        bounds
+    }
+}
+
+/// |got − want| ≤ bound + rtol·|want| + atol, element by element.
+fn assert_within(got: &[f32], want: &[f32], bound: &[f64], rtol: f64, atol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, ((&g, &w), &b)) in got.iter().zip(want).zip(bound).enumerate() {
+        let err = (g as f64 - w as f64).abs();
+        let tol = b + rtol * (w as f64).abs() + atol;
+        assert!(
+            err <= tol,
+            "{what}[{i}]: got {g}, want {w}: error {err:e} over {tol:e} (bf16 bound {b:e})"
+        );
+    }
+}
+
+/// The cases of the fp32 tests, plus sharp attention (scores spread over tens of units).
+fn bf16_cases() -> Vec<Case> {
+    let mut v = cases();
+    v.push(Case::new(1, 300, 2, 64, 4.0, 9));
+    v.push(Case::new(1, 200, 2, 16, 4.0, 10));
+    v
+}
+
+#[test]
+fn bf16_forward_within_the_rounding_bound() {
+    for cs in bf16_cases() {
+        let (out, lse) = cs.forward(Bf16);
+        let what = |x: &str| format!("bf16 {x} {}", cs.name());
+        if !crate::precision::HAS_BF16 {
+            // The fallback runs fp32, bit for bit.
+            let (out32, lse32) = cs.forward(F32);
+            assert!(
+                bits(&out) == bits(&out32) && bits(&lse) == bits(&lse32),
+                "{}",
+                what("fallback")
+            );
+            continue;
+        }
+        // The kernel is given the unrounded values; the reference the rounded ones.
+        let r = cs.rounded();
+        let (out_ref, lse_ref) = r.forward_ref();
+        let [bound, ..] = r.bf16_bounds();
+        assert_within(&out, &out_ref, &bound, 1e-4, 2e-6, &what("out"));
+        // lse depends on the rounded q, k only: fp32 error.
+        assert_close(&lse, &lse_ref, 1e-5, 1e-4, &what("lse"));
+    }
+}
+
+#[test]
+fn bf16_backward_within_the_rounding_bound() {
+    for cs in bf16_cases() {
+        let r = cs.rounded();
+        // The same saved activations (the reference's, on the rounded values) for both.
+        let (out, lse) = r.forward_ref();
+        let got = cs.parts(&cs.backward(&out, &lse, Bf16));
+        if !crate::precision::HAS_BF16 {
+            let want = cs.parts(&cs.backward(&out, &lse, F32));
+            assert!(got == want, "bf16 fallback {}", cs.name());
+            continue;
+        }
+        let want = r.parts(&r.backward_ref(&out, &lse));
+        let [_, bq, bk, bv] = r.bf16_bounds();
+        for (p, (name, bound)) in [("dq", bq), ("dk", bk), ("dv", bv)].iter().enumerate() {
+            // Sharp cases' gradients are larger: the fp32 tests' atol scales with them.
+            let scale = want[p].iter().fold(1.0f32, |m, x| m.max(x.abs())) as f64;
+            let what = format!("bf16 {name} {}", cs.name());
+            assert_within(&got[p], &want[p], bound, 2e-3, 1e-4 * scale, &what);
+        }
+    }
+}
+
+/// The kernel rounds its inputs itself, exactly once: given values already rounded to bf16 it
+/// computes the same bits. (An fp32 kernel would see different inputs and differ.)
+#[test]
+fn bf16_rounds_q_k_v_and_dout_on_entry() {
+    for cs in [
+        Case::new(2, 130, 2, 64, 1.0, 61),
+        Case::new(1, 70, 3, 24, 1.0, 62),
+    ] {
+        let r = cs.rounded();
+        let (out, lse) = cs.forward(Bf16);
+        let (out_r, lse_r) = r.forward(Bf16);
+        let dqkv = cs.backward(&out, &lse, Bf16);
+        let dqkv_r = r.backward(&out, &lse, Bf16);
+        let same = bits(&out) == bits(&out_r)
+            && bits(&lse) == bits(&lse_r)
+            && bits(&dqkv) == bits(&dqkv_r);
+        assert_eq!(same, crate::precision::HAS_BF16, "{}", cs.name());
+    }
+}
+
+/// bf16 is really bf16: on unrounded inputs it differs from the fp32 kernel by the rounding
+/// (about 2⁻⁸ relative), far beyond the fp32 kernel's own error. (A bf16 request that silently
+/// ran fp32 would fail here.)
+#[test]
+fn bf16_differs_from_fp32_by_the_rounding() {
+    if !crate::precision::HAS_BF16 {
+        return;
+    }
+    let cs = Case::new(1, 200, 2, 64, 1.0, 63);
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let (out, lse) = cs.forward(Bf16);
+    let (out32, lse32) = cs.forward(F32);
+    let d_out = max_diff(&out, &out32);
+    let d_lse = max_diff(&lse, &lse32);
+    let g = cs.backward(&out32, &lse32, Bf16);
+    let g32 = cs.backward(&out32, &lse32, F32);
+    let d_g = max_diff(&g, &g32);
+    // fp32 agrees with the reference to about 1e-5 here (the fp32 tests' tolerances).
+    assert!(
+        d_out > 2e-4 && d_lse > 2e-4 && d_g > 2e-4,
+        "bf16 vs fp32: out {d_out:e}, lse {d_lse:e}, dqkv {d_g:e}: the operands were not rounded"
+    );
+}
+
+#[test]
+fn bf16_workspace_is_smaller() {
+    let w32 = attention_workspace(1, 1024, 256, 4, F32);
+    let w16 = attention_workspace(1, 1024, 256, 4, Bf16);
+    if crate::precision::HAS_BF16 {
+        assert!(w16.forward_bytes < w32.forward_bytes, "{w16:?} vs {w32:?}");
+        assert!(
+            w16.backward_bytes < w32.backward_bytes,
+            "{w16:?} vs {w32:?}"
+        );
+        assert!(w16.per_thread_bytes > w32.per_thread_bytes);
+    } else {
+        assert_eq!(w16, w32);
+    }
 }

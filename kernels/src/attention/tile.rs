@@ -8,16 +8,21 @@
 //! ```text
 //! C (m × n)  =  [C +]  A (m × k) · B (k × n)
 //! A[r, p] = a[r·a_rs + p·a_cs]   (any strides: A or Aᵀ stored row-major)
-//! B[p, :] = b[p·ldb ..][..n]     (rows of n contiguous floats, n a multiple of LANES)
-//! C[r, :] = c[r·ldc ..][..n]
+//! B[p, :] = b[p·ldb ..][..n]     (rows of n contiguous elements, n a multiple of LANES)
+//! C[r, :] = c[r·ldc ..][..n]     (fp32)
 //! ```
+//!
+//! The operands are elements of an [`Operand`] type: fp32 values (`f32`), or, where the build
+//! has AVX512_BF16, bf16 pairs (`u32`, see `crate::bf16`), each holding two consecutive
+//! elements of the depth, multiplied and summed into fp32 by `vdpbf16ps`. Then `k`, `a_cs`
+//! (for A stored row-major) and the rows of B count pairs, and a step p covers depth 2p, 2p + 1.
 //!
 //! Micro-kernel contract (BLIS style): a register block is `R ≤ MR` rows of C by `V ≤ NV`
 //! vectors of `LANES` columns, held in `R·V` accumulators for the whole k loop. Each step p
 //! loads the V vectors of B's row p once and, for each of the R rows, broadcasts A[r, p] and
-//! does V fused multiply-adds. With MR = 6 and NV = 4 that is 24 accumulators, 4 B vectors
-//! and 1 broadcast of AVX-512's 32 registers, and 10 loads per 24 FMAs, so the FMA pipes bound
-//! it.
+//! does V fused multiply-adds (fp32) or dot products of pairs (bf16). With MR = 6 and NV = 4
+//! that is 24 accumulators, 4 B vectors and 1 broadcast of AVX-512's 32 registers, and 10
+//! loads per 24 FMAs, so the FMA pipes bound it.
 //! Edges: m is covered by blocks of 6 and one block of `m mod 6` rows; n by blocks of 4 vectors
 //! and one of `n/LANES mod 4`. There is no k edge (k is any length, including 0).
 //!
@@ -26,6 +31,63 @@
 
 use crate::simd::{F32s, LANES};
 
+/// An element type of A and B: how the micro-kernel broadcasts it, loads a vector of it and
+/// multiplies and adds into the fp32 accumulators.
+pub(super) trait Operand: Copy + bytemuck::Pod + Send + Sync {
+    /// An element broadcast to every lane.
+    type Splat: Copy;
+    /// `LANES` consecutive elements.
+    type Vector: Copy;
+    /// Elements of the depth one operand element holds: 1 (fp32) or 2 (a bf16 pair).
+    const DEPTH: usize;
+    fn splat(x: Self) -> Self::Splat;
+    /// # Safety
+    /// `p .. p + LANES` must be readable.
+    unsafe fn load(p: *const Self) -> Self::Vector;
+    /// `acc + a·b` lane by lane, summed over the `DEPTH` elements each lane holds.
+    fn madd(acc: F32s, a: Self::Splat, b: Self::Vector) -> F32s;
+}
+
+impl Operand for f32 {
+    type Splat = F32s;
+    type Vector = F32s;
+    const DEPTH: usize = 1;
+    #[inline(always)]
+    fn splat(x: f32) -> F32s {
+        F32s::splat(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> F32s {
+        // SAFETY: the caller's contract.
+        unsafe { loadu(p) }
+    }
+    #[inline(always)]
+    fn madd(acc: F32s, a: F32s, b: F32s) -> F32s {
+        a.mul_add(b, acc)
+    }
+}
+
+/// A bf16 pair: low half depth element 2p, high half 2p + 1 (`crate::bf16`).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
+impl Operand for u32 {
+    type Splat = std::arch::x86_64::__m512bh;
+    type Vector = std::arch::x86_64::__m512bh;
+    const DEPTH: usize = 2;
+    #[inline(always)]
+    fn splat(x: u32) -> Self::Splat {
+        crate::bf16::broadcast_pair(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u32) -> Self::Vector {
+        // SAFETY: the caller's contract (16 = LANES pairs readable).
+        unsafe { crate::bf16::load_pairs(p) }
+    }
+    #[inline(always)]
+    fn madd(acc: F32s, a: Self::Splat, b: Self::Vector) -> F32s {
+        crate::bf16::dot_pairs(acc, a, b)
+    }
+}
+
 /// Rows of C per register block.
 pub(super) const MR: usize = 6;
 /// Vectors (of `LANES` columns) of C per register block.
@@ -33,15 +95,15 @@ pub(super) const NV: usize = 4;
 
 /// An operand `A` seen through strides: element (r, p) is `data[r·rs + p·cs]`.
 #[derive(Clone, Copy)]
-pub(super) struct Strided<'a> {
-    pub data: &'a [f32],
+pub(super) struct Strided<'a, T = f32> {
+    pub data: &'a [T],
     pub rs: usize,
     pub cs: usize,
 }
 
-impl<'a> Strided<'a> {
+impl<'a, T> Strided<'a, T> {
     /// A stored row-major with leading dimension `ld`.
-    pub fn rows(data: &'a [f32], ld: usize) -> Self {
+    pub fn rows(data: &'a [T], ld: usize) -> Self {
         Strided {
             data,
             rs: ld,
@@ -50,7 +112,7 @@ impl<'a> Strided<'a> {
     }
 
     /// A whose transpose is stored row-major with leading dimension `ld` (A = Xᵀ).
-    pub fn transposed(data: &'a [f32], ld: usize) -> Self {
+    pub fn transposed(data: &'a [T], ld: usize) -> Self {
         Strided {
             data,
             rs: 1,
@@ -63,13 +125,13 @@ impl<'a> Strided<'a> {
 /// the layouts of the module doc. Panics if `n` is not a multiple of `LANES` or a slice is too
 /// short for the shapes and strides it is given.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemm_tile(
+pub(super) fn gemm_tile<T: Operand>(
     accumulate: bool,
     m: usize,
     n: usize,
     k: usize,
-    a: Strided,
-    b: &[f32],
+    a: Strided<T>,
+    b: &[T],
     ldb: usize,
     c: &mut [f32],
     ldc: usize,
@@ -126,15 +188,15 @@ pub(super) fn gemm_tile(
 /// The caller guarantees the block's accesses are in bounds (see [`block`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn dispatch(
+unsafe fn dispatch<T: Operand>(
     accumulate: bool,
     rows: usize,
     vecs: usize,
     k: usize,
-    a: *const f32,
+    a: *const T,
     a_rs: usize,
     a_cs: usize,
-    b: *const f32,
+    b: *const T,
     ldb: usize,
     c: *mut f32,
     ldc: usize,
@@ -144,9 +206,9 @@ unsafe fn dispatch(
             // SAFETY: forwarded from this function's contract.
             unsafe {
                 if accumulate {
-                    block::<$r, $v, true>(k, a, a_rs, a_cs, b, ldb, c, ldc)
+                    block::<T, $r, $v, true>(k, a, a_rs, a_cs, b, ldb, c, ldc)
                 } else {
-                    block::<$r, $v, false>(k, a, a_rs, a_cs, b, ldb, c, ldc)
+                    block::<T, $r, $v, false>(k, a, a_rs, a_cs, b, ldb, c, ldc)
                 }
             }
         };
@@ -178,12 +240,12 @@ unsafe fn dispatch(
 /// `c + r·ldc + v·LANES .. + LANES` must be valid (C for writes; read too when `ACC`).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn block<const R: usize, const V: usize, const ACC: bool>(
+unsafe fn block<T: Operand, const R: usize, const V: usize, const ACC: bool>(
     k: usize,
-    a: *const f32,
+    a: *const T,
     a_rs: usize,
     a_cs: usize,
-    b: *const f32,
+    b: *const T,
     ldb: usize,
     c: *mut f32,
     ldc: usize,
@@ -201,11 +263,11 @@ unsafe fn block<const R: usize, const V: usize, const ACC: bool>(
         let mut ap = a;
         let mut bp = b;
         for _ in 0..k {
-            let bv: [F32s; V] = std::array::from_fn(|v| loadu(bp.add(v * LANES)));
+            let bv: [T::Vector; V] = std::array::from_fn(|v| T::load(bp.add(v * LANES)));
             for (r, row) in acc.iter_mut().enumerate() {
-                let ar = F32s::splat(*ap.add(r * a_rs));
+                let ar = T::splat(*ap.add(r * a_rs));
                 for (x, &bvv) in row.iter_mut().zip(&bv) {
-                    *x = ar.mul_add(bvv, *x);
+                    *x = T::madd(*x, ar, bvv);
                 }
             }
             ap = ap.add(a_cs);
@@ -293,6 +355,59 @@ mod tests {
                             (0..m).flat_map(|r| c[r * ldc..][..n].to_vec()).collect();
                         let twice: Vec<f32> = want.iter().map(|x| 2.0 * x).collect();
                         assert_close(&got, &twice, 1e-5, 1e-5, &format!("{what} accumulate"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// bf16 pairs: every block shape and both A layouts against the f64 product of the
+    /// bf16-rounded values, which the kernel must meet to fp32 accumulation error.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
+    #[test]
+    fn pairs_match_the_rounded_product_for_every_edge() {
+        use crate::bf16::{pairs_of_row, pairs_of_two_rows};
+        use crate::precision::round_bf16;
+        // Rows 2q, 2q + 1 of x (k × n) as row q of pairs (a zero row pads an odd k).
+        let two_row_pairs = |x: &[f32], k: usize, n: usize| {
+            let mut p = vec![0u32; k.div_ceil(2).max(1) * n];
+            for (q, dst) in p.chunks_exact_mut(n).take(k.div_ceil(2)).enumerate() {
+                let r1 = if 2 * q + 1 < k {
+                    &x[(2 * q + 1) * n..][..n]
+                } else {
+                    &[]
+                };
+                pairs_of_two_rows(dst, &x[2 * q * n..][..n], r1);
+            }
+            p
+        };
+        let mut rng = TestRng::new(12);
+        for m in [1, 5, 6, 7, 13, 64] {
+            for nv in [1, 3, 4, 5] {
+                let n = nv * LANES;
+                for k in [0usize, 1, 2, 33, 64] {
+                    let k2 = k.div_ceil(2);
+                    let a = rng.vec(m * k, 1.0); // (m, k)
+                    let b = rng.vec(k * n, 1.0); // (k, n)
+                    let ar: Vec<f32> = a.iter().map(|&x| round_bf16(x)).collect();
+                    let br: Vec<f32> = b.iter().map(|&x| round_bf16(x)).collect();
+                    let want = naive(m, n, k, Strided::rows(&ar, k), &br, n);
+                    let bp = two_row_pairs(&b, k, n); // (k2, n)
+                    // A as rows of pairs (m, k2), and as columns (k2, m) read transposed.
+                    let mut rows = vec![0u32; m * k2.max(1)];
+                    for r in 0..m {
+                        pairs_of_row(&mut rows[r * k2..][..k2], &a[r * k..][..k]);
+                    }
+                    let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+                    let cols = two_row_pairs(&at, k, m);
+                    for (name, ap) in [
+                        ("rows", Strided::rows(&rows, k2)),
+                        ("cols", Strided::transposed(&cols, m)),
+                    ] {
+                        let mut c = vec![f32::NAN; m * n];
+                        gemm_tile(false, m, n, k2, ap, &bp, n, &mut c, n);
+                        let what = format!("bf16 {name} m={m} n={n} k={k}");
+                        assert_close(&c, &want, 1e-5, 1e-5, &what);
                     }
                 }
             }
