@@ -518,7 +518,8 @@ fn forward_tile<M: Packing>(
         for r in 0..TILE {
             let sum = exp_shifted(s.row_mut(r), scale, m_new[r]);
             l[r] = l[r] * alpha[r] + sum;
-            if j > 0 {
+            // Scaling by 1 is exact, and once a row's max has settled it is the common case.
+            if j > 0 && alpha[r] != 1.0 {
                 scale_row(&mut o_i[r * hsp..][..hsp], alpha[r]);
             }
         }
