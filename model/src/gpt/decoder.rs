@@ -173,7 +173,7 @@ impl Decoder for GptDecoder<'_> {
             layernorm_forward(ln, mean, rstd, x, w.ln1_w, w.ln1_b, n, c, EPS);
             matmul_forward(qkv, ln, w.qkv_w, w.qkv_b, n, c, 3 * c, wp.map(|p| &p.qkv));
             kv_cache_write(k_cache, v_cache, qkv, 0, 1, n, t_max, c);
-            attention_forward(atty, lse, qkv, 1, n, c, nh, Precision::F32);
+            attention_forward(atty, lse, qkv, 1, n, c, nh, Precision::F32); // fp32, as attention_decode: a prefilled cache serves the next token as feeding would
             matmul_residual_forward(x2, x, atty, w.attproj_w, w.attproj_b, n, c, c, wp.map(|p| &p.attproj));
             layernorm_forward(ln, mean, rstd, x2, w.ln2_w, w.ln2_b, n, c, EPS);
             matmul_forward(fch, ln, w.fc_w, w.fc_b, n, c, 4 * c, wp.map(|p| &p.fc));

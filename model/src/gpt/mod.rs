@@ -371,6 +371,7 @@ impl Gpt {
 
         let p = Tensors::split(&self.params[..], cfg);
         let pk = self.packed.fresh.then_some(&self.packed);
+        let prec = self.precision;
         let a = &mut self.acts;
         let (btc, bt3c, bt4c) = (bt * c, bt * 3 * c, bt * 4 * c);
 
@@ -398,7 +399,7 @@ impl Gpt {
 
             layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, w.ln1_w, w.ln1_b, bt, c, EPS);
             matmul_forward(qkv, ln1, w.qkv_w, w.qkv_b, bt, c, 3 * c, wp.map(|p| &p.qkv));
-            attention_forward(atty, att_lse, qkv, b, t, c, nh, Precision::F32);
+            attention_forward(atty, att_lse, qkv, b, t, c, nh, prec);
             matmul_residual_forward(residual2, residual, atty, w.attproj_w, w.attproj_b, bt, c, c, wp.map(|p| &p.attproj));
             layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, w.ln2_w, w.ln2_b, bt, c, EPS);
             matmul_forward(fch, ln2, w.fc_w, w.fc_b, bt, c, 4 * c, wp.map(|p| &p.fc));
@@ -571,7 +572,7 @@ impl LanguageModel for Gpt {
             add_assign(dresidual, dtmp); // now d(residual2)
             // the attention branch, in reverse (dln holds d(atty)):
             matmul_backward(dln, gw.attproj_w, gw.attproj_b, dresidual, atty, w.attproj_w, bt, c, c, wp.map(|p| &p.attproj));
-            attention_backward(dqkv, dln, qkv, atty, att_lse, b, t, c, nh, Precision::F32);
+            attention_backward(dqkv, dln, qkv, atty, att_lse, b, t, c, nh, prec);
             matmul_backward(dln, gw.qkv_w, gw.qkv_b, dqkv, ln1, w.qkv_w, bt, c, 3 * c, wp.map(|p| &p.qkv));
             layernorm_backward(dtmp, gw.ln1_w, gw.ln1_b, dln, residual, w.ln1_w, ln1_mean, ln1_rstd, bt, c);
             add_assign(dresidual, dtmp); // now d(residual) = d(block input)
