@@ -87,6 +87,7 @@ pub fn attention_pool_forward(
         return;
     }
     let rpt = rows_per_task(n * d);
+    crate::launch::ways(out.len().div_ceil(rpt * d));
     out.par_chunks_mut(rpt * d)
         .zip(weights.par_chunks_mut(rpt * n))
         .enumerate()
@@ -138,6 +139,7 @@ pub fn attention_pool_backward(
     }
     let rpt = rows_per_task(n * d);
     let mut partials = vec![0.0f32; b.div_ceil(rpt) * d];
+    crate::launch::ways(b.div_ceil(rpt));
     dx.par_chunks_mut(rpt * n * d)
         .zip(partials.par_chunks_mut(d))
         .enumerate()

@@ -105,6 +105,7 @@ pub fn cross_entropy_forward(
     let k = "cross_entropy_forward";
     let valid = check_args(k, losses.len(), logits.len(), targets, n, v, ignore_index);
     let rpt = rows_per_task(v);
+    crate::launch::ways(losses.len().div_ceil(rpt));
     losses.par_chunks_mut(rpt).enumerate().for_each(|(c, ls)| {
         for (j, l) in ls.iter_mut().enumerate() {
             let r = c * rpt + j;
@@ -218,6 +219,7 @@ fn fused_rows(
         return;
     }
     let rpt = rows_per_task(v);
+    crate::launch::ways(losses.len().div_ceil(rpt));
     dlogits
         .par_chunks_mut(rpt * v)
         .zip(losses.par_chunks_mut(rpt))

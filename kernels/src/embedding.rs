@@ -83,6 +83,7 @@ pub fn embedding_backward(dtable: &mut [f32], dout: &[f32], ids: &[u32], c: usiz
     // A fixed number of tasks, each owning a contiguous range of table rows, so every row is
     // summed by one task in row order. Tasks visit only the rows that occur.
     let ids_per_task = v.div_ceil(EMBEDDING_TASKS).max(1);
+    crate::launch::ways(v.div_ceil(ids_per_task));
     dtable
         .par_chunks_mut(ids_per_task * c)
         .enumerate()

@@ -331,6 +331,7 @@ pub(crate) fn add_inplace(acc: &mut [f32], x: &[f32]) {
 
 /// [`map1`] in parallel over fixed chunks of [`ELEMS_PER_TASK`] elements.
 pub(crate) fn par_map1(out: &mut [f32], a: &[f32], f: impl Fn(F32s) -> F32s + Sync) {
+    crate::launch::ways(out.len().div_ceil(ELEMS_PER_TASK));
     out.par_chunks_mut(ELEMS_PER_TASK)
         .zip(a.par_chunks(ELEMS_PER_TASK))
         .for_each(|(o, a)| map1(o, a, &f));
@@ -343,6 +344,7 @@ pub(crate) fn par_map2(
     b: &[f32],
     f: impl Fn(F32s, F32s) -> F32s + Sync,
 ) {
+    crate::launch::ways(out.len().div_ceil(ELEMS_PER_TASK));
     out.par_chunks_mut(ELEMS_PER_TASK)
         .zip(a.par_chunks(ELEMS_PER_TASK))
         .zip(b.par_chunks(ELEMS_PER_TASK))
@@ -351,6 +353,7 @@ pub(crate) fn par_map2(
 
 /// [`map2_inplace`] in parallel over fixed chunks of [`ELEMS_PER_TASK`] elements.
 pub(crate) fn par_map2_inplace(x: &mut [f32], b: &[f32], f: impl Fn(F32s, F32s) -> F32s + Sync) {
+    crate::launch::ways(x.len().div_ceil(ELEMS_PER_TASK));
     x.par_chunks_mut(ELEMS_PER_TASK)
         .zip(b.par_chunks(ELEMS_PER_TASK))
         .for_each(|(x, b)| map2_inplace(x, b, &f));
@@ -376,6 +379,7 @@ pub(crate) fn par_row_groups(
         return;
     }
     let rpt = rows_per_task(row_len);
+    crate::launch::ways(out.len().div_ceil(rpt * row_len));
     out.par_chunks_mut(rpt * row_len)
         .enumerate()
         .for_each(|(k, chunk)| {
@@ -416,6 +420,7 @@ pub(crate) fn accumulate_chunks(
     if width == 0 || n_tasks == 0 {
         return;
     }
+    crate::launch::ways(n_tasks);
     let mut partials = vec![0.0f32; n_tasks * width];
     partials
         .par_chunks_mut(width)

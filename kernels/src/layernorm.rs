@@ -70,6 +70,7 @@ pub fn layernorm_forward(
         return;
     }
     let rpt = rows_per_task(c);
+    crate::launch::ways(out.len().div_ceil(rpt * c));
     out.par_chunks_mut(rpt * c)
         .zip(mean.par_chunks_mut(rpt))
         .zip(rstd.par_chunks_mut(rpt))
@@ -159,6 +160,7 @@ pub fn layernorm_backward(
     let rpt = rows_per_task(c);
     // One partial (dweight ‖ dbias) per group of rows, summed in group order below.
     let mut partials = vec![0.0f32; n.div_ceil(rpt) * 2 * c];
+    crate::launch::ways(n.div_ceil(rpt));
     dinp.par_chunks_mut(rpt * c)
         .zip(partials.par_chunks_mut(2 * c))
         .enumerate()

@@ -58,6 +58,7 @@ pub fn lstm_cell_forward(
         return;
     }
     let rpt = rows_per_task(4 * h);
+    crate::launch::ways(gates.len().div_ceil(rpt * 4 * h));
     gates
         .par_chunks_mut(rpt * 4 * h)
         .zip(c_t.par_chunks_mut(rpt * h))
@@ -125,6 +126,7 @@ pub fn lstm_cell_backward(
         return;
     }
     let rpt = rows_per_task(4 * h);
+    crate::launch::ways(dgates.len().div_ceil(rpt * 4 * h));
     dgates
         .par_chunks_mut(rpt * 4 * h)
         .zip(dc_prev.par_chunks_mut(rpt * h))

@@ -95,6 +95,7 @@ pub fn adamw_step(
         F32s::splat(1.0 - cfg.beta2),
     );
     let eps = F32s::splat(cfg.eps);
+    crate::launch::ways(params.len().div_ceil(ELEMS_PER_TASK));
     params
         .par_chunks_mut(ELEMS_PER_TASK)
         .zip(m.par_chunks_mut(ELEMS_PER_TASK))
@@ -142,6 +143,7 @@ pub fn sgd_step(params: &mut [f32], grads: &[f32], momentum_buf: &mut [f32], cfg
         F32s::splat(cfg.momentum),
     );
     let damp = F32s::splat(1.0 - cfg.dampening);
+    crate::launch::ways(params.len().div_ceil(ELEMS_PER_TASK));
     if cfg.momentum == 0.0 {
         params
             .par_chunks_mut(ELEMS_PER_TASK)
@@ -187,6 +189,7 @@ pub fn global_norm(slices: &[&[f32]]) -> f32 {
         .iter()
         .flat_map(|s| s.chunks(ELEMS_PER_TASK))
         .collect();
+    crate::launch::ways(chunks.len());
     let sums: Vec<f64> = chunks
         .par_iter()
         .map(|c| lanes::fold1(c, 0.0, F32s::ZERO, |a, x| x.mul_add(x, a)).reduce_add() as f64)

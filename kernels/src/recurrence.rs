@@ -89,6 +89,7 @@ fn panels_of<'a>(
         lstm_packed_len(h),
         format_args!("(lstm_packed_len(H))"),
     );
+    crate::launch::ways(h.div_ceil(LANES));
     // h = 0 has no panels; chunks of 0 elements would panic.
     packed.par_chunks_mut((h * G * LANES).max(1)).enumerate()
 }
@@ -275,6 +276,7 @@ struct Saved<'a> {
 /// Runs `walk(own panel range, barrier)` on `min(pool size, panels)` threads of the current
 /// rayon pool: thread p owns panels `p·n/P .. (p+1)·n/P` for the whole walk.
 fn on_team(panels: usize, walk: impl Fn(std::ops::Range<usize>, &SpinBarrier) + Sync) {
+    crate::launch::ways(panels);
     let parties = rayon::current_num_threads().min(panels).max(1);
     let barrier = SpinBarrier::new(parties);
     let own = |p: usize| p * panels / parties..(p + 1) * panels / parties;

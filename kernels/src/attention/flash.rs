@@ -424,6 +424,7 @@ fn forward_in<M: Packing>(ws: &mut [f32], out: &mut [f32], lse: &mut [f32], qkv:
     let vs = carve_as::<M::E>(&mut rest, d.packed_elems::<M>()); // (B·NH, Tp/DEPTH, HSp)
     let o = carve(&mut rest, d.packed_len()); // (B·NH, Tp, HSp)
     let lp = carve(&mut rest, d.bh * d.tp); // (B·NH, Tp)
+    crate::launch::ways(d.bh * d.nt);
     qs.par_chunks_mut(te)
         .zip(kt.par_chunks_mut(te))
         .zip(vs.par_chunks_mut(te))
@@ -437,6 +438,7 @@ fn forward_in<M: Packing>(ws: &mut [f32], out: &mut [f32], lse: &mut [f32], qkv:
 
     let (qs, kt, vs) = (&*qs, &*kt, &*vs);
     let head = d.nt * te;
+    crate::launch::ways(d.bh * d.nt);
     o.par_chunks_mut(d.tile_len())
         .zip(lp.par_chunks_mut(TILE))
         .enumerate()
@@ -449,6 +451,7 @@ fn forward_in<M: Packing>(ws: &mut [f32], out: &mut [f32], lse: &mut [f32], qkv:
         });
 
     let o = &*o;
+    crate::launch::ways(out.len().div_ceil(16 * d.c));
     out.par_chunks_mut(d.c)
         .with_min_len(16)
         .enumerate()
@@ -771,6 +774,7 @@ fn backward_in<M: Packing>(
     let qb = carve_as::<M::E>(&mut rest, b_forms); // (B·NH, NT, TILE/DEPTH, HSp)
     let dob = carve_as::<M::E>(&mut rest, b_forms); // (B·NH, NT, TILE/DEPTH, HSp)
     let tiles_of = |x| tiles_or_empty(x, te, d.bh * d.nt);
+    crate::launch::ways(d.bh * d.nt);
     qa.par_chunks_mut(te)
         .zip(kt.par_chunks_mut(te))
         .zip(kb.par_chunks_mut(te))
@@ -812,6 +816,7 @@ fn backward_in<M: Packing>(
     } else {
         (&*qb, &*dob)
     };
+    crate::launch::ways(d.bh * g);
     dk.par_chunks_mut(slots * tl)
         .zip(dv.par_chunks_mut(slots * tl))
         .zip(dq.par_chunks_mut(d.tp * d.hsp))
@@ -835,6 +840,7 @@ fn backward_in<M: Packing>(
 
     let head = d.tp * d.hsp;
     let (dk, dv, dq) = (&*dk, &*dv, &*dq);
+    crate::launch::ways(dqkv.len().div_ceil(16 * 3 * d.c));
     dqkv.par_chunks_mut(3 * d.c)
         .with_min_len(16)
         .enumerate()

@@ -116,6 +116,7 @@ pub(crate) fn gemm_blocked(p: &Product<'_>, mut c: MatMut<'_>) {
                 // Four panels per packing task (all panels but the last are NR wide).
                 let group = 4 * kc * NR;
                 if parallel {
+                    crate::launch::ways(bp.len().div_ceil(group));
                     bp.par_chunks_mut(group).enumerate().for_each(|(g, dst)| {
                         pack_b(dst, b, ldb, transb, pc, kc, jc, nc, 4 * g);
                     });

@@ -197,6 +197,7 @@ impl<'a> Blocks<'a> {
             let (i0, j0, view) = unsafe { self.block(t) };
             f(i0, j0, view)
         };
+        crate::launch::ways(if parallel { self.len() } else { 1 });
         if parallel && self.len() > 1 {
             use rayon::prelude::*;
             (0..self.len()).into_par_iter().for_each(run);

@@ -88,6 +88,7 @@ pub(crate) fn gemv_row(p: &Product<'_>, mut c: MatMut<'_>) {
             };
         }
     };
+    crate::launch::ways(if parallel { n.div_ceil(width) } else { 1 });
     if parallel && n > width {
         c.par_chunks_mut(width).enumerate().for_each(task);
     } else {
