@@ -1,0 +1,188 @@
+//! Measuring: one model trained at one shape on its own rayon pool, and the machine it ran on.
+//!
+//! Leaves out: data loading (random tokens).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use super::{LR, Shape, build};
+use model::{AdamWConfig, LanguageModel, ModelKind, Optimizer, OptimizerConfig};
+
+/// Deterministic pseudo-random tokens in `0..v`.
+pub(super) fn random_tokens(n: usize, v: usize, seed: u64) -> Vec<u32> {
+    let mut rng = model::rng::SplitMix64::new(seed);
+    (0..n).map(|_| rng.below(v as u64) as u32).collect()
+}
+
+/// What one model did at one shape on one pool.
+#[derive(Clone, Debug)]
+pub(super) struct Run {
+    pub(super) kind: ModelKind,
+    pub(super) shape: Shape,
+    pub(super) threads: usize,
+    pub(super) params: usize,
+    /// Wall time of each timed step.
+    pub(super) step_seconds: Vec<f64>,
+    /// Sequential kernel launches of one forward and one backward.
+    pub(super) forward_launches: u64,
+    pub(super) backward_launches: u64,
+}
+
+impl Run {
+    pub(super) fn median_seconds(&self) -> f64 {
+        let mut s = self.step_seconds.clone();
+        s.sort_by(f64::total_cmp);
+        let n = s.len();
+        if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            0.5 * (s[n / 2 - 1] + s[n / 2])
+        }
+    }
+
+    pub(super) fn tokens_per_s(&self) -> f64 {
+        self.shape.tokens() as f64 / self.median_seconds()
+    }
+
+    pub(super) fn to_json(&self) -> serde_json::Value {
+        json!({
+            "model": self.kind.name(),
+            "b": self.shape.b,
+            "t": self.shape.t,
+            "threads": self.threads,
+            "params": self.params,
+            "tokens_per_s": self.tokens_per_s(),
+            "median_step_s": self.median_seconds(),
+            "step_seconds": self.step_seconds,
+            "forward_launches": self.forward_launches,
+            "backward_launches": self.backward_launches,
+        })
+    }
+}
+
+/// Trains `kind` at `shape` on a pool of `threads`: `warmup` untimed steps (the first counts
+/// the launches), then `steps` timed ones.
+pub(super) fn measure(
+    kind: ModelKind,
+    shape: Shape,
+    threads: usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<Run> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .with_context(|| format!("cannot start {threads} threads; hint: try fewer --threads"))?;
+    pool.install(|| {
+        let mut lm = build(kind, shape.t);
+        let v = lm.vocab_size();
+        let inputs = random_tokens(shape.tokens(), v, 1);
+        let targets = random_tokens(shape.tokens(), v, 2);
+        let mut opt = Optimizer::new(OptimizerConfig::AdamW(AdamWConfig::default()), lm.layout());
+        let mut step = |lm: &mut Box<dyn LanguageModel>| {
+            let (_, forward) =
+                kernels::launch::count(|| lm.forward(&inputs, &targets, shape.b, shape.t));
+            lm.zero_grad();
+            let ((), backward) = kernels::launch::count(|| lm.backward());
+            let (params, grads) = lm.params_and_grads();
+            opt.step(params, grads, LR);
+            (forward, backward)
+        };
+        let (forward_launches, backward_launches) = step(&mut lm);
+        for _ in 1..warmup {
+            step(&mut lm);
+        }
+        let step_seconds = (0..steps)
+            .map(|_| {
+                let start = Instant::now();
+                step(&mut lm);
+                start.elapsed().as_secs_f64()
+            })
+            .collect();
+        Ok(Run {
+            kind,
+            shape,
+            threads,
+            params: lm.params().len(),
+            step_seconds,
+            forward_launches,
+            backward_launches,
+        })
+    })
+}
+
+/// Where the measurements ran.
+pub(super) struct Machine {
+    pub(super) cpu: String,
+    pub(super) cores: usize,
+    pub(super) simd: &'static str,
+    /// Share of the CPU time other work took just before and just after the sweep (Linux),
+    /// to flag a busy machine.
+    pub(super) other_work: [Option<f64>; 2],
+}
+
+/// How long [`other_work`] watches the machine.
+pub(super) const WATCH: Duration = Duration::from_millis(500);
+
+impl Machine {
+    pub(super) fn detect() -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, name)| name.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown CPU".to_string());
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            simd: kernels::simd::PATH,
+            other_work: [other_work(WATCH), None],
+        }
+    }
+
+    /// Busy: other work took more than 15% of the CPU time before or after the sweep.
+    pub(super) fn busy(&self) -> bool {
+        self.other_work.iter().flatten().any(|&x| x > 0.15)
+    }
+
+    /// "3% of the CPU just before the sweep, 1% just after".
+    pub(super) fn other_work_text(&self) -> Option<String> {
+        let pct = |x: Option<f64>| x.map(|x| format!("{:.0}%", 100.0 * x));
+        match self.other_work.map(pct) {
+            [Some(a), Some(b)] => Some(format!(
+                "{a} of the CPU just before the sweep, {b} just after"
+            )),
+            [Some(a), None] => Some(format!("{a} of the CPU just before the sweep")),
+            [None, Some(b)] => Some(format!("{b} of the CPU just after the sweep")),
+            [None, None] => None,
+        }
+    }
+}
+
+/// The share of all cores' time spent running anything over the next `window`, from the
+/// kernel's counters in /proc/stat (this process sleeps meanwhile); `None` off Linux.
+pub(super) fn other_work(window: Duration) -> Option<f64> {
+    // "cpu  user nice system idle iowait irq softirq steal ...", in clock ticks.
+    let ticks = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let v: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        (v.len() == 8).then(|| (v[3] + v[4], v.iter().sum()))
+    };
+    let (idle0, total0) = ticks()?;
+    std::thread::sleep(window);
+    let (idle1, total1) = ticks()?;
+    let total = total1.checked_sub(total0).filter(|&t| t > 0)?;
+    Some(1.0 - idle1.saturating_sub(idle0) as f64 / total as f64)
+}

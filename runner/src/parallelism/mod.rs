@@ -1,0 +1,439 @@
+//! `runner parallelism`: when and why the transformer trains faster than the LSTM, measured.
+//!
+//! Times full training steps (forward, backward, AdamW) of the matched `small` GPT and `small`
+//! LSTM (3.3–3.5M parameters each, byte vocabulary, the same random tokens) on explicit rayon pools
+//! of each `--threads` count, over two sweeps: T at a fixed number of tokens per step
+//! (B = 4096 / T), and T at B = 1, where the LSTM has no batch to spread its recurrence over.
+//! For each configuration it also counts the critical path the lecture counts: the kernel
+//! launches the backward pass makes one after another ([`kernels::launch`]), where a walk
+//! through T time steps counts T. The transformer's is fixed by its layers; the LSTM's grows
+//! as L·T.
+//!
+//! Prints a Markdown report (tokens/s, GPT/LSTM ratio, 1 → N speedups, critical paths, and
+//! what the numbers show) and writes it with the raw measurements and a chart under `--out`:
+//! `parallelism.md`, `parallelism.json`, `parallelism.svg`.
+//!
+//! Leaves out: data loading and checkpoints (random tokens, no files read), and the GPT-2
+//! vocabulary (the byte vocabulary keeps the head small, so the comparison is about the body).
+
+mod chart;
+mod measure;
+mod report;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, ensure};
+use clap::Args as ClapArgs;
+
+use crate::{fmt, plot};
+use measure::{Machine, Run, WATCH, measure, other_work};
+use model::{Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, ModelKind};
+use report::{Report, display_name, thousands};
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Sequence lengths T run at --batch-tokens tokens per step (B = batch-tokens / T); the
+    /// flag alone, with no list, skips them.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "64,256,1024")]
+    seq_lens: Vec<usize>,
+
+    /// Tokens per step B·T of the --seq-lens sweep.
+    #[arg(long, default_value_t = 4096)]
+    batch_tokens: usize,
+
+    /// Sequence lengths T run at B = 1; the flag alone skips them.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "256,1024")]
+    b1_seq_lens: Vec<usize>,
+
+    /// Thread counts to measure, each on its own rayon pool (e.g. 1,2,4,8,16); 0 = one per
+    /// core.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+
+    /// Timed training steps per measurement and round; the report gives the median of all
+    /// rounds' steps.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+
+    /// Times the whole sweep runs, in turn (a noisy moment then hits every configuration a
+    /// little instead of one a lot).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+
+    /// Untimed steps before them, at least 1 (the first allocates activations, faults pages
+    /// in and counts the kernel launches).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+
+    /// Folder for parallelism.md, parallelism.json and parallelism.svg.
+    #[arg(long, default_value = "parallelism")]
+    out: PathBuf,
+
+    /// Print the JSON instead of the Markdown report.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Learning rate of the timed steps (AdamW, PyTorch's defaults otherwise); it changes no
+/// timing, but keeps the weights moving as in real training.
+pub(super) const LR: f32 = 1e-3;
+
+/// The LSTM "keeps up" where its tokens/s are at least this fraction of the transformer's.
+pub(super) const KEEPS_UP: f64 = 0.8;
+
+/// One shape of training step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Shape {
+    pub(super) b: usize,
+    pub(super) t: usize,
+}
+
+impl Shape {
+    pub(super) fn tokens(self) -> usize {
+        self.b * self.t
+    }
+
+    pub(super) fn label(self) -> String {
+        format!("B={} T={}", self.b, self.t)
+    }
+}
+
+/// The two sweeps: T at B·T = `batch_tokens`, then T at B = 1.
+pub(super) fn shapes(args: &Args) -> Result<Vec<Shape>> {
+    let mut shapes = Vec::new();
+    for &t in &args.seq_lens {
+        ensure!(
+            t > 0 && t <= args.batch_tokens && args.batch_tokens.is_multiple_of(t),
+            "--seq-lens {t} does not divide --batch-tokens {}; hint: use powers of two, e.g. \
+             --seq-lens 64,256,1024 --batch-tokens 4096",
+            args.batch_tokens
+        );
+        shapes.push(Shape {
+            b: args.batch_tokens / t,
+            t,
+        });
+    }
+    for &t in &args.b1_seq_lens {
+        ensure!(t > 0, "--b1-seq-lens must be positive; hint: e.g. 256,1024");
+        let s = Shape { b: 1, t };
+        if !shapes.contains(&s) {
+            shapes.push(s);
+        }
+    }
+    ensure!(
+        !shapes.is_empty(),
+        "nothing to measure; hint: give --seq-lens or --b1-seq-lens"
+    );
+    Ok(shapes)
+}
+
+/// The matched pair: `small` GPT (L=4, C=256, NH=4) with a position table long enough for
+/// `t`, and `small` LSTM (L=3, H=360), both over the byte vocabulary.
+pub(super) fn build(kind: ModelKind, t: usize) -> Box<dyn LanguageModel> {
+    match kind {
+        ModelKind::Gpt => {
+            let small = GptConfig::preset("small").expect("the small preset exists");
+            let cfg = GptConfig {
+                n_positions: small.n_positions.max(t),
+                ..small
+            };
+            Box::new(Gpt::new(cfg, 0).expect("a valid config"))
+        }
+        ModelKind::Lstm => Box::new(Lstm::new(LstmConfig::small(257), 0)),
+    }
+}
+
+pub(super) const KINDS: [ModelKind; 2] = [ModelKind::Gpt, ModelKind::Lstm];
+
+pub fn run(args: Args) -> Result<()> {
+    let shapes = shapes(&args)?;
+    let mut machine = Machine::detect();
+    let mut threads: Vec<usize> = args
+        .threads
+        .iter()
+        .map(|&n| if n == 0 { machine.cores } else { n })
+        .collect();
+    threads.sort_unstable();
+    threads.dedup();
+    for &n in &threads {
+        crate::threads::check(n, machine.cores)?;
+    }
+    ensure!(
+        args.steps > 0 && args.rounds > 0,
+        "--steps and --rounds must be at least 1; hint: e.g. --steps 5 --rounds 2"
+    );
+    std::fs::create_dir_all(&args.out).with_context(|| {
+        format!(
+            "cannot create {}; hint: choose another --out",
+            args.out.display()
+        )
+    })?;
+    if let Some(&n) = threads.iter().find(|&&n| n > machine.cores) {
+        eprintln!(
+            "warning: {n} threads on {} cores: threads will share cores, and the LSTM's \
+             per-step barrier waits for descheduled ones",
+            machine.cores
+        );
+    }
+    let command = std::iter::once("runner".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+
+    // Rounds sweep everything in turn, so a slow minute of the machine spreads over every
+    // configuration instead of spoiling one; each run's steps join its earlier rounds'.
+    let mut runs: Vec<Run> = Vec::new();
+    for round in 1..=args.rounds {
+        for &shape in &shapes {
+            for &n in &threads {
+                // Both models back to back, so a noisy moment hits them alike.
+                for kind in KINDS {
+                    let run = measure(kind, shape, n, args.warmup, args.steps)?;
+                    eprintln!(
+                        "round {round}/{}  {:>4} {:<12} {:<10} {:>8} tokens/s",
+                        args.rounds,
+                        display_name(kind),
+                        shape.label(),
+                        fmt::threads(n),
+                        thousands(run.tokens_per_s())
+                    );
+                    match runs
+                        .iter_mut()
+                        .find(|r| (r.kind, r.shape, r.threads) == (kind, shape, n))
+                    {
+                        Some(earlier) => earlier.step_seconds.extend(run.step_seconds),
+                        None => runs.push(run),
+                    }
+                }
+            }
+        }
+    }
+    machine.other_work[1] = other_work(WATCH);
+    let report = Report {
+        machine,
+        command,
+        steps: args.steps,
+        rounds: args.rounds,
+        warmup: args.warmup,
+        batch_tokens: args.batch_tokens,
+        shapes,
+        threads,
+        runs,
+    };
+
+    let markdown = report.markdown();
+    let json = serde_json::to_string_pretty(&report.to_json())?;
+    let write = |name: &str, text: &str| {
+        let path = args.out.join(name);
+        std::fs::write(&path, text).with_context(|| {
+            format!(
+                "cannot write {}; hint: choose another --out",
+                path.display()
+            )
+        })
+    };
+    write("parallelism.md", &markdown)?;
+    write("parallelism.json", &json)?;
+    let legend = plot::Legend {
+        colors: report.threads.iter().map(|&n| fmt::threads(n)).collect(),
+        solid: "GPT".into(),
+        dashed: "LSTM".into(),
+    };
+    plot::throughput_panels(
+        &args.out.join("parallelism.svg"),
+        &report.chart_panels(),
+        &legend,
+    )?;
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{markdown}");
+        println!(
+            "\nWrote parallelism.md, parallelism.json and parallelism.svg to {}",
+            args.out.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use report::times;
+
+    fn args(seq_lens: &[usize], batch_tokens: usize, b1: &[usize]) -> Args {
+        Args {
+            seq_lens: seq_lens.to_vec(),
+            batch_tokens,
+            b1_seq_lens: b1.to_vec(),
+            threads: vec![1],
+            steps: 1,
+            rounds: 1,
+            warmup: 1,
+            out: PathBuf::from("unused"),
+            json: false,
+        }
+    }
+
+    #[test]
+    fn shapes_follow_the_flags() {
+        let s = shapes(&args(&[64, 1024], 4096, &[256, 1024])).unwrap();
+        let want = [(64, 64), (4, 1024), (1, 256), (1, 1024)].map(|(b, t)| Shape { b, t });
+        assert_eq!(s, want);
+        // B = 1 shapes already in the first sweep are measured once.
+        let s = shapes(&args(&[1024], 1024, &[1024])).unwrap();
+        assert_eq!(s, [Shape { b: 1, t: 1024 }]);
+        let e = shapes(&args(&[100], 4096, &[])).unwrap_err().to_string();
+        assert!(e.contains("100") && e.contains("hint:"), "{e}");
+        assert!(shapes(&args(&[], 4096, &[])).is_err());
+    }
+
+    #[test]
+    fn critical_paths_are_counted_from_the_models() {
+        let path = |kind, b, t| {
+            let run = measure(kind, Shape { b, t }, 1, 1, 1).unwrap();
+            assert!(run.tokens_per_s() > 0.0);
+            run.backward_launches
+        };
+        // The transformer's does not depend on the shape; the LSTM's grows by one launch per
+        // layer and position, whatever the batch.
+        let gpt = path(ModelKind::Gpt, 1, 8);
+        assert_eq!(path(ModelKind::Gpt, 4, 32), gpt);
+        let layers = LstmConfig::small(257).num_layers as u64;
+        let (short, long) = (path(ModelKind::Lstm, 4, 8), path(ModelKind::Lstm, 1, 32));
+        assert_eq!(long - short, layers * 24);
+        assert!(long > layers * 32 && gpt < 100, "gpt {gpt}, lstm {long}");
+    }
+
+    /// A report over made-up timings: the GPT at 10,000 tokens/s on 1 thread and 1.9× that on
+    /// 2; the LSTM at `lstm[shape]` on 1 thread and `lstm_speedup` times that on 2.
+    fn report(lstm: [f64; 2], lstm_speedup: f64) -> Report {
+        let shapes = vec![Shape { b: 64, t: 64 }, Shape { b: 1, t: 1024 }];
+        let mut runs = Vec::new();
+        for (i, &shape) in shapes.iter().enumerate() {
+            for threads in [1, 2] {
+                for kind in KINDS {
+                    let rate = match (kind, threads) {
+                        (ModelKind::Gpt, 1) => 10_000.0,
+                        (ModelKind::Gpt, _) => 19_000.0,
+                        (ModelKind::Lstm, 1) => lstm[i],
+                        (ModelKind::Lstm, _) => lstm_speedup * lstm[i],
+                    };
+                    runs.push(Run {
+                        kind,
+                        shape,
+                        threads,
+                        params: 3_300_000,
+                        step_seconds: vec![shape.tokens() as f64 / rate; 3],
+                        forward_launches: 0,
+                        backward_launches: match kind {
+                            ModelKind::Gpt => 77,
+                            ModelKind::Lstm => 3 * shape.t as u64 + 18,
+                        },
+                    });
+                }
+            }
+        }
+        Report {
+            machine: Machine {
+                cpu: "test CPU".into(),
+                cores: 2,
+                simd: "test lanes",
+                other_work: [Some(0.02), Some(0.01)],
+            },
+            command: "runner parallelism".into(),
+            steps: 3,
+            rounds: 1,
+            warmup: 1,
+            batch_tokens: 4096,
+            shapes,
+            threads: vec![1, 2],
+            runs,
+        }
+    }
+
+    #[test]
+    fn the_report_says_what_the_numbers_show() {
+        let r = report([11_000.0, 4_000.0], 1.2);
+        let md = r.markdown();
+        assert!(
+            md.contains("| 64 | 64 | 1 | 10,000 | 11,000 | 0.91× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 1 | 1024 | 2 | 19,000 | 4,800 | 3.96× |"),
+            "{md}"
+        );
+        assert!(md.contains("| 1 | 1024 | 1.90× | 1.20× |"), "{md}");
+        assert!(md.contains("| 1 | 1024 | 77 | 3,090 | 40× |"), "{md}");
+        let f = r.findings().join("\n");
+        assert!(
+            f.contains("T = 1024 the transformer trains at these multiples of the LSTM's tokens/s: 2.50× on 1 thread, 3.96× on 2 threads."),
+            "{f}"
+        );
+        assert!(
+            f.contains("77 kernel launches one after another at every T"),
+            "{f}"
+        );
+        assert!(
+            f.contains("from 210 at T = 64 to 3,090 at T = 1024 (3 more per position"),
+            "{f}"
+        );
+        assert!(
+            f.contains(
+                "transformer's: it keeps up (at least 80% on some thread count) at B=64 T=64 \
+                 (1.10× on 1 thread, 0.69× on 2 threads); it falls behind at B=1 T=1024 \
+                 (0.40× on 1 thread, 0.25× on 2 threads)."
+            ),
+            "{f}"
+        );
+        assert!(!f.contains("is faster at"), "{f}");
+        assert!(
+            f.contains("A batch turns") && !f.contains("On one thread"),
+            "{f}"
+        );
+        assert!(
+            f.contains("speeds up 1.90×, the LSTM 1.20×: the LSTM can split only"),
+            "{f}"
+        );
+        assert!(!f.contains("Caution"), "{f}");
+
+        // Where the LSTM keeps up nowhere, and the machine was busy, the report says so.
+        let mut r = report([5_000.0, 4_000.0], 1.2);
+        r.machine.other_work[1] = Some(0.4);
+        let f = r.findings().join("\n");
+        assert!(
+            f.contains("nowhere in this sweep") && f.contains("Caution"),
+            "{f}"
+        );
+
+        // An LSTM that is faster everywhere and scales as well as the transformer.
+        let f = report([12_000.0, 11_000.0], 2.0).findings().join("\n");
+        assert!(
+            f.contains("the LSTM is faster at B=64 T=64 (1.20× on 1 thread, 1.26× on 2 threads)"),
+            "{f}"
+        );
+        assert!(
+            f.contains("On one thread the critical path does not matter"),
+            "{f}"
+        );
+        assert!(
+            f.contains("the LSTM 2.00×: on 2 threads even a batch of one leaves every time step")
+                && f.contains("(518,400 multiply-adds"),
+            "{f}"
+        );
+    }
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(thousands(0.4), "0");
+        assert_eq!(thousands(999.5), "1,000");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+        assert_eq!(
+            (times(3.04), times(40.2)),
+            ("3.0×".to_string(), "40×".to_string())
+        );
+        assert_eq!(fmt::threads(1), "1 thread");
+        assert_eq!(fmt::threads(16), "16 threads");
+    }
+}
