@@ -215,7 +215,7 @@ pub fn attention_heatmap(
     write_atomically(path, &svg)
 }
 
-/// One line of [`throughput_panels`]: tokens/s at each sequence length T.
+/// One line of [`throughput_panels`]: tokens/s at each sequence length T (or core count).
 pub struct Series {
     /// Index into the legend's colours (e.g. one per thread count).
     pub color: usize,
@@ -242,13 +242,14 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(23, 190, 207),
 ];
 
-/// Side-by-side panels of training tokens/s against T, both axes logarithmic (T in
-/// doublings), one shared y range so the panels compare at a glance, and one legend strip
+/// Side-by-side panels of training tokens/s against T (or cores: `x_desc` names the x axis),
+/// both axes logarithmic (x in doublings), one shared y range so the panels compare at a glance, and one legend strip
 /// below them (a legend inside a panel would hide points).
 pub fn throughput_panels(
     path: &Path,
     panels: &[(String, Vec<Series>)],
     legend: &Legend,
+    x_desc: &str,
 ) -> Result<()> {
     let ys = panels
         .iter()
@@ -287,7 +288,7 @@ pub fn throughput_panels(
                 .map_err(draw_err)?;
             chart
                 .configure_mesh()
-                .x_desc("sequence length T")
+                .x_desc(x_desc)
                 .y_desc("training tokens/s")
                 .x_labels((x_hi - x_lo) as usize + 2)
                 .x_max_light_lines(0)

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use kernels::launch::Traced;
 use serde_json::json;
 
 use super::{LR, Shape, build};
@@ -28,6 +29,8 @@ pub(super) struct Run {
     /// Sequential kernel launches of one forward and one backward.
     pub(super) forward_launches: u64,
     pub(super) backward_launches: u64,
+    /// Every kernel launch of each timed step, when traced (for the projection).
+    pub(super) traces: Vec<Vec<Traced>>,
 }
 
 impl Run {
@@ -63,13 +66,14 @@ impl Run {
 }
 
 /// Trains `kind` at `shape` on a pool of `threads`: `warmup` untimed steps (the first counts
-/// the launches), then `steps` timed ones.
+/// the launches), then `steps` timed ones, each with its launches traced when `trace`.
 pub(super) fn measure(
     kind: ModelKind,
     shape: Shape,
     threads: usize,
     warmup: usize,
     steps: usize,
+    trace: bool,
 ) -> Result<Run> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -94,10 +98,15 @@ pub(super) fn measure(
         for _ in 1..warmup {
             step(&mut lm);
         }
+        let mut traces = Vec::new();
         let step_seconds = (0..steps)
             .map(|_| {
                 let start = Instant::now();
-                step(&mut lm);
+                if trace {
+                    traces.push(kernels::launch::trace(|| step(&mut lm)).1);
+                } else {
+                    step(&mut lm);
+                }
                 start.elapsed().as_secs_f64()
             })
             .collect();
@@ -109,6 +118,7 @@ pub(super) fn measure(
             step_seconds,
             forward_launches,
             backward_launches,
+            traces,
         })
     })
 }

@@ -18,6 +18,7 @@
 
 mod chart;
 mod measure;
+mod project;
 mod report;
 
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use clap::Args as ClapArgs;
 use crate::{fmt, plot};
 use measure::{Machine, Run, WATCH, measure, other_work};
 use model::{Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, ModelKind};
+use project::{Overheads, Profile, Projection};
 use report::{Report, display_name, thousands};
 
 #[derive(ClapArgs)]
@@ -44,6 +46,16 @@ pub struct Args {
     /// Sequence lengths T run at B = 1; the flag alone skips them.
     #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "256,1024")]
     b1_seq_lens: Vec<usize>,
+
+    /// More shapes to measure, as B×T (e.g. 16x256,16x1024).
+    #[arg(long, value_delimiter = ',', value_parser = parse_shape, value_name = "BxT")]
+    shapes: Vec<Shape>,
+
+    /// Also project tokens/s onto these core counts (e.g. 1,2,4,8,16,32,64,128,256) with a
+    /// work-span model of the step built from the 1-thread measurements, validated against
+    /// the measured thread counts; needs 1 in --threads. Writes projection.svg too.
+    #[arg(long, value_delimiter = ',', value_name = "CORES")]
+    project: Vec<usize>,
 
     /// Thread counts to measure, each on its own rayon pool (e.g. 1,2,4,8,16); 0 = one per
     /// core.
@@ -120,11 +132,29 @@ pub(super) fn shapes(args: &Args) -> Result<Vec<Shape>> {
             shapes.push(s);
         }
     }
+    for &s in &args.shapes {
+        if !shapes.contains(&s) {
+            shapes.push(s);
+        }
+    }
     ensure!(
         !shapes.is_empty(),
         "nothing to measure; hint: give --seq-lens or --b1-seq-lens"
     );
     Ok(shapes)
+}
+
+/// `16x1024` → B = 16, T = 1024.
+fn parse_shape(s: &str) -> Result<Shape, String> {
+    let parse = |x: &str| x.trim().parse::<usize>().ok().filter(|&n| n > 0);
+    s.split_once(['x', 'X', '×'])
+        .and_then(|(b, t)| {
+            Some(Shape {
+                b: parse(b)?,
+                t: parse(t)?,
+            })
+        })
+        .ok_or_else(|| format!("{s:?} is not B×T; hint: e.g. 16x256"))
 }
 
 /// The matched pair: `small` GPT (L=4, C=256, NH=4) with a position table long enough for
@@ -158,6 +188,14 @@ pub fn run(args: Args) -> Result<()> {
     for &n in &threads {
         crate::threads::check(n, machine.cores)?;
     }
+    let mut cores = args.project.clone();
+    cores.sort_unstable();
+    cores.dedup();
+    ensure!(
+        cores.is_empty() || (threads.contains(&1) && cores[0] > 0),
+        "--project needs 1 in --threads (the model starts from one thread's launches) and \
+         core counts of at least 1; hint: e.g. --threads 1,2 --project 1,2,4,8,16"
+    );
     ensure!(
         args.steps > 0 && args.rounds > 0,
         "--steps and --rounds must be at least 1; hint: e.g. --steps 5 --rounds 2"
@@ -188,7 +226,8 @@ pub fn run(args: Args) -> Result<()> {
             for &n in &threads {
                 // Both models back to back, so a noisy moment hits them alike.
                 for kind in KINDS {
-                    let run = measure(kind, shape, n, args.warmup, args.steps)?;
+                    let trace = !cores.is_empty() && n == 1;
+                    let run = measure(kind, shape, n, args.warmup, args.steps, trace)?;
                     eprintln!(
                         "round {round}/{}  {:>4} {:<12} {:<10} {:>8} tokens/s",
                         args.rounds,
@@ -201,15 +240,35 @@ pub fn run(args: Args) -> Result<()> {
                         .iter_mut()
                         .find(|r| (r.kind, r.shape, r.threads) == (kind, shape, n))
                     {
-                        Some(earlier) => earlier.step_seconds.extend(run.step_seconds),
+                        Some(earlier) => {
+                            earlier.step_seconds.extend(run.step_seconds);
+                            earlier.traces.extend(run.traces);
+                        }
                         None => runs.push(run),
                     }
                 }
             }
         }
     }
+    let projection = if cores.is_empty() {
+        None
+    } else {
+        let overheads = Overheads::measure()?;
+        let mut profiles = Vec::new();
+        for run in runs.iter_mut().filter(|r| r.threads == 1) {
+            let traces = std::mem::take(&mut run.traces);
+            let profile = Profile::from_traces(run.median_seconds(), &traces)?;
+            profiles.push((run.kind, run.shape, profile));
+        }
+        Some(Projection {
+            overheads,
+            cores,
+            profiles,
+        })
+    };
     machine.other_work[1] = other_work(WATCH);
     let report = Report {
+        projection,
         machine,
         command,
         steps: args.steps,
@@ -243,15 +302,28 @@ pub fn run(args: Args) -> Result<()> {
         &args.out.join("parallelism.svg"),
         &report.chart_panels(),
         &legend,
+        "sequence length T",
     )?;
+    let mut wrote = "parallelism.md, parallelism.json and parallelism.svg".to_string();
+    if let Some(p) = &report.projection {
+        let legend = plot::Legend {
+            colors: p.seq_lens().iter().map(|t| format!("T = {t}")).collect(),
+            solid: "GPT".into(),
+            dashed: "LSTM".into(),
+        };
+        plot::throughput_panels(
+            &args.out.join("projection.svg"),
+            &p.chart_panels(),
+            &legend,
+            "cores P (projected by the work-span model)",
+        )?;
+        wrote = "parallelism.md, parallelism.json, parallelism.svg and projection.svg".into();
+    }
     if args.json {
         println!("{json}");
     } else {
         print!("{markdown}");
-        println!(
-            "\nWrote parallelism.md, parallelism.json and parallelism.svg to {}",
-            args.out.display()
-        );
+        println!("\nWrote {wrote} to {}", args.out.display());
     }
     Ok(())
 }
@@ -266,6 +338,8 @@ mod tests {
             seq_lens: seq_lens.to_vec(),
             batch_tokens,
             b1_seq_lens: b1.to_vec(),
+            shapes: Vec::new(),
+            project: Vec::new(),
             threads: vec![1],
             steps: 1,
             rounds: 1,
@@ -291,7 +365,7 @@ mod tests {
     #[test]
     fn critical_paths_are_counted_from_the_models() {
         let path = |kind, b, t| {
-            let run = measure(kind, Shape { b, t }, 1, 1, 1).unwrap();
+            let run = measure(kind, Shape { b, t }, 1, 1, 1, false).unwrap();
             assert!(run.tokens_per_s() > 0.0);
             run.backward_launches
         };
@@ -303,6 +377,56 @@ mod tests {
         let (short, long) = (path(ModelKind::Lstm, 4, 8), path(ModelKind::Lstm, 1, 32));
         assert_eq!(long - short, layers * 24);
         assert!(long > layers * 32 && gpt < 100, "gpt {gpt}, lstm {long}");
+    }
+
+    #[test]
+    fn every_launch_of_a_training_step_says_how_it_splits() {
+        let h = LstmConfig::small(257).hidden_size;
+        for kind in KINDS {
+            let run = measure(kind, Shape { b: 2, t: 16 }, 1, 1, 2, true).unwrap();
+            assert_eq!(run.traces.len(), 2);
+            let launches = &run.traces[0];
+            assert!(launches.len() > 10, "{kind:?}: {launches:?}");
+            for l in launches {
+                assert!(
+                    l.ways.is_some(),
+                    "{kind:?}: the kernel at {}:{} does not state its ways",
+                    l.kernel.file(),
+                    l.kernel.line()
+                );
+            }
+            // The LSTM's walks split each time step into its panels of hidden units.
+            let walks: Vec<_> = launches.iter().filter(|l| l.steps > 1).collect();
+            match kind {
+                ModelKind::Gpt => assert!(walks.is_empty()),
+                ModelKind::Lstm => {
+                    assert!(!walks.is_empty());
+                    for w in walks {
+                        assert_eq!(w.steps, 16);
+                        assert_eq!(w.ways, Some(h.div_ceil(kernels::simd::LANES) as u64));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn extra_shapes_parse_and_the_projection_needs_one_thread() {
+        assert_eq!(parse_shape("16x1024"), Ok(Shape { b: 16, t: 1024 }));
+        assert!(parse_shape("16").unwrap_err().contains("hint:"));
+        assert!(parse_shape("0x8").is_err());
+        let mut a = args(&[], 4096, &[8]);
+        a.shapes = vec![Shape { b: 2, t: 8 }, Shape { b: 1, t: 8 }];
+        assert_eq!(
+            shapes(&a).unwrap(),
+            [Shape { b: 1, t: 8 }, Shape { b: 2, t: 8 }]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        a.out = dir.path().to_path_buf();
+        a.threads = vec![2];
+        a.project = vec![1, 4];
+        let e = run(a).unwrap_err().to_string();
+        assert!(e.contains("--project needs 1 in --threads"), "{e}");
     }
 
     /// A report over made-up timings: the GPT at 10,000 tokens/s on 1 thread and 1.9× that on
@@ -326,6 +450,7 @@ mod tests {
                         params: 3_300_000,
                         step_seconds: vec![shape.tokens() as f64 / rate; 3],
                         forward_launches: 0,
+                        traces: Vec::new(),
                         backward_launches: match kind {
                             ModelKind::Gpt => 77,
                             ModelKind::Lstm => 3 * shape.t as u64 + 18,
@@ -335,6 +460,7 @@ mod tests {
             }
         }
         Report {
+            projection: None,
             machine: Machine {
                 cpu: "test CPU".into(),
                 cores: 2,

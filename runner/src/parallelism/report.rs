@@ -11,6 +11,8 @@ use super::{KEEPS_UP, KINDS, Shape};
 
 /// A finished sweep.
 pub(super) struct Report {
+    /// The work-span model's projection, when --project asked for one.
+    pub(super) projection: Option<super::project::Projection>,
     pub(super) machine: Machine,
     /// The command line that produced it.
     pub(super) command: String,
@@ -142,6 +144,9 @@ impl Report {
         s += "\n## What this shows\n\n";
         for finding in self.findings() {
             s += &format!("- {finding}\n");
+        }
+        if let Some(p) = &self.projection {
+            s += &p.markdown(self);
         }
         s
     }
@@ -425,6 +430,7 @@ impl Report {
             "batch_tokens": self.batch_tokens,
             "threads": self.threads,
             "runs": self.runs.iter().map(Run::to_json).collect::<Vec<_>>(),
+            "projection": self.projection.as_ref().map(|p| p.to_json(self)),
         })
     }
 }
