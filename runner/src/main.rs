@@ -2,7 +2,8 @@
 //!
 //! `prepare` (text → shards), `train` (shards → checkpoint), `score` (p(text) by the chain
 //! rule), `generate` (sampling with a KV cache or carried state), `parallelism` (when and
-//! why the transformer trains faster than the LSTM, measured), `info` (SIMD path, CPU).
+//! why the transformer trains faster than the LSTM, measured), `race` (the two learning
+//! side by side at equal wall-clock), `info` (SIMD path, CPU).
 //! Every error is one line `error: ...` ending in a hint, with exit code 2 (clap's own usage
 //! errors exit 2 too); an interrupted `train` saves and exits 130.
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ mod parallelism;
 mod plot;
 mod precision;
 mod prepare;
+mod race;
 mod score;
 mod threads;
 mod train;
@@ -53,6 +55,9 @@ enum Command {
     /// Measure when and why the transformer trains faster than the LSTM: tokens/s and
     /// critical paths over T, batch size and thread count (writes a table, JSON and a chart).
     Parallelism(parallelism::Args),
+    /// Race the matched GPT and LSTM at equal wall-clock: a learning-rate sweep each, then
+    /// held-out bits/byte against seconds and tokens seen (writes a table, JSON and a chart).
+    Race(race::Args),
     /// Show the SIMD path of this build, this CPU's features and whether it can run this build.
     Info(info::Args),
 }
@@ -72,6 +77,7 @@ fn main() {
         Command::Generate(args) => generate::run(args),
         Command::Info(args) => info::run(args),
         Command::Parallelism(args) => parallelism::run(args),
+        Command::Race(args) => race::run(args),
     });
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));

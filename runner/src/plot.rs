@@ -369,3 +369,119 @@ pub fn throughput_panels(
     }
     write_atomically(path, &svg)
 }
+
+/// One line of [`curve_panels`].
+pub struct Curve {
+    pub label: String,
+    /// Dashed, or solid.
+    pub dashed: bool,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Side-by-side panels of the same curves against different x axes (e.g. seconds and tokens
+/// seen), linear axes, one shared y range, horizontal reference levels (grey, dashed), and a
+/// legend in the first panel.
+pub fn curve_panels(
+    path: &Path,
+    title: &str,
+    panels: &[(String, Vec<Curve>)],
+    y_desc: &str,
+    levels: &[(String, f64)],
+) -> Result<()> {
+    let ys = panels
+        .iter()
+        .flat_map(|(_, c)| c.iter().flat_map(|c| c.points.iter().map(|p| p.1)))
+        .chain(levels.iter().map(|l| l.1))
+        .filter(|y| y.is_finite());
+    let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| {
+        (lo.min(y), hi.max(y))
+    });
+    let (lo, hi) = if lo.is_finite() {
+        (
+            0.0f64.max(lo - 0.05 * (hi - lo)),
+            hi + 0.05 * (hi - lo) + 1e-3,
+        )
+    } else {
+        (0.0, 1.0)
+    };
+    let mut svg = String::new();
+    {
+        let width = 520 * panels.len().max(1) as u32;
+        let root = SVGBackend::with_string(&mut svg, (width, 500)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let root = root.titled(title, ("sans-serif", 18)).map_err(draw_err)?;
+        let areas = root.split_evenly((1, panels.len().max(1)));
+        for (n, ((x_desc, curves), area)) in panels.iter().zip(&areas).enumerate() {
+            let x_hi = curves
+                .iter()
+                .flat_map(|c| c.points.iter().map(|p| p.0))
+                .filter(|x| x.is_finite())
+                .fold(0.0, f64::max)
+                .max(1e-9);
+            let mut chart = ChartBuilder::on(area)
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(60)
+                .build_cartesian_2d(0.0..x_hi * 1.02, lo..hi)
+                .map_err(draw_err)?;
+            chart
+                .configure_mesh()
+                .x_desc(x_desc.as_str())
+                .y_desc(y_desc)
+                .x_label_formatter(&|x| {
+                    if x_hi >= 1e4 {
+                        format!("{:.1}M", x / 1e6)
+                    } else {
+                        format!("{x:.0}")
+                    }
+                })
+                .draw()
+                .map_err(draw_err)?;
+            for (i, c) in curves.iter().enumerate() {
+                let color = PALETTE[i % PALETTE.len()];
+                let style = color.stroke_width(2);
+                let series = if c.dashed {
+                    chart.draw_series(DashedLineSeries::new(c.points.clone(), 8, 5, style))
+                } else {
+                    chart.draw_series(LineSeries::new(c.points.clone(), style))
+                }
+                .map_err(draw_err)?;
+                if n == 0 {
+                    series.label(c.label.clone()).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+                }
+                chart
+                    .draw_series(c.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                    .map_err(draw_err)?;
+            }
+            for (label, y) in levels {
+                let grey = RGBColor(120, 120, 120);
+                let line = chart
+                    .draw_series(DashedLineSeries::new(
+                        vec![(0.0, *y), (x_hi * 1.02, *y)],
+                        4,
+                        4,
+                        grey.stroke_width(1),
+                    ))
+                    .map_err(draw_err)?;
+                if n == 0 {
+                    line.label(label.clone()).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(1))
+                    });
+                }
+            }
+            if n == 0 {
+                chart
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .position(SeriesLabelPosition::UpperRight)
+                    .draw()
+                    .map_err(draw_err)?;
+            }
+        }
+        root.present().map_err(draw_err)?;
+    }
+    write_atomically(path, &svg)
+}

@@ -1085,7 +1085,7 @@ fn check_resume_flags(
 }
 
 /// The training window of a preset when --seq-len is not given.
-fn default_window(preset: &str) -> usize {
+pub(crate) fn default_window(preset: &str) -> usize {
     match preset {
         "tiny" => 64,
         "gpt2" => 1024,
@@ -1094,7 +1094,7 @@ fn default_window(preset: &str) -> usize {
 }
 
 /// Opens a shard folder with a hint for each way it can be wrong.
-fn open_data(dir: &Path) -> Result<Dataset> {
+pub(crate) fn open_data(dir: &Path) -> Result<Dataset> {
     Dataset::open(dir).with_context(|| {
         // Over an existing folder, prepare needs --overwrite to replace what is there.
         let overwrite = if dir.exists() { " --overwrite" } else { "" };
@@ -1155,7 +1155,7 @@ fn bytes_per_token(data: &Dataset) -> Result<(f64, Split)> {
 
 /// Loss in nats/token of predicting every token by its frequency in (the start of) the
 /// training split: H = −Σ p ln p. The floor a model with no context reaches.
-fn unigram_loss(train: &TokenStream, v: usize) -> f64 {
+pub(crate) fn unigram_loss(train: &TokenStream, v: usize) -> f64 {
     let n = train.len().min(UNIGRAM_TOKENS);
     let mut counts = vec![0u64; v];
     let mut buf = vec![0u32; 1 << 16];
@@ -1214,7 +1214,13 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<(File, Vec<(u64, f32)>, Ve
 }
 
 /// A flag set by Ctrl-C; the loop checks it between steps. A second Ctrl-C exits at once.
+/// The handler is installed once per process (`runner race` trains several runs in turn).
 fn install_sigint() -> Result<Arc<AtomicBool>> {
+    static FLAG: std::sync::Mutex<Option<Arc<AtomicBool>>> = std::sync::Mutex::new(None);
+    let mut installed = FLAG.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(flag) = installed.as_ref() {
+        return Ok(flag.clone());
+    }
     let flag = Arc::new(AtomicBool::new(false));
     let seen = flag.clone();
     ctrlc::set_handler(move || {
@@ -1225,7 +1231,7 @@ fn install_sigint() -> Result<Arc<AtomicBool>> {
         eprintln!("\ninterrupt: finishing this step, then saving (Ctrl-C again to quit now)");
     })
     .context("cannot install the Ctrl-C handler; hint: run without a custom signal setup")?;
-    Ok(flag)
+    Ok(installed.insert(flag).clone())
 }
 
 fn progress_bar(position: u64, length: u64) -> ProgressBar {
