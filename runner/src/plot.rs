@@ -429,8 +429,12 @@ pub fn curve_panels(
                 .x_desc(x_desc.as_str())
                 .y_desc(y_desc)
                 .x_label_formatter(&|x| {
-                    if x_hi >= 1e4 {
+                    if x_hi >= 1e7 {
+                        format!("{:.0}M", x / 1e6)
+                    } else if x_hi >= 1e6 {
                         format!("{:.1}M", x / 1e6)
+                    } else if x_hi >= 1e4 {
+                        format!("{:.0}k", x / 1e3)
                     } else {
                         format!("{x:.0}")
                     }

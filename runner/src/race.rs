@@ -690,8 +690,8 @@ impl Report {
         plot::curve_panels(
             path,
             &format!(
-                "{} and LSTM `{}` on {}, {:.0} s each on {} threads",
-                "GPT", self.preset, self.data, self.budget, self.threads
+                "GPT and LSTM ({}) on {}, {:.0} s each on {} threads",
+                self.preset, self.data, self.budget, self.threads
             ),
             &[
                 ("seconds".to_string(), curves(|p| p.seconds)),
