@@ -110,6 +110,56 @@ fn json_flag_prints_the_json() {
 }
 
 #[test]
+fn the_projection_adds_its_section_json_and_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let o = runner(&[
+        "parallelism",
+        "--seq-lens",
+        "--b1-seq-lens",
+        "16",
+        "--shapes",
+        "2x16",
+        "--steps",
+        "1",
+        "--rounds",
+        "1",
+        "--threads",
+        "1,2",
+        "--project",
+        "4,1,256",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(out.join("parallelism.md")).unwrap();
+    for part in [
+        "## Projection to more cores (a work-span model, not a measurement)",
+        "| LSTM | 2 | 16 | 2 |",
+        "| 2 | 16 | 256 |",
+        "### Where the transformer overtakes the LSTM",
+        "- B=1 T=16: ",
+    ] {
+        assert!(md.contains(part), "{part:?} missing:\n{md}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("parallelism.json")).unwrap())
+            .unwrap();
+    let p = &v["projection"];
+    assert_eq!(p["cores"], serde_json::json!([1, 4, 256]));
+    assert_eq!(p["validation"].as_array().unwrap().len(), 8);
+    let shapes = p["shapes"].as_array().unwrap();
+    assert_eq!(shapes.len(), 2);
+    for s in shapes {
+        assert_eq!(s["gpt_tokens_per_s"].as_array().unwrap().len(), 3);
+        assert!(s["lstm_profile"]["kernels"].as_array().unwrap().len() > 3);
+    }
+    assert!(p["overheads"]["barrier_2_s"].as_f64().unwrap() >= 0.0);
+    let svg = std::fs::read_to_string(out.join("projection.svg")).unwrap();
+    assert!(svg.contains("Projection, B = 2") && svg.contains("cores P"));
+}
+
+#[test]
 fn bad_flags_fail_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
@@ -119,6 +169,11 @@ fn bad_flags_fail_with_a_hint() {
         (vec!["--steps", "0"], "at least 1"),
         (vec!["--rounds", "0"], "at least 1"),
         (vec!["--seq-lens", "--b1-seq-lens"], "nothing to measure"),
+        (
+            vec!["--threads", "2", "--project", "1,4"],
+            "needs 1 in --threads",
+        ),
+        (vec!["--shapes", "16by8"], "is not B×T"),
     ] {
         let mut all = vec!["parallelism", "--out", d];
         all.extend(args);

@@ -392,6 +392,9 @@ impl Projection {
             o.barrier_2 * 1e6,
         );
         s += "### Validation against the measured steps\n\n\
+              On 1 thread the model gives back the measured step by construction (the serial \
+              part is what the traced launches leave of it); the test is every other thread \
+              count.\n\n\
               | model | B | T | threads | measured step | predicted | error |\n\
               |---|--:|--:|--:|--:|--:|--:|\n";
         let rows = self.validation(report);
