@@ -14,6 +14,7 @@ mod fmt;
 mod generate;
 mod info;
 mod lock;
+mod machine;
 mod parallelism;
 mod plot;
 mod precision;

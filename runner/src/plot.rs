@@ -28,6 +28,23 @@ fn draw_err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> a
     anyhow!("plotting failed: {e}")
 }
 
+/// The range of finite `ys` with 5% to spare on each side, never below 0; (0, 1) for none.
+fn padded_range(ys: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = ys
+        .filter(|y| y.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| {
+            (lo.min(y), hi.max(y))
+        });
+    if lo.is_finite() {
+        (
+            0.0f64.max(lo - 0.05 * (hi - lo)),
+            hi + 0.05 * (hi - lo) + 1e-3,
+        )
+    } else {
+        (0.0, 1.0)
+    }
+}
+
 /// A horizontal reference line on the loss plot.
 pub struct Level {
     pub label: String,
@@ -61,17 +78,7 @@ pub fn loss_curves(
             .chain(val.iter().map(|p| p.1))
             .chain(levels.iter().map(|l| l.nats))
             .filter(|y| y.is_finite());
-        let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| {
-            (lo.min(y), hi.max(y))
-        });
-        let (lo, hi) = if lo.is_finite() {
-            (
-                0.0f64.max(lo - 0.05 * (hi - lo)),
-                hi + 0.05 * (hi - lo) + 1e-3,
-            )
-        } else {
-            (0.0, 1.0)
-        };
+        let (lo, hi) = padded_range(ys);
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
             .margin(12)
@@ -393,17 +400,7 @@ pub fn curve_panels(
         .flat_map(|(_, c)| c.iter().flat_map(|c| c.points.iter().map(|p| p.1)))
         .chain(levels.iter().map(|l| l.1))
         .filter(|y| y.is_finite());
-    let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| {
-        (lo.min(y), hi.max(y))
-    });
-    let (lo, hi) = if lo.is_finite() {
-        (
-            0.0f64.max(lo - 0.05 * (hi - lo)),
-            hi + 0.05 * (hi - lo) + 1e-3,
-        )
-    } else {
-        (0.0, 1.0)
-    };
+    let (lo, hi) = padded_range(ys);
     let mut svg = String::new();
     {
         let width = 520 * panels.len().max(1) as u32;

@@ -33,6 +33,7 @@ use clap::Args as ClapArgs;
 use serde_json::json;
 
 use crate::builtin;
+use crate::machine::{self, Ticks};
 use crate::plot;
 use crate::train::{self, ModelArg, OptimizerArg, parse_duration};
 
@@ -226,37 +227,6 @@ pub(crate) fn verdict_line(standings: &[Standing]) -> String {
     format!("verdict: {}", parts.join("; "))
 }
 
-/// CPU time counters: (all cores busy, all cores total, this process), in clock ticks.
-fn cpu_ticks() -> Option<(u64, u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let v: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    if v.len() != 8 {
-        return None;
-    }
-    let total: u64 = v.iter().sum();
-    let busy = total - v[3] - v[4];
-    // /proc/self/stat: "pid (comm) state ..."; utime and stime are fields 14 and 15.
-    let own = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let fields: Vec<&str> = own.rsplit_once(')')?.1.split_whitespace().collect();
-    let mine = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some((busy, total, mine))
-}
-
-/// Share of all cores' time between two readings that other processes took.
-fn other_share(a: Option<(u64, u64, u64)>, b: Option<(u64, u64, u64)>) -> Option<f64> {
-    let ((busy0, total0, mine0), (busy1, total1, mine1)) = (a?, b?);
-    let total = total1.checked_sub(total0).filter(|&t| t > 0)?;
-    let others = (busy1.saturating_sub(busy0)).saturating_sub(mine1.saturating_sub(mine0));
-    Some(others as f64 / total as f64)
-}
-
 /// What every leg shares.
 struct Setup {
     shards: PathBuf,
@@ -317,9 +287,11 @@ impl Setup {
             "\n== {tag}: {} at lr {lr:e} for {budget:.0} s ==",
             name(model)
         );
-        let before = cpu_ticks();
+        let before = Ticks::read();
         let result = train::run(args, &clap::ArgMatches::default());
-        let other_work = other_share(before, cpu_ticks());
+        let other_work = before
+            .zip(Ticks::read())
+            .and_then(|(a, b)| a.others_share(b));
         let failed = result.err().map(|e| format!("{e:#}"));
         let (curve, steps, nats_per_bit) = read_metrics(
             &out.join("metrics.jsonl"),
@@ -475,7 +447,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let report = Report {
         command,
-        cpu: cpu_name(),
+        cpu: machine::cpu_name(),
         threads,
         data: match &args.shards {
             Some(d) => d.display().to_string(),
@@ -515,18 +487,6 @@ pub fn run(args: Args) -> Result<()> {
         args.out.display()
     );
     Ok(())
-}
-
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, n)| n.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string())
 }
 
 /// A finished race.
@@ -765,15 +725,6 @@ mod tests {
             "verdict: at 25% (25 s) GPT ahead by 0.125 bits/byte; at 50% (50 s) GPT ahead by \
              0.746 bits/byte; at 100% (100 s) GPT ahead by 0.500 bits/byte"
         );
-    }
-
-    #[test]
-    fn other_work_is_what_this_process_did_not_use() {
-        let share = other_share(Some((100, 1000, 50)), Some((700, 2000, 450)));
-        // 600 busy ticks of 1000, 400 of them ours.
-        assert_eq!(share, Some(0.2));
-        assert_eq!(other_share(None, Some((0, 1, 0))), None);
-        assert!(cpu_ticks().is_some());
     }
 
     /// The whole race on the tiny presets with a few seconds of budget: each model's sweep

@@ -138,17 +138,8 @@ pub(super) const WATCH: Duration = Duration::from_millis(500);
 
 impl Machine {
     pub(super) fn detect() -> Machine {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, name)| name.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown CPU".to_string());
         Machine {
-            cpu,
+            cpu: crate::machine::cpu_name(),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             simd: kernels::simd::PATH,
             other_work: [other_work(WATCH), None],
@@ -177,22 +168,7 @@ impl Machine {
 /// The share of all cores' time spent running anything over the next `window`, from the
 /// kernel's counters in /proc/stat (this process sleeps meanwhile); `None` off Linux.
 pub(super) fn other_work(window: Duration) -> Option<f64> {
-    // "cpu  user nice system idle iowait irq softirq steal ...", in clock ticks.
-    let ticks = || -> Option<(u64, u64)> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let v: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .take(8)
-            .map(|x| x.parse().ok())
-            .collect::<Option<_>>()?;
-        (v.len() == 8).then(|| (v[3] + v[4], v.iter().sum()))
-    };
-    let (idle0, total0) = ticks()?;
+    let before = crate::machine::Ticks::read()?;
     std::thread::sleep(window);
-    let (idle1, total1) = ticks()?;
-    let total = total1.checked_sub(total0).filter(|&t| t > 0)?;
-    Some(1.0 - idle1.saturating_sub(idle0) as f64 / total as f64)
+    before.others_share(crate::machine::Ticks::read()?)
 }
