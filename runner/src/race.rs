@@ -64,13 +64,14 @@ pub struct Args {
     #[arg(long, default_value_t = 0.2)]
     sweep_share: f64,
 
-    /// Evaluations on the validation split during each race leg (the points of the curves).
-    #[arg(long, default_value_t = 16)]
+    /// Evaluations on the validation split during each race leg (the points of the curves),
+    /// at most; each costs both models the same few forward passes out of their budget.
+    #[arg(long, default_value_t = 12)]
     evals: u64,
 
     /// Batches of B windows per evaluation (the same first batches of the validation split
     /// for both models).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 4)]
     eval_batches: u64,
 
     /// Windows per batch B, for both.
@@ -427,7 +428,11 @@ pub fn run(args: Args) -> Result<()> {
             .find(|l| l.lr == lr)
             .map_or(1, |l| l.steps.max(1));
         let expected = fastest as f64 * budget / sweep_budget;
-        best.push((model, lr, ((expected / args.evals as f64) as u64).max(1)));
+        best.push((
+            model,
+            lr,
+            (expected / args.evals as f64).ceil().max(1.0) as u64,
+        ));
         sweep.extend(legs);
     }
 
