@@ -251,14 +251,6 @@ impl Setup {
         let out = self
             .runs
             .join(format!("{tag}-{}-lr{lr:e}", name(model).to_lowercase()));
-        if out.exists() {
-            std::fs::remove_dir_all(&out).with_context(|| {
-                format!(
-                    "cannot clear the earlier leg in {}; hint: choose another --runs",
-                    out.display()
-                )
-            })?;
-        }
         let args = train::Args {
             shards: Some(self.shards.clone()),
             model,
@@ -370,6 +362,20 @@ pub fn run(args: Args) -> Result<()> {
         "learning rates must be positive; hint: e.g. 1e-3,3e-3,1e-2"
     );
     ensure!(args.evals > 0, "--evals must be at least 1; hint: e.g. 16");
+    // Never overwrite an earlier race's legs (their checkpoints are someone's work).
+    if let Some(earlier) = std::fs::read_dir(&args.runs).ok().and_then(|d| {
+        d.flatten().map(|e| e.file_name()).find(|n| {
+            let n = n.to_string_lossy();
+            n.starts_with("sweep-") || n.starts_with("race-")
+        })
+    }) {
+        bail!(
+            "{} already holds the legs of a race ({}); hint: choose another --runs, or delete \
+             that folder",
+            args.runs.display(),
+            earlier.to_string_lossy()
+        );
+    }
     for dir in [&args.out, &args.runs] {
         std::fs::create_dir_all(dir).with_context(|| {
             format!(
@@ -784,5 +790,32 @@ mod tests {
         assert!(md.contains("**verdict: at 25% ("), "{md}");
         assert!(md.contains("other CPU work"), "{md}");
         assert!(dir.path().join("race/race.svg").is_file());
+
+        // A second race into the same --runs keeps the first one's legs.
+        let again = Args {
+            shards: None,
+            preset: "tiny".into(),
+            time: Duration::from_secs(3),
+            gpt_lrs: vec![1e-3, 3e-3, 1e-2],
+            lstm_lrs: vec![3e-3, 1e-2, 3e-2],
+            sweep_share: 0.3,
+            evals: 4,
+            eval_batches: 2,
+            batch: 4,
+            seed: 7,
+            out: dir.path().join("race2"),
+            runs: dir.path().join("runs"),
+        };
+        let e = run(again).unwrap_err().to_string();
+        assert!(
+            e.contains("already holds the legs") && e.contains("hint:"),
+            "{e}"
+        );
+        let legs = std::fs::read_dir(dir.path().join("runs"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().join("metrics.jsonl").is_file())
+            .count();
+        assert_eq!(legs, 8, "6 sweep runs and 2 race legs, all kept");
     }
 }

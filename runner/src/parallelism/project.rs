@@ -392,9 +392,11 @@ impl Projection {
             o.barrier_2 * 1e6,
         );
         s += "### Validation against the measured steps\n\n\
-              On 1 thread the model gives back the measured step by construction (the serial \
-              part is what the traced launches leave of it); the test is every other thread \
-              count.\n\n\
+              On 1 thread the prediction is the launches' median times plus the time outside \
+              them (the median step less the launches), so it matches the measured step unless \
+              the launches' medians alone add up to more: they come from different steps, and \
+              only other work on the machine makes them disagree that much. The test of the \
+              model is every other thread count.\n\n\
               | model | B | T | threads | measured step | predicted | error |\n\
               |---|--:|--:|--:|--:|--:|--:|\n";
         let rows = self.validation(report);
