@@ -738,13 +738,9 @@ mod tests {
         );
     }
 
-    /// The whole race on the tiny presets with a few seconds of budget: each model's sweep
-    /// tries its learning rates, the race runs the one the sweep chose, both race legs get
-    /// the same budget, and the report ends with the verdict.
-    #[test]
-    fn a_tiny_race_is_fair_by_construction() {
-        let dir = tempfile::tempdir().unwrap();
-        let args = Args {
+    /// A 3-second race of the tiny presets, its legs in `dir/runs`, its report in `dir/out`.
+    fn tiny(dir: &Path, out: &str) -> Args {
+        Args {
             shards: None,
             preset: "tiny".into(),
             time: Duration::from_secs(3),
@@ -755,10 +751,18 @@ mod tests {
             eval_batches: 2,
             batch: 4,
             seed: 7,
-            out: dir.path().join("race"),
-            runs: dir.path().join("runs"),
-        };
-        run(args).unwrap();
+            out: dir.join(out),
+            runs: dir.join("runs"),
+        }
+    }
+
+    /// The whole race on the tiny presets with a few seconds of budget: each model's sweep
+    /// tries its learning rates, the race runs the one the sweep chose, both race legs get
+    /// the same budget, and the report ends with the verdict.
+    #[test]
+    fn a_tiny_race_is_fair_by_construction() {
+        let dir = tempfile::tempdir().unwrap();
+        run(tiny(dir.path(), "race")).unwrap();
         let text = std::fs::read_to_string(dir.path().join("race/race.json")).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let race = v["race"].as_array().unwrap();
@@ -792,21 +796,7 @@ mod tests {
         assert!(dir.path().join("race/race.svg").is_file());
 
         // A second race into the same --runs keeps the first one's legs.
-        let again = Args {
-            shards: None,
-            preset: "tiny".into(),
-            time: Duration::from_secs(3),
-            gpt_lrs: vec![1e-3, 3e-3, 1e-2],
-            lstm_lrs: vec![3e-3, 1e-2, 3e-2],
-            sweep_share: 0.3,
-            evals: 4,
-            eval_batches: 2,
-            batch: 4,
-            seed: 7,
-            out: dir.path().join("race2"),
-            runs: dir.path().join("runs"),
-        };
-        let e = run(again).unwrap_err().to_string();
+        let e = run(tiny(dir.path(), "race2")).unwrap_err().to_string();
         assert!(
             e.contains("already holds the legs") && e.contains("hint:"),
             "{e}"
