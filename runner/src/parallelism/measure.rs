@@ -74,13 +74,14 @@ pub(super) fn measure(
     warmup: usize,
     steps: usize,
     trace: bool,
+    precision: model::Precision,
 ) -> Result<Run> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .with_context(|| format!("cannot start {threads} threads; hint: try fewer --threads"))?;
     pool.install(|| {
-        let mut lm = build(kind, shape.t);
+        let mut lm = build(kind, shape.t, precision);
         let v = lm.vocab_size();
         let inputs = random_tokens(shape.tokens(), v, 1);
         let targets = random_tokens(shape.tokens(), v, 2);

@@ -28,7 +28,9 @@ use clap::Args as ClapArgs;
 
 use crate::{fmt, plot};
 use measure::{Machine, Run, WATCH, measure, other_work};
-use model::{Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, ModelKind};
+use model::{Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, ModelKind, Precision};
+
+use crate::precision::PrecisionArg;
 use project::{Overheads, Profile, Projection};
 use report::{Report, display_name, thousands};
 
@@ -84,6 +86,9 @@ pub struct Args {
     /// Print the JSON instead of the Markdown report.
     #[arg(long)]
     json: bool,
+
+    #[command(flatten)]
+    precision: PrecisionArg,
 }
 
 /// Learning rate of the timed steps (AdamW, PyTorch's defaults otherwise); it changes no
@@ -159,8 +164,8 @@ fn parse_shape(s: &str) -> Result<Shape, String> {
 
 /// The matched pair: `small` GPT (L=4, C=256, NH=4) with a position table long enough for
 /// `t`, and `small` LSTM (L=3, H=360), both over the byte vocabulary.
-pub(super) fn build(kind: ModelKind, t: usize) -> Box<dyn LanguageModel> {
-    match kind {
+pub(super) fn build(kind: ModelKind, t: usize, precision: Precision) -> Box<dyn LanguageModel> {
+    let mut lm: Box<dyn LanguageModel> = match kind {
         ModelKind::Gpt => {
             let small = GptConfig::preset("small").expect("the small preset exists");
             let cfg = GptConfig {
@@ -170,13 +175,19 @@ pub(super) fn build(kind: ModelKind, t: usize) -> Box<dyn LanguageModel> {
             Box::new(Gpt::new(cfg, 0).expect("a valid config"))
         }
         ModelKind::Lstm => Box::new(Lstm::new(LstmConfig::small(257), 0)),
-    }
+    };
+    lm.set_precision(precision);
+    lm
 }
 
 pub(super) const KINDS: [ModelKind; 2] = [ModelKind::Gpt, ModelKind::Lstm];
 
 pub fn run(args: Args) -> Result<()> {
     let shapes = shapes(&args)?;
+    let precision = args.precision.or(Precision::fastest()).effective();
+    if precision != args.precision.or(Precision::fastest()) {
+        eprintln!("{}", crate::precision::fallback_note(Precision::Bf16));
+    }
     let mut machine = Machine::detect();
     let mut threads: Vec<usize> = args
         .threads
@@ -227,7 +238,7 @@ pub fn run(args: Args) -> Result<()> {
                 // Both models back to back, so a noisy moment hits them alike.
                 for kind in KINDS {
                     let trace = !cores.is_empty() && n == 1;
-                    let run = measure(kind, shape, n, args.warmup, args.steps, trace)?;
+                    let run = measure(kind, shape, n, args.warmup, args.steps, trace, precision)?;
                     eprintln!(
                         "round {round}/{}  {:>4} {:<12} {:<10} {:>8} tokens/s",
                         args.rounds,
@@ -270,6 +281,7 @@ pub fn run(args: Args) -> Result<()> {
     let report = Report {
         projection,
         machine,
+        precision,
         command,
         steps: args.steps,
         rounds: args.rounds,
@@ -346,6 +358,7 @@ mod tests {
             warmup: 1,
             out: PathBuf::from("unused"),
             json: false,
+            precision: PrecisionArg::default(),
         }
     }
 
@@ -365,7 +378,7 @@ mod tests {
     #[test]
     fn critical_paths_are_counted_from_the_models() {
         let path = |kind, b, t| {
-            let run = measure(kind, Shape { b, t }, 1, 1, 1, false).unwrap();
+            let run = measure(kind, Shape { b, t }, 1, 1, 1, false, Precision::F32).unwrap();
             assert!(run.tokens_per_s() > 0.0);
             run.backward_launches
         };
@@ -383,7 +396,7 @@ mod tests {
     fn every_launch_of_a_training_step_says_how_it_splits() {
         let h = LstmConfig::small(257).hidden_size;
         for kind in KINDS {
-            let run = measure(kind, Shape { b: 2, t: 16 }, 1, 1, 2, true).unwrap();
+            let run = measure(kind, Shape { b: 2, t: 16 }, 1, 1, 2, true, Precision::F32).unwrap();
             assert_eq!(run.traces.len(), 2);
             let launches = &run.traces[0];
             assert!(launches.len() > 10, "{kind:?}: {launches:?}");
@@ -467,6 +480,7 @@ mod tests {
                 simd: "test lanes",
                 other_work: [Some(0.02), Some(0.01)],
             },
+            precision: Precision::F32,
             command: "runner parallelism".into(),
             steps: 3,
             rounds: 1,

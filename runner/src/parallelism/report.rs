@@ -14,6 +14,8 @@ pub(super) struct Report {
     /// The work-span model's projection, when --project asked for one.
     pub(super) projection: Option<super::project::Projection>,
     pub(super) machine: Machine,
+    /// The precision of the models' matrix products.
+    pub(super) precision: model::Precision,
     /// The command line that produced it.
     pub(super) command: String,
     pub(super) steps: usize,
@@ -62,10 +64,11 @@ impl Report {
         let m = &self.machine;
         let mut s = String::from("# Why transformers train faster: the parallelism sweep\n\n");
         s += &format!(
-            "Machine: {}, {} cores, {}{}.  \n",
+            "Machine: {}, {} cores, {}, {} products{}.  \n",
             m.cpu,
             m.cores,
             m.simd,
+            self.precision,
             m.other_work_text()
                 .map_or(String::new(), |t| format!("; other work used {t}"))
         );
@@ -423,6 +426,7 @@ impl Report {
                 "other_work_before": m.other_work[0],
                 "other_work_after": m.other_work[1],
             },
+            "precision": self.precision.name(),
             "command": self.command,
             "steps": self.steps,
             "rounds": self.rounds,
