@@ -35,6 +35,18 @@
 //!   threads than cores, a descheduled partner stalls every step, and 2 threads can be slower
 //!   than 1.
 //!
+//! ## Precision
+//!
+//! The packed W_hh records the [`Precision`] of the recurrent product ([`PackedWhh::precision`]),
+//! and the walk runs in it. In bf16 (on builds with AVX512_BF16, see [`crate::precision`]) W_hh
+//! is packed as bfloat16 pairs (two consecutive depth elements in a `u32`, see `crate::bf16`):
+//! `[k/2][gate][lane]` forward, `[j/2][gate][lane]` backward. Each step every thread rounds
+//! the whole product operand — h_{t-1} forward, dgates_t backward (B × H or B × 4H, small next
+//! to the H × 4H weights it meets) — to pairs in a buffer of its own, and `vdpbf16ps` sums
+//! the products in fp32 registers. Only the two operands of the recurrent product are
+//! rounded: the input projection arriving in `gates`, the gates, the cell state, the stored
+//! h and every pointwise step stay fp32.
+//!
 //! Every output element is computed by the same sequence of operations whatever the thread
 //! count and blocking (the sum over k runs in order; backward keeps one partial sum per gate
 //! and adds them as (i + f) + (g + o)), so results are bitwise identical on any pool size.
@@ -50,7 +62,11 @@ use rayon::prelude::*;
 
 use crate::lanes::{Block, check_len};
 use crate::math::{sigmoid, tanh};
+use crate::precision::{Precision, round_bf16};
 use crate::simd::{F32s, LANES, load};
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
+mod bf16;
 
 /// Gates per hidden unit (i, f, g, o).
 const G: usize = 4;
@@ -61,73 +77,209 @@ const G: usize = 4;
 /// machine (about a microsecond), far shorter than a scheduler time slice.
 const SPIN_LIMIT: u32 = 1 << 10;
 
-/// Number of floats [`lstm_pack_forward`] and [`lstm_pack_backward`] write for hidden size `h`:
-/// `ceil(h / LANES)` panels of `h × 4 × LANES`.
-pub fn lstm_packed_len(h: usize) -> usize {
-    h.div_ceil(LANES) * h * G * LANES
+/// The layout a [`PackedWhh`] holds: [`Forward`] for [`lstm_forward`], [`Backward`] for
+/// [`lstm_backward`]. A type parameter, so that handing a walk the other walk's packing does
+/// not compile.
+pub trait Layout: sealed::Sealed {}
+
+/// W_hh packed by [`lstm_pack_forward`], for [`lstm_forward`].
+#[derive(Clone, Copy, Debug)]
+pub enum Forward {}
+
+/// W_hh packed by [`lstm_pack_backward`], for [`lstm_backward`].
+#[derive(Clone, Copy, Debug)]
+pub enum Backward {}
+
+impl Layout for Forward {}
+impl Layout for Backward {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Forward {}
+    impl Sealed for super::Backward {}
 }
 
-/// Checks a packing's arguments and returns its panels (one per LANES hidden units), in
-/// parallel, with their index.
-fn panels_of<'a>(
-    kernel: &str,
-    packed: &'a mut [f32],
-    w_hh: &[f32],
+/// W_hh (4H, H) packed for one direction of the walk, in the precision its product runs in:
+/// fp32 panels, or bf16 pairs (see the module docs). Pack once per forward or backward (the
+/// weights change every optimizer step) and reuse the allocation: [`lstm_pack_forward`] and
+/// [`lstm_pack_backward`] overwrite it.
+///
+/// ```
+/// use kernels::Precision;
+/// use kernels::recurrence::{PackedWhh, lstm_forward, lstm_pack_forward};
+/// let (b, t, h) = (1, 2, 3);
+/// let w_hh = vec![0.1; 4 * h * h]; // (4H, H)
+/// let mut packed = PackedWhh::new();
+/// lstm_pack_forward(&mut packed, &w_hh, h, Precision::Bf16);
+/// assert_eq!(packed.precision(), Precision::Bf16.effective()); // fp32 on builds without bf16
+/// let (mut hs, mut cs) = (vec![0.0; (t + 1) * b * h], vec![0.0; (t + 1) * b * h]);
+/// let mut gates = vec![0.5; t * b * 4 * h]; // (T, B, 4H) input projections
+/// lstm_forward(&mut hs, &mut cs, &mut gates, &packed, b, t, h);
+/// ```
+///
+/// The backward layout handed to the forward walk does not compile:
+///
+/// ```compile_fail
+/// use kernels::Precision;
+/// use kernels::recurrence::{Backward, PackedWhh, lstm_forward, lstm_pack_backward};
+/// let mut packed: PackedWhh<Backward> = PackedWhh::new();
+/// lstm_pack_backward(&mut packed, &[0.1; 4], 1, Precision::F32);
+/// lstm_forward(&mut [0.0; 2], &mut [0.0; 2], &mut [0.0; 4], &packed, 1, 1, 1);
+/// ```
+#[derive(Clone, Debug)]
+pub struct PackedWhh<D: Layout> {
+    /// fp32 bits (`F32`) or bf16 pairs (`Bf16`): `ceil(H / LANES)` panels of
+    /// `depth(H) × 4 × LANES`, depth H (fp32) or ceil(H / 2) pairs (bf16).
+    data: Vec<u32>,
     h: usize,
-) -> rayon::iter::Enumerate<rayon::slice::ChunksMut<'a, f32>> {
-    check_len(
-        kernel,
-        "w_hh",
-        w_hh.len(),
-        G * h * h,
-        format_args!("(4H, H)"),
-    );
-    check_len(
-        kernel,
-        "packed",
-        packed.len(),
-        lstm_packed_len(h),
-        format_args!("(lstm_packed_len(H))"),
-    );
-    crate::launch::ways(h.div_ceil(LANES));
+    precision: Precision,
+    _layout: PhantomData<D>,
+}
+
+impl<D: Layout> Default for PackedWhh<D> {
+    fn default() -> Self {
+        PackedWhh {
+            data: Vec::new(),
+            h: 0,
+            precision: Precision::F32,
+            _layout: PhantomData,
+        }
+    }
+}
+
+impl<D: Layout> PackedWhh<D> {
+    /// An empty packing (H = 0), to be filled by the packing function of its layout.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The precision the walk's recurrent product runs in: the one asked of the packing, or
+    /// `F32` where the build lacks bf16 ([`Precision::effective`]).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The hidden size H it was packed for.
+    pub fn hidden_size(&self) -> usize {
+        self.h
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<u32>()
+    }
+
+    /// Checks the arguments of a packing and sizes the buffer for them.
+    fn prepare(&mut self, kernel: &str, w_hh: &[f32], h: usize, precision: Precision) {
+        check_len(
+            kernel,
+            "w_hh",
+            w_hh.len(),
+            G * h * h,
+            format_args!("(4H, H)"),
+        );
+        crate::launch::ways(h.div_ceil(LANES));
+        self.h = h;
+        self.precision = precision.effective();
+        let depth = match self.precision {
+            Precision::F32 => h,
+            Precision::Bf16 => h.div_ceil(2),
+        };
+        // Every element is written by the packing, so the old contents need not be cleared.
+        self.data.resize(h.div_ceil(LANES) * depth * G * LANES, 0);
+    }
+
+    /// Panics unless this packing is for hidden size `h` (a walk's argument).
+    #[track_caller]
+    fn check(&self, kernel: &str, h: usize) {
+        assert!(
+            self.h == h,
+            "{kernel}: w_hh_packed was packed for H = {}, the walk has H = {h}",
+            self.h
+        );
+    }
+
+    /// The fp32 panels (for a packing whose precision is `F32`).
+    fn fp32(&self) -> &[f32] {
+        debug_assert_eq!(self.precision, Precision::F32);
+        bytemuck::cast_slice(&self.data)
+    }
+}
+
+/// The packing's panels (one per LANES hidden units, `panel` elements each), in parallel,
+/// with their index.
+fn panels_of<T: Send>(
+    data: &mut [T],
+    panel: usize,
+) -> rayon::iter::Enumerate<rayon::slice::ChunksMut<'_, T>> {
     // h = 0 has no panels; chunks of 0 elements would panic.
-    packed.par_chunks_mut((h * G * LANES).max(1)).enumerate()
+    data.par_chunks_mut(panel.max(1)).enumerate()
 }
 
 /// Packs W_hh (4H, H), PyTorch layout (row `g·H + j` holds gate g of unit j), for
-/// [`lstm_forward`]: `packed[u][k][g][l] = W_hh[g·H + u·LANES + l][k]`, zero for units ≥ H.
-pub fn lstm_pack_forward(packed: &mut [f32], w_hh: &[f32], h: usize) {
+/// [`lstm_forward`] in `precision`. fp32: `panel[u][k][g][l] = W_hh[g·H + u·LANES + l][k]`;
+/// bf16: `panel[u][q][g][l] = pair(W_hh[g·H + u·LANES + l][2q], …[2q + 1])`; zero for units
+/// ≥ H (and for the high half of the last pair of an odd H).
+pub fn lstm_pack_forward(
+    packed: &mut PackedWhh<Forward>,
+    w_hh: &[f32],
+    h: usize,
+    precision: Precision,
+) {
     let _launch = crate::launch::start(1);
-    panels_of("lstm_pack_forward", packed, w_hh, h).for_each(|(u, panel)| {
-        for g in 0..G {
-            for l in 0..LANES {
-                let j = u * LANES + l;
-                let dst = panel[g * LANES + l..].iter_mut().step_by(G * LANES);
-                if j < h {
-                    let row = &w_hh[(g * h + j) * h..][..h];
-                    dst.zip(row).for_each(|(d, &w)| *d = w);
-                } else {
-                    dst.for_each(|d| *d = 0.0);
+    packed.prepare("lstm_pack_forward", w_hh, h, precision);
+    match packed.precision {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
+        Precision::Bf16 => bf16::pack_forward(&mut packed.data, w_hh, h),
+        _ => {
+            let data = bytemuck::cast_slice_mut(&mut packed.data);
+            panels_of(data, h * G * LANES).for_each(|(u, panel)| {
+                for g in 0..G {
+                    for l in 0..LANES {
+                        let j = u * LANES + l;
+                        let dst = panel[g * LANES + l..].iter_mut().step_by(G * LANES);
+                        if j < h {
+                            let row = &w_hh[(g * h + j) * h..][..h];
+                            dst.zip(row).for_each(|(d, &w)| *d = w);
+                        } else {
+                            dst.for_each(|d| *d = 0.0);
+                        }
+                    }
                 }
-            }
+            });
         }
-    });
+    }
 }
 
-/// Packs W_hh (4H, H) for [`lstm_backward`]: `packed[q][j][g][l] = W_hh[g·H + j][q·LANES + l]`,
-/// zero for columns ≥ H.
-pub fn lstm_pack_backward(packed: &mut [f32], w_hh: &[f32], h: usize) {
+/// Packs W_hh (4H, H) for [`lstm_backward`] in `precision`. fp32:
+/// `panel[q][j][g][l] = W_hh[g·H + j][q·LANES + l]`; bf16:
+/// `panel[q][p][g][l] = pair(W_hh[g·H + 2p][q·LANES + l], W_hh[g·H + 2p + 1][…])`; zero for
+/// columns ≥ H (and for the missing row 2p + 1 = H of an odd H).
+pub fn lstm_pack_backward(
+    packed: &mut PackedWhh<Backward>,
+    w_hh: &[f32],
+    h: usize,
+    precision: Precision,
+) {
     let _launch = crate::launch::start(1);
-    panels_of("lstm_pack_backward", packed, w_hh, h).for_each(|(q, panel)| {
-        let k0 = q * LANES;
-        let n = LANES.min(h - k0);
-        for (j, unit) in panel.chunks_exact_mut(G * LANES).enumerate() {
-            for (g, dst) in unit.chunks_exact_mut(LANES).enumerate() {
-                dst[..n].copy_from_slice(&w_hh[(g * h + j) * h + k0..][..n]);
-                dst[n..].fill(0.0);
-            }
+    packed.prepare("lstm_pack_backward", w_hh, h, precision);
+    match packed.precision {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
+        Precision::Bf16 => bf16::pack_backward(&mut packed.data, w_hh, h),
+        _ => {
+            let data = bytemuck::cast_slice_mut(&mut packed.data);
+            panels_of(data, h * G * LANES).for_each(|(q, panel)| {
+                let k0 = q * LANES;
+                let n = LANES.min(h - k0);
+                for (j, unit) in panel.chunks_exact_mut(G * LANES).enumerate() {
+                    for (g, dst) in unit.chunks_exact_mut(LANES).enumerate() {
+                        dst[..n].copy_from_slice(&w_hh[(g * h + j) * h + k0..][..n]);
+                        dst[n..].fill(0.0);
+                    }
+                }
+            });
         }
-    });
+    }
 }
 
 /// Forward through time of one LSTM layer: B sequences, T steps, hidden size H.
@@ -140,7 +292,9 @@ pub fn lstm_pack_backward(packed: &mut [f32], w_hh: &[f32], h: usize) {
 /// - `gates` (T, B, 4H), gate order (i, f, g, o): on entry the input projection
 ///   `x_t·W_ihᵀ + b_ih + b_hh`; on return the activated gates (i, f, g, o), which
 ///   [`lstm_backward`] needs.
-/// - `w_hh_packed`: W_hh packed by [`lstm_pack_forward`].
+/// - `w_hh_packed`: W_hh packed by [`lstm_pack_forward`]; the recurrent product
+///   `hs[t]·W_hhᵀ` runs in its [`PackedWhh::precision`] (bf16: both operands rounded to
+///   bfloat16, products summed in fp32; all the rest fp32).
 ///
 /// Runs on the current rayon pool, one thread per panel range (see the module docs); results
 /// do not depend on the pool size. Every one of those threads must join the walk, so a pool
@@ -151,7 +305,7 @@ pub fn lstm_forward(
     hs: &mut [f32],
     cs: &mut [f32],
     gates: &mut [f32],
-    w_hh_packed: &[f32],
+    w_hh_packed: &PackedWhh<Forward>,
     b: usize,
     t: usize,
     h: usize,
@@ -160,21 +314,43 @@ pub fn lstm_forward(
     // T dependent steps: the critical path this walk puts on a training step.
     let _launch = crate::launch::start(t as u64);
     check_forward(K, hs, cs, gates, b, t, h);
-    check_len(
-        K,
-        "w_hh_packed",
-        w_hh_packed.len(),
-        lstm_packed_len(h),
-        format_args!("(lstm_packed_len(H))"),
-    );
+    w_hh_packed.check(K, h);
     if b * t * h == 0 {
         return;
     }
     let (hs, cs, gates) = (Shared::new(hs), Shared::new(cs), Shared::new(gates));
     let dims = Dims { b, h };
-    on_team(h.div_ceil(LANES), |units, barrier| {
+    match w_hh_packed.precision {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
+        Precision::Bf16 => {
+            forward_walk::<bf16::Bf16>(&hs, &cs, &gates, &w_hh_packed.data, dims, t);
+        }
+        _ => forward_walk::<F32>(&hs, &cs, &gates, w_hh_packed.fp32(), dims, t),
+    }
+}
+
+/// The forward walk with the recurrent product of `P`.
+fn forward_walk<P: Product>(
+    hs: &Shared,
+    cs: &Shared,
+    gates: &Shared,
+    packed: &[P::Elem],
+    dims: Dims,
+    t: usize,
+) {
+    on_team(dims.h.div_ceil(LANES), |units, barrier| {
+        let mut operand = Vec::new();
         for step in 0..t {
-            forward_step(&hs, &cs, &gates, w_hh_packed, dims, step, units.clone());
+            forward_step::<P>(
+                hs,
+                cs,
+                gates,
+                packed,
+                dims,
+                step,
+                units.clone(),
+                &mut operand,
+            );
             // h_t is complete before anyone reads it as h_{t-1}.
             barrier.wait();
         }
@@ -199,7 +375,8 @@ pub fn lstm_forward(
 /// - `dh0`, `dc0` (B, H): written, ∂L/∂h_0 and ∂L/∂c_0 (the initial state's gradients).
 /// - `dhs` (T, B, H): ∂L/∂h_t for t = 1..=T.
 /// - `gates` (T, B, 4H) activated and `cs` (T+1, B, H): saved by [`lstm_forward`].
-/// - `w_hh_packed`: W_hh packed by [`lstm_pack_backward`].
+/// - `w_hh_packed`: W_hh packed by [`lstm_pack_backward`]; the recurrent product
+///   `dgates_t·W_hh` runs in its [`PackedWhh::precision`], as in [`lstm_forward`].
 ///
 /// Threads and determinism as in [`lstm_forward`].
 #[allow(clippy::too_many_arguments)]
@@ -210,7 +387,7 @@ pub fn lstm_backward(
     dhs: &[f32],
     gates: &[f32],
     cs: &[f32],
-    w_hh_packed: &[f32],
+    w_hh_packed: &PackedWhh<Backward>,
     b: usize,
     t: usize,
     h: usize,
@@ -232,13 +409,7 @@ pub fn lstm_backward(
         t,
         h,
     );
-    check_len(
-        K,
-        "w_hh_packed",
-        w_hh_packed.len(),
-        lstm_packed_len(h),
-        format_args!("(lstm_packed_len(H))"),
-    );
+    w_hh_packed.check(K, h);
     // dh0 and dc0 carry dh_rec and dc_rec through the walk, starting from zero at t = T.
     dh0.fill(0.0);
     dc0.fill(0.0);
@@ -246,14 +417,44 @@ pub fn lstm_backward(
         return;
     }
     let (dgates, dh, dc) = (Shared::new(dgates), Shared::new(dh0), Shared::new(dc0));
+    let bufs = BwdBufs {
+        dgates: &dgates,
+        dh: &dh,
+        dc: &dc,
+    };
+    let saved = Saved { dhs, gates, cs };
     let dims = Dims { b, h };
-    on_team(h.div_ceil(LANES), |units, barrier| {
+    match w_hh_packed.precision {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
+        Precision::Bf16 => backward_walk::<bf16::Bf16>(bufs, saved, &w_hh_packed.data, dims, t),
+        _ => backward_walk::<F32>(bufs, saved, w_hh_packed.fp32(), dims, t),
+    }
+}
+
+/// What the backward walk writes: dgates, and the carried dh and dc.
+#[derive(Clone, Copy)]
+struct BwdBufs<'s, 'a> {
+    dgates: &'s Shared<'a>,
+    dh: &'s Shared<'a>,
+    dc: &'s Shared<'a>,
+}
+
+/// The backward walk with the recurrent product of `P`.
+fn backward_walk<P: Product>(
+    BwdBufs { dgates, dh, dc }: BwdBufs,
+    saved: Saved,
+    packed: &[P::Elem],
+    dims: Dims,
+    t: usize,
+) {
+    on_team(dims.h.div_ceil(LANES), |units, barrier| {
+        let mut operand = Vec::new();
         for step in (0..t).rev() {
-            let saved = Saved { dhs, gates, cs };
-            cell_backward_step(&dgates, &dh, &dc, saved, dims, step, units.clone());
+            cell_backward_step(dgates, dh, dc, saved, dims, step, units.clone());
             // dgates_t is complete before anyone multiplies it by W_hh.
             barrier.wait();
-            recurrent_backward_step(&dh, &dgates, w_hh_packed, dims, step, units.clone());
+            let own = units.clone();
+            recurrent_backward_step::<P>(dh, dgates, packed, dims, step, own, &mut operand);
         }
     });
 }
@@ -377,6 +578,115 @@ impl<'a> Shared<'a> {
     }
 }
 
+/// A block's accumulators: R rows × U panels × the four gates, LANES units each.
+type Acc<const R: usize, const U: usize> = [[[F32s; G]; U]; R];
+
+/// The arithmetic of the recurrent product: what the packed panels and the product's other
+/// operand hold, and the sum over the depth. [`F32`] here; `bf16::Bf16` in the bf16 leaf.
+trait Product {
+    /// An element of a panel or of an operand row: an f32, or a pair of bf16.
+    type Elem: Copy + Default + Send + Sync;
+
+    /// Elements along a depth of `n` values: `n`, or `ceil(n / 2)` pairs.
+    fn depth(n: usize) -> usize;
+
+    /// Rows of `n` fp32 values (`x`, length a multiple of `n`) as operand rows of `depth(n)`
+    /// elements, using `scratch` if they need converting.
+    fn operand<'s>(scratch: &'s mut Vec<Self::Elem>, x: &'s [f32], n: usize) -> &'s [Self::Elem];
+
+    /// Forward: `acc[r][v][g] += Σ_k x[r][k]·panel_v[k][g]`, k ascending over the depth;
+    /// `panels` holds U panels of `depth(h)·G·LANES`, `x[r]` `depth(h)` elements.
+    fn forward<const R: usize, const U: usize>(
+        acc: &mut Acc<R, U>,
+        x: [&[Self::Elem]; R],
+        panels: &[Self::Elem],
+        h: usize,
+    );
+
+    /// Backward: `acc[r][v][g] += Σ_j dg[r][g][j]·panel_v[j][g]`, j ascending, one partial
+    /// sum per gate; `dg[r]` holds the G gates' rows of `depth(h)` elements, one after the
+    /// other.
+    fn backward<const R: usize, const U: usize>(
+        acc: &mut Acc<R, U>,
+        dg: [&[Self::Elem]; R],
+        panels: &[Self::Elem],
+        h: usize,
+    );
+}
+
+/// The fp32 product: one FMA per weight, operands read in place.
+struct F32;
+
+impl Product for F32 {
+    type Elem = f32;
+
+    fn depth(n: usize) -> usize {
+        n
+    }
+
+    fn operand<'s>(_: &'s mut Vec<f32>, x: &'s [f32], _: usize) -> &'s [f32] {
+        x
+    }
+
+    // Register tiles read best as index loops over rows, panels and gates.
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    fn forward<const R: usize, const U: usize>(
+        acc: &mut Acc<R, U>,
+        x: [&[f32]; R],
+        panels: &[f32],
+        h: usize,
+    ) {
+        let panel = h * G * LANES;
+        let x: [&[f32]; R] = std::array::from_fn(|r| &x[r][..h]);
+        let mut ws: [_; U] =
+            std::array::from_fn(|v| panels[v * panel..][..panel].chunks_exact(G * LANES));
+        for k in 0..h {
+            let w: [[F32s; G]; U] = std::array::from_fn(|v| {
+                let p = ws[v].next().unwrap();
+                std::array::from_fn(|g| load(&p[g * LANES..]))
+            });
+            for r in 0..R {
+                let xk = F32s::splat(x[r][k]);
+                for v in 0..U {
+                    for g in 0..G {
+                        acc[r][v][g] = w[v][g].mul_add(xk, acc[r][v][g]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    fn backward<const R: usize, const U: usize>(
+        acc: &mut Acc<R, U>,
+        dg: [&[f32]; R],
+        panels: &[f32],
+        h: usize,
+    ) {
+        let panel = h * G * LANES;
+        let dg: [[&[f32]; G]; R] =
+            std::array::from_fn(|r| std::array::from_fn(|g| &dg[r][g * h..][..h]));
+        let mut ws: [_; U] =
+            std::array::from_fn(|v| panels[v * panel..][..panel].chunks_exact(G * LANES));
+        for j in 0..h {
+            let w: [[F32s; G]; U] = std::array::from_fn(|v| {
+                let p = ws[v].next().unwrap();
+                std::array::from_fn(|g| load(&p[g * LANES..]))
+            });
+            for r in 0..R {
+                for g in 0..G {
+                    let x = F32s::splat(dg[r][g][j]);
+                    for v in 0..U {
+                        acc[r][v][g] = w[v][g].mul_add(x, acc[r][v][g]);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Runs a micro-kernel (`forward_block` or `backward_block`) over all rows of the batch and
 /// the thread's `nu` panels, choosing the block shape at run time. Small batches (B ≤ 2):
 /// two panels at a time, so that 8 independent accumulator chains hide the FMA latency.
@@ -389,9 +699,9 @@ impl<'a> Shared<'a> {
 /// changes no element's arithmetic. (A macro because the kernels are const-generic in R and
 /// U and take different row types.)
 macro_rules! drive_blocks {
-    ($kernel:ident, $row:ident, $b:expr, $nu:expr, $packed:expr, $own:expr, $h:expr, $reverse:expr) => {{
+    ($kernel:ident::<$p:ty>, $row:ident, $b:expr, $nu:expr, $packed:expr, $own:expr, $h:expr, $reverse:expr) => {{
         let (b, nu, own, h, packed, reverse) = ($b, $nu, $own, $h, $packed, $reverse);
-        let panel = h * G * LANES;
+        let panel = <$p>::depth(h) * G * LANES;
         let order = |i: usize, n: usize| if reverse { n - 1 - i } else { i };
         if b <= 2 {
             let mut r0 = $row(0);
@@ -401,10 +711,10 @@ macro_rules! drive_blocks {
                 let u = 2 * order(i, pairs);
                 let p = &packed[u * panel..];
                 match (&mut r1, nu - u >= 2) {
-                    (None, true) => $kernel::<1, 2>(&mut [&mut r0], p, u, own, h),
-                    (None, false) => $kernel::<1, 1>(&mut [&mut r0], p, u, own, h),
-                    (Some(r1), true) => $kernel::<2, 2>(&mut [&mut r0, r1], p, u, own, h),
-                    (Some(r1), false) => $kernel::<2, 1>(&mut [&mut r0, r1], p, u, own, h),
+                    (None, true) => $kernel::<1, 2, $p>(&mut [&mut r0], p, u, own, h),
+                    (None, false) => $kernel::<1, 1, $p>(&mut [&mut r0], p, u, own, h),
+                    (Some(r1), true) => $kernel::<2, 2, $p>(&mut [&mut r0, r1], p, u, own, h),
+                    (Some(r1), false) => $kernel::<2, 1, $p>(&mut [&mut r0, r1], p, u, own, h),
                 }
             }
         } else {
@@ -414,16 +724,16 @@ macro_rules! drive_blocks {
                 let mut b0 = 0;
                 while b0 + 4 <= b {
                     let mut r: [_; 4] = std::array::from_fn(|i| $row(b0 + i));
-                    $kernel::<4, 1>(&mut r.each_mut(), p, u, own, h);
+                    $kernel::<4, 1, $p>(&mut r.each_mut(), p, u, own, h);
                     b0 += 4;
                 }
                 match b - b0 {
                     0 => {}
-                    1 => $kernel::<1, 1>(&mut [&mut $row(b0)], p, u, own, h),
-                    2 => $kernel::<2, 1>(&mut [&mut $row(b0), &mut $row(b0 + 1)], p, u, own, h),
+                    1 => $kernel::<1, 1, $p>(&mut [&mut $row(b0)], p, u, own, h),
+                    2 => $kernel::<2, 1, $p>(&mut [&mut $row(b0), &mut $row(b0 + 1)], p, u, own, h),
                     _ => {
                         let mut r: [_; 3] = std::array::from_fn(|i| $row(b0 + i));
-                        $kernel::<3, 1>(&mut r.each_mut(), p, u, own, h)
+                        $kernel::<3, 1, $p>(&mut r.each_mut(), p, u, own, h)
                     }
                 }
             }
@@ -432,26 +742,34 @@ macro_rules! drive_blocks {
 }
 
 /// One row of the batch at one forward step, restricted to the calling thread's units
-/// (`gates`, `c`, `h`, `cprev`: units `j0..j1`) except `hprev`, which is all H.
-struct FwdRow<'a> {
+/// (`gates`, `c`, `h`, `cprev`: units `j0..j1`) except `hprev`, which is all H (as operand
+/// elements of the product: f32, or bf16 pairs).
+struct FwdRow<'a, X> {
     gates: [&'a mut [f32]; G],
     c: &'a mut [f32],
     h: &'a mut [f32],
     cprev: &'a [f32],
-    hprev: &'a [f32],
+    hprev: &'a [X],
 }
 
-/// Forward step `step` for the units of panels `units`, all rows of the batch.
-fn forward_step(
+/// Forward step `step` for the units of panels `units`, all rows of the batch; `operand` is
+/// the thread's buffer for h_{t-1} converted to `P`'s operand.
+#[allow(clippy::too_many_arguments)]
+fn forward_step<P: Product>(
     hs: &Shared,
     cs: &Shared,
     gates: &Shared,
-    packed: &[f32],
+    packed: &[P::Elem],
     Dims { b, h }: Dims,
     step: usize,
     units: std::ops::Range<usize>,
+    operand: &mut Vec<P::Elem>,
 ) {
     let (j0, j1) = (units.start * LANES, (units.end * LANES).min(h));
+    let depth = P::depth(h);
+    // SAFETY: row `step` of hs (all B rows) was completed before the last barrier and is only
+    // read during this step.
+    let hprev = P::operand(operand, unsafe { hs.get(step * b * h, b * h) }, h);
     let row = |bi: usize| {
         let (prev, next) = (step * b * h + bi * h, (step + 1) * b * h + bi * h);
         let g0 = (step * b + bi) * G * h;
@@ -464,13 +782,14 @@ fn forward_step(
                 c: cs.get_mut(next + j0, j1 - j0),
                 h: hs.get_mut(next + j0, j1 - j0),
                 cprev: cs.get(prev + j0, j1 - j0),
-                hprev: hs.get(prev, h),
+                hprev: &hprev[bi * depth..][..depth],
             }
         }
     };
-    let packed = &packed[units.start * h * G * LANES..units.end * h * G * LANES];
+    let panel = depth * G * LANES;
+    let packed = &packed[units.start * panel..units.end * panel];
     drive_blocks!(
-        forward_block,
+        forward_block::<P>,
         row,
         b,
         units.len(),
@@ -487,14 +806,13 @@ fn forward_step(
 // Register tiles read best as index loops over rows, panels and gates.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-fn forward_block<const R: usize, const U: usize>(
-    rows: &mut [&mut FwdRow; R],
-    panels: &[f32],
+fn forward_block<const R: usize, const U: usize, P: Product>(
+    rows: &mut [&mut FwdRow<P::Elem>; R],
+    panels: &[P::Elem],
     u: usize,
     own: usize,
     h: usize,
 ) {
-    let panel = h * G * LANES;
     // The U panels' units within the thread's range (the last may be a partial vector).
     let blocks: [Block; U] = std::array::from_fn(|v| {
         let i = (u + v) * LANES;
@@ -511,23 +829,7 @@ fn forward_block<const R: usize, const U: usize>(
             }
         }
     }
-    let hprev: [&[f32]; R] = std::array::from_fn(|r| &rows[r].hprev[..h]);
-    let mut ws: [_; U] =
-        std::array::from_fn(|v| panels[v * panel..][..panel].chunks_exact(G * LANES));
-    for k in 0..h {
-        let w: [[F32s; G]; U] = std::array::from_fn(|v| {
-            let p = ws[v].next().unwrap();
-            std::array::from_fn(|g| load(&p[g * LANES..]))
-        });
-        for r in 0..R {
-            let x = F32s::splat(hprev[r][k]);
-            for v in 0..U {
-                for g in 0..G {
-                    acc[r][v][g] = w[v][g].mul_add(x, acc[r][v][g]);
-                }
-            }
-        }
-    }
+    P::forward(&mut acc, std::array::from_fn(|r| rows[r].hprev), panels, h);
     for r in 0..R {
         for v in 0..U {
             let k = blocks[v];
@@ -600,28 +902,35 @@ fn cell_backward_step(
     }
 }
 
-/// Phase B of backward step `step`: `dh_rec = dgates[step]·W_hh` for the thread's own units.
-fn recurrent_backward_step(
+/// Phase B of backward step `step`: `dh_rec = dgates[step]·W_hh` for the thread's own units;
+/// `operand` is the thread's buffer for dgates[step] converted to `P`'s operand.
+fn recurrent_backward_step<P: Product>(
     dh: &Shared,
     dgates: &Shared,
-    packed: &[f32],
+    packed: &[P::Elem],
     Dims { b, h }: Dims,
     step: usize,
     units: std::ops::Range<usize>,
+    operand: &mut Vec<P::Elem>,
 ) {
     let (j0, j1) = (units.start * LANES, (units.end * LANES).min(h));
     let own = j1 - j0;
-    // SAFETY: dgates[step] is complete (barrier) and nobody writes it any more; dh is
-    // written only in the thread's own units.
-    let row = |bi: usize| unsafe {
-        BwdRow {
-            dgates: dgates.get((step * b + bi) * G * h, G * h),
-            dh: dh.get_mut(bi * h + j0, own),
-        }
+    let depth = P::depth(h);
+    // SAFETY: dgates[step] is complete (barrier) and nobody writes it any more.
+    let dg = P::operand(
+        operand,
+        unsafe { dgates.get(step * b * G * h, b * G * h) },
+        h,
+    );
+    // SAFETY: dh is written only in the thread's own units.
+    let row = |bi: usize| BwdRow {
+        dgates: &dg[bi * G * depth..][..G * depth],
+        dh: unsafe { dh.get_mut(bi * h + j0, own) },
     };
-    let packed = &packed[units.start * h * G * LANES..units.end * h * G * LANES];
+    let panel = depth * G * LANES;
+    let packed = &packed[units.start * panel..units.end * panel];
     drive_blocks!(
-        backward_block,
+        backward_block::<P>,
         row,
         b,
         units.len(),
@@ -632,9 +941,10 @@ fn recurrent_backward_step(
     );
 }
 
-/// One row at one backward step: all of its dgates (4H), and dh for the thread's own units.
-struct BwdRow<'a> {
-    dgates: &'a [f32],
+/// One row at one backward step: all of its dgates (4H, as operand elements: the G gates'
+/// rows of `depth(H)` one after the other), and dh for the thread's own units.
+struct BwdRow<'a, X> {
+    dgates: &'a [X],
     dh: &'a mut [f32],
 }
 
@@ -643,33 +953,15 @@ struct BwdRow<'a> {
 // Register tiles read best as index loops over rows, panels and gates.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-fn backward_block<const R: usize, const U: usize>(
-    rows: &mut [&mut BwdRow; R],
-    panels: &[f32],
+fn backward_block<const R: usize, const U: usize, P: Product>(
+    rows: &mut [&mut BwdRow<P::Elem>; R],
+    panels: &[P::Elem],
     u: usize,
     own: usize,
     h: usize,
 ) {
-    let panel = h * G * LANES;
     let mut acc = [[[F32s::ZERO; G]; U]; R];
-    let dg: [[&[f32]; G]; R] =
-        std::array::from_fn(|r| std::array::from_fn(|g| &rows[r].dgates[g * h..][..h]));
-    let mut ws: [_; U] =
-        std::array::from_fn(|v| panels[v * panel..][..panel].chunks_exact(G * LANES));
-    for j in 0..h {
-        let w: [[F32s; G]; U] = std::array::from_fn(|v| {
-            let p = ws[v].next().unwrap();
-            std::array::from_fn(|g| load(&p[g * LANES..]))
-        });
-        for r in 0..R {
-            for g in 0..G {
-                let x = F32s::splat(dg[r][g][j]);
-                for v in 0..U {
-                    acc[r][v][g] = w[v][g].mul_add(x, acc[r][v][g]);
-                }
-            }
-        }
-    }
+    P::backward(&mut acc, std::array::from_fn(|r| rows[r].dgates), panels, h);
     for r in 0..R {
         for v in 0..U {
             let i = (u + v) * LANES;
@@ -734,7 +1026,19 @@ fn check_backward(kernel: &str, lens: [usize; 6], b: usize, t: usize, h: usize) 
     }
 }
 
+/// The operands of the recurrent product as `precision` sees them: as they are in fp32,
+/// rounded to bfloat16 in bf16 (the references' rounding).
+fn operand_rounding(precision: Precision) -> fn(f32) -> f32 {
+    match precision {
+        Precision::F32 => |x| x,
+        Precision::Bf16 => round_bf16,
+    }
+}
+
 /// Scalar reference for [`lstm_forward`], on the unpacked W_hh (4H, H): the textbook loops.
+/// In `Bf16` the recurrent product's operands, W_hh and h_{t-1}, are rounded to bfloat16
+/// ([`round_bf16`]) and their products summed in fp32; everything else is fp32 either way.
+/// (Exactly `precision`: pass [`PackedWhh::precision`] to compare with a walk.)
 #[allow(clippy::too_many_arguments)]
 pub fn lstm_forward_ref(
     hs: &mut [f32],
@@ -744,11 +1048,13 @@ pub fn lstm_forward_ref(
     b: usize,
     t: usize,
     h: usize,
+    precision: Precision,
 ) {
     const K: &str = "lstm_forward_ref";
     check_forward(K, hs, cs, gates, b, t, h);
     check_len(K, "w_hh", w_hh.len(), G * h * h, format_args!("(4H, H)"));
     let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
+    let round = operand_rounding(precision);
     for step in 0..t {
         for bi in 0..b {
             let hprev = &hs[(step * b + bi) * h..][..h];
@@ -757,7 +1063,7 @@ pub fn lstm_forward_ref(
                 *a += w_hh[r * h..][..h]
                     .iter()
                     .zip(hprev)
-                    .map(|(w, x)| w * x)
+                    .map(|(&w, &x)| round(w) * round(x))
                     .sum::<f32>();
             }
             for j in 0..h {
@@ -772,7 +1078,9 @@ pub fn lstm_forward_ref(
     }
 }
 
-/// Scalar reference for [`lstm_backward`], on the unpacked W_hh (4H, H).
+/// Scalar reference for [`lstm_backward`], on the unpacked W_hh (4H, H). In `Bf16` the
+/// recurrent product's operands, dgates_t and W_hh, are rounded to bfloat16 and their
+/// products summed in fp32, as in [`lstm_forward_ref`].
 #[allow(clippy::too_many_arguments)]
 pub fn lstm_backward_ref(
     dgates: &mut [f32],
@@ -785,6 +1093,28 @@ pub fn lstm_backward_ref(
     b: usize,
     t: usize,
     h: usize,
+    precision: Precision,
+) {
+    dh0.fill(0.0);
+    dc0.fill(0.0);
+    backward_ref_carried(dgates, dh0, dc0, dhs, gates, cs, w_hh, b, t, h, precision);
+}
+
+/// [`lstm_backward_ref`] entered with ∂L/∂h and ∂L/∂c carried in from a step T + 1 (`dh0`,
+/// `dc0` on entry; zero for a whole walk).
+#[allow(clippy::too_many_arguments)]
+fn backward_ref_carried(
+    dgates: &mut [f32],
+    dh0: &mut [f32],
+    dc0: &mut [f32],
+    dhs: &[f32],
+    gates: &[f32],
+    cs: &[f32],
+    w_hh: &[f32],
+    b: usize,
+    t: usize,
+    h: usize,
+    precision: Precision,
 ) {
     const K: &str = "lstm_backward_ref";
     check_backward(
@@ -802,8 +1132,6 @@ pub fn lstm_backward_ref(
         h,
     );
     check_len(K, "w_hh", w_hh.len(), G * h * h, format_args!("(4H, H)"));
-    dh0.fill(0.0);
-    dc0.fill(0.0);
     for step in (0..t).rev() {
         for bi in 0..b {
             let a = &gates[(step * b + bi) * G * h..][..G * h];
@@ -821,257 +1149,21 @@ pub fn lstm_backward_ref(
                 da[3 * h + j] = dh * tc * o * (1.0 - o);
                 dc0[bi * h + j] = dc * f;
             }
-            for k in 0..h {
-                dh0[bi * h + k] = (0..G * h).map(|r| da[r] * w_hh[r * h + k]).sum();
-            }
+            dh_rec_ref(&mut dh0[bi * h..][..h], da, w_hh, h, precision);
         }
+    }
+}
+
+/// The backward recurrent product of one row, `dh[k] = Σ_r da[r]·W_hh[r][k]` over the 4H
+/// rows of W_hh, with the operands rounded as `precision` does.
+fn dh_rec_ref(dh: &mut [f32], da: &[f32], w_hh: &[f32], h: usize, precision: Precision) {
+    let round = operand_rounding(precision);
+    for (k, dh) in dh.iter_mut().enumerate() {
+        *dh = (0..G * h)
+            .map(|r| round(da[r]) * round(w_hh[r * h + k]))
+            .sum();
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testutil::{TestRng, assert_close};
-
-    /// Random inputs for a walk: initial state, input projections, W_hh, output gradients.
-    struct Case {
-        b: usize,
-        t: usize,
-        h: usize,
-        hs: Vec<f32>,
-        cs: Vec<f32>,
-        gates: Vec<f32>,
-        w_hh: Vec<f32>,
-        dhs: Vec<f32>,
-    }
-
-    fn case(b: usize, t: usize, h: usize, seed: u64) -> Case {
-        let mut rng = TestRng::new(seed);
-        let mut hs = vec![f32::NAN; (t + 1) * b * h];
-        let mut cs = hs.clone();
-        hs[..b * h].copy_from_slice(&rng.vec(b * h, 0.5));
-        cs[..b * h].copy_from_slice(&rng.vec(b * h, 1.0));
-        let scale = 1.0 / (h.max(1) as f32).sqrt();
-        Case {
-            b,
-            t,
-            h,
-            hs,
-            cs,
-            gates: rng.vec(t * b * G * h, 2.0),
-            w_hh: rng.vec(G * h * h, 2.0 * scale),
-            dhs: rng.vec(t * b * h, 1.0),
-        }
-    }
-
-    fn packed(w_hh: &[f32], h: usize, backward: bool) -> Vec<f32> {
-        let mut p = vec![f32::NAN; lstm_packed_len(h)];
-        if backward {
-            lstm_pack_backward(&mut p, w_hh, h);
-        } else {
-            lstm_pack_forward(&mut p, w_hh, h);
-        }
-        p
-    }
-
-    fn forward(c: &Case) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let (mut hs, mut cs, mut gates) = (c.hs.clone(), c.cs.clone(), c.gates.clone());
-        let p = packed(&c.w_hh, c.h, false);
-        lstm_forward(&mut hs, &mut cs, &mut gates, &p, c.b, c.t, c.h);
-        (hs, cs, gates)
-    }
-
-    fn forward_ref(c: &Case) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let (mut hs, mut cs, mut gates) = (c.hs.clone(), c.cs.clone(), c.gates.clone());
-        lstm_forward_ref(&mut hs, &mut cs, &mut gates, &c.w_hh, c.b, c.t, c.h);
-        (hs, cs, gates)
-    }
-
-    fn backward(c: &Case, gates: &[f32], cs: &[f32]) -> [Vec<f32>; 3] {
-        let (b, h) = (c.b, c.h);
-        let mut out = [
-            vec![f32::NAN; gates.len()],
-            vec![f32::NAN; b * h],
-            vec![f32::NAN; b * h],
-        ];
-        let p = packed(&c.w_hh, h, true);
-        let [dg, dh0, dc0] = &mut out;
-        lstm_backward(dg, dh0, dc0, &c.dhs, gates, cs, &p, b, c.t, h);
-        out
-    }
-
-    fn backward_ref(c: &Case, gates: &[f32], cs: &[f32]) -> [Vec<f32>; 3] {
-        let (b, h) = (c.b, c.h);
-        let mut out = [
-            vec![f32::NAN; gates.len()],
-            vec![f32::NAN; b * h],
-            vec![f32::NAN; b * h],
-        ];
-        let [dg, dh0, dc0] = &mut out;
-        lstm_backward_ref(dg, dh0, dc0, &c.dhs, gates, cs, &c.w_hh, b, c.t, h);
-        out
-    }
-
-    fn shapes() -> Vec<(usize, usize, usize)> {
-        let mut v = Vec::new();
-        for h in [1, 2, LANES - 1, LANES, LANES + 1, 2 * LANES + 1, 37] {
-            for b in [1, 2, 3, 4, 5, 9] {
-                for t in [0, 1, 4] {
-                    v.push((b, t, h));
-                }
-            }
-        }
-        v.extend([(0, 3, 8), (2, 3, 0)]);
-        v
-    }
-
-    #[test]
-    fn packing_places_every_weight() {
-        for h in [1, LANES - 1, LANES + 1, 2 * LANES + 3] {
-            let w: Vec<f32> = (0..G * h * h).map(|i| i as f32).collect();
-            let (pf, pb) = (packed(&w, h, false), packed(&w, h, true));
-            for g in 0..G {
-                for j in 0..h {
-                    for k in 0..h {
-                        let want = w[(g * h + j) * h + k];
-                        let (u, l) = (j / LANES, j % LANES);
-                        assert_eq!(pf[((u * h + k) * G + g) * LANES + l], want);
-                        let (q, l) = (k / LANES, k % LANES);
-                        assert_eq!(pb[((q * h + j) * G + g) * LANES + l], want);
-                    }
-                }
-            }
-            let padding = lstm_packed_len(h) - G * h * h;
-            assert_eq!(pf.iter().filter(|&&x| x == 0.0).count(), padding + 1);
-            assert_eq!(pb.iter().filter(|&&x| x == 0.0).count(), padding + 1);
-        }
-    }
-
-    #[test]
-    fn forward_matches_reference() {
-        for (b, t, h) in shapes() {
-            let c = case(b, t, h, (b * 1000 + t * 100 + h) as u64);
-            let (hs, cs, gates) = forward(&c);
-            let (hr, cr, gr) = forward_ref(&c);
-            let what = format!("B={b} T={t} H={h}");
-            assert_close(&hs, &hr, 1e-5, 1e-5, &format!("hs {what}"));
-            assert_close(&cs, &cr, 1e-5, 1e-5, &format!("cs {what}"));
-            assert_close(&gates, &gr, 1e-5, 1e-5, &format!("gates {what}"));
-        }
-    }
-
-    #[test]
-    fn backward_matches_reference() {
-        for (b, t, h) in shapes() {
-            let c = case(b, t, h, (b * 1000 + t * 100 + h + 7) as u64);
-            let (_, cs, gates) = forward_ref(&c);
-            let got = backward(&c, &gates, &cs);
-            let want = backward_ref(&c, &gates, &cs);
-            for (name, g, w) in [("dgates", 0, 0), ("dh0", 1, 1), ("dc0", 2, 2)] {
-                let what = format!("{name} B={b} T={t} H={h}");
-                assert_close(&got[g], &want[w], 1e-4, 1e-5, &what);
-            }
-        }
-    }
-
-    #[test]
-    fn results_do_not_depend_on_the_thread_count() {
-        let pool = |n| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .unwrap()
-        };
-        for (b, t, h) in [(1, 7, 3 * LANES + 5), (5, 4, 2 * LANES + 1), (16, 3, 45)] {
-            let c = case(b, t, h, 99);
-            let run = |threads| {
-                pool(threads).install(|| {
-                    let (hs, cs, gates) = forward(&c);
-                    let grads = backward(&c, &gates, &cs);
-                    (hs, cs, gates, grads)
-                })
-            };
-            let one = run(1);
-            for threads in [2, 3] {
-                let many = run(threads);
-                assert!(
-                    one == many,
-                    "B={b} T={t} H={h}: 1 vs {threads} threads differ"
-                );
-            }
-        }
-    }
-
-    /// Walks started concurrently on one pool (parallel tests, a par_iter over models) must
-    /// not deadlock: rayon queues each broadcast's jobs on every worker under one lock, in
-    /// FIFO order, so all workers run the walks in the same order and never wait on each
-    /// other across two of them. (A deadlock hangs this test.)
-    #[test]
-    fn concurrent_walks_on_one_pool_finish_with_the_same_results() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        let c = case(3, 5, 2 * LANES + 7, 17);
-        let want = forward(&c);
-        std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    for _ in 0..20 {
-                        assert!(pool.install(|| forward(&c)) == want);
-                    }
-                });
-            }
-        });
-        // Nested: walks launched from inside the pool's own parallel loop.
-        let all: Vec<_> = pool.install(|| {
-            use rayon::prelude::*;
-            (0..8).into_par_iter().map(|_| forward(&c)).collect()
-        });
-        assert!(all.iter().all(|got| *got == want));
-    }
-
-    /// The reference backward is the gradient of the reference forward: finite differences in
-    /// f32 on L = Σ dhs ⊙ h_{1..T} (central, ε = 1e-2 on inputs of order 1, tolerances to
-    /// match). With the reference checked here and the fast kernels checked against the
-    /// references, the fast backward is the fast forward's gradient.
-    #[test]
-    fn reference_backward_is_the_gradient_of_reference_forward() {
-        let (b, t, h) = (2, 3, 5);
-        let c = case(b, t, h, 5);
-        let loss = |hs0: &[f32], cs0: &[f32], pre: &[f32]| -> f64 {
-            let (mut hs, mut cs, mut gates) = (c.hs.clone(), c.cs.clone(), pre.to_vec());
-            hs[..b * h].copy_from_slice(hs0);
-            cs[..b * h].copy_from_slice(cs0);
-            lstm_forward_ref(&mut hs, &mut cs, &mut gates, &c.w_hh, b, t, h);
-            hs[b * h..]
-                .iter()
-                .zip(&c.dhs)
-                .map(|(&x, &d)| x as f64 * d as f64)
-                .sum()
-        };
-        let (h0, c0) = (c.hs[..b * h].to_vec(), c.cs[..b * h].to_vec());
-        let (_, cs, gates) = forward_ref(&c);
-        let [dg, dh0, dc0] = backward_ref(&c, &gates, &cs);
-        let eps = 1e-2;
-        let numeric = |which: usize, i: usize| {
-            let mut args = [h0.clone(), c0.clone(), c.gates.clone()];
-            args[which][i] += eps;
-            let up = loss(&args[0], &args[1], &args[2]);
-            args[which][i] -= 2.0 * eps;
-            let down = loss(&args[0], &args[1], &args[2]);
-            ((up - down) / (2.0 * eps as f64)) as f32
-        };
-        for (which, analytic) in [(0, &dh0), (1, &dc0), (2, &dg)] {
-            let fd: Vec<f32> = (0..analytic.len()).map(|i| numeric(which, i)).collect();
-            assert_close(analytic, &fd, 2e-2, 2e-3, &format!("argument {which}"));
-        }
-    }
-
-    #[test]
-    #[should_panic(expected = "lstm_forward: gates has 3 elements")]
-    fn wrong_lengths_panic_with_the_argument_name() {
-        let (mut hs, mut cs) = (vec![0.0; 2], vec![0.0; 2]);
-        lstm_forward(&mut hs, &mut cs, &mut [0.0; 3], &[0.0; LANES * 4], 1, 1, 1);
-    }
-}
+mod tests;

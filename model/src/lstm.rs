@@ -35,7 +35,8 @@ use kernels::cross_entropy::cross_entropy_fused_inplace;
 use kernels::elementwise::{bias_backward, bias_forward};
 use kernels::embedding::{embedding_backward, embedding_forward};
 use kernels::recurrence::{
-    lstm_backward, lstm_forward, lstm_pack_backward, lstm_pack_forward, lstm_packed_len,
+    Backward, Forward, PackedWhh, lstm_backward, lstm_forward, lstm_pack_backward,
+    lstm_pack_forward,
 };
 use kernels::{Precision, gemm};
 use serde_json::json;
@@ -301,15 +302,22 @@ struct Activations {
     dh0: Vec<f32>,          // (B, H) gradient into the initial state (dropped: detached)
     dc0: Vec<f32>,          // (B, H)
     dbias: Vec<f32>,        // (4H) one layer's bias gradient (b_ih and b_hh share it)
-    packed: Vec<f32>,       // W_hh packed for the walk, one layer at a time
+    packed: PackedPair,     // W_hh packed for the walks, one layer at a time
     bias: Vec<f32>,         // (4H) b_ih + b_hh of one layer
+}
+
+/// W_hh of one layer packed for the forward and the backward walk.
+#[derive(Default)]
+struct PackedPair {
+    fwd: PackedWhh<Forward>,
+    bwd: PackedWhh<Backward>,
 }
 
 impl Activations {
     fn resize(&mut self, c: &LstmConfig, b: usize, t: usize) {
         let (v, h, l) = (c.vocab_size, c.hidden_size, c.num_layers);
         let n = b * t;
-        if (self.b, self.t) != (b, t) || self.packed.len() != lstm_packed_len(h) {
+        if (self.b, self.t) != (b, t) || self.bias.len() != G * h {
             *self = Activations {
                 b,
                 t,
@@ -328,7 +336,7 @@ impl Activations {
                 dh0: vec![0.0; b * h],
                 dc0: vec![0.0; b * h],
                 dbias: vec![0.0; G * h],
-                packed: vec![0.0; lstm_packed_len(h)],
+                packed: PackedPair::default(),
                 bias: vec![0.0; G * h],
             };
         }
@@ -531,8 +539,8 @@ impl LanguageModel for Lstm {
                 linear_forward(gates, x, lp.w_ih.of(p), &a.bias, n, h, G * h, prec); // all T steps at once
             }
             initial_state(&mut hs[..b * h], &mut cs[..b * h], carried.map(|c| (&c.h[l * b * h..][..b * h], &c.c[l * b * h..][..b * h])));
-            lstm_pack_forward(&mut a.packed, lp.w_hh.of(p), h);
-            lstm_forward(hs, cs, gates, &a.packed, b, t, h); // the walk through time
+            lstm_pack_forward(&mut a.packed.fwd, lp.w_hh.of(p), h, Precision::F32);
+            lstm_forward(hs, cs, gates, &a.packed.fwd, b, t, h); // the walk through time
         }
         let x_top = &a.hs[(nl - 1) * state + b * h..][..n * h]; // (T, B, H)
         linear_forward(&mut a.logits, x_top, at.head_w.of(p), at.head_b.of(p), n, h, v, prec);
@@ -577,8 +585,8 @@ impl LanguageModel for Lstm {
             let hs = &a.hs[l * state..][..state];
             let cs = &a.cs[l * state..][..state];
             let gates = &a.gates[l * n * G * h..][..n * G * h];
-            lstm_pack_backward(&mut a.packed, lp.w_hh.of(p), h);
-            lstm_backward(&mut a.dgates, &mut a.dh0, &mut a.dc0, &a.dh, gates, cs, &a.packed, b, t, h); // back through time
+            lstm_pack_backward(&mut a.packed.bwd, lp.w_hh.of(p), h, Precision::F32);
+            lstm_backward(&mut a.dgates, &mut a.dh0, &mut a.dc0, &a.dh, gates, cs, &a.packed.bwd, b, t, h); // back through time
             linear_weight_backward(lp.w_hh.of_mut(d), &a.dgates, &hs[..n * h], n, h, G * h, prec); // h_{t-1}, all steps
             a.dbias.fill(0.0);
             if l == 0 && table {
@@ -713,13 +721,13 @@ fn initial_state(h0: &mut [f32], c0: &mut [f32], carried: Option<(&[f32], &[f32]
 /// W_ih and the head to bf16 again at every token, costing more than the product saves.
 pub struct LstmDecoder<'a> {
     model: &'a Lstm,
-    packed: Vec<f32>, // (L, packed_len)
-    bias: Vec<f32>,   // (L, 4H) b_ih + b_hh
-    hs: Vec<f32>,     // (L, 2, H) per layer: h_{t-1}, h_t
-    cs: Vec<f32>,     // (L, 2, H)
-    gates: Vec<f32>,  // (4H)
-    x: Vec<f32>,      // (H)
-    logits: Vec<f32>, // (V)
+    packed: Vec<PackedWhh<Forward>>, // (L) W_hh of each layer
+    bias: Vec<f32>,                  // (L, 4H) b_ih + b_hh
+    hs: Vec<f32>,                    // (L, 2, H) per layer: h_{t-1}, h_t
+    cs: Vec<f32>,                    // (L, 2, H)
+    gates: Vec<f32>,                 // (4H)
+    x: Vec<f32>,                     // (H)
+    logits: Vec<f32>,                // (V)
     position: usize,
 }
 
@@ -730,15 +738,11 @@ impl<'a> LstmDecoder<'a> {
             model.config.hidden_size,
             model.config.num_layers,
         );
-        let plen = lstm_packed_len(h);
-        let mut packed = vec![0.0; nl * plen];
+        let mut packed: Vec<_> = (0..nl).map(|_| PackedWhh::new()).collect();
         let mut bias = vec![0.0; nl * G * h];
         for (l, lp) in model.at.layers.iter().enumerate() {
-            lstm_pack_forward(
-                &mut packed[l * plen..][..plen],
-                lp.w_hh.of(&model.params),
-                h,
-            );
+            let w_hh = lp.w_hh.of(&model.params);
+            lstm_pack_forward(&mut packed[l], w_hh, h, Precision::F32);
             let pairs = lp
                 .b_ih
                 .of(&model.params)
@@ -768,12 +772,11 @@ impl Decoder for LstmDecoder<'_> {
         let m = self.model;
         let (v, h) = (m.config.vocab_size, m.config.hidden_size);
         check_vocab(v, &[token])?;
-        let plen = lstm_packed_len(h);
         embedding_forward(&mut self.x, &[token], m.at.emb.of(&m.params), h);
         for (l, lp) in m.at.layers.iter().enumerate() {
             let (hs, cs) = (&mut self.hs[l * 2 * h..][..2 * h], &mut self.cs[l * 2 * h..][..2 * h]);
             linear_forward(&mut self.gates, &self.x, lp.w_ih.of(&m.params), &self.bias[l * G * h..][..G * h], 1, h, G * h, Precision::F32);
-            lstm_forward(hs, cs, &mut self.gates, &self.packed[l * plen..][..plen], 1, 1, h);
+            lstm_forward(hs, cs, &mut self.gates, &self.packed[l], 1, 1, h);
             hs.copy_within(h.., 0); // h_t becomes h_{t-1} of the next token
             cs.copy_within(h.., 0);
             self.x.copy_from_slice(&hs[..h]);

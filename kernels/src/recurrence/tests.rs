@@ -1,0 +1,547 @@
+//! Tests of the recurrence: packing, both walks against the scalar references in fp32 and
+//! bf16, thread-count independence, concurrency, and the references' own gradient check.
+
+use super::*;
+use crate::precision::HAS_BF16;
+use crate::testutil::{TestRng, assert_close};
+
+/// Random inputs for a walk: initial state, input projections, W_hh, output gradients.
+struct Case {
+    b: usize,
+    t: usize,
+    h: usize,
+    hs: Vec<f32>,
+    cs: Vec<f32>,
+    gates: Vec<f32>,
+    w_hh: Vec<f32>,
+    dhs: Vec<f32>,
+}
+
+fn case(b: usize, t: usize, h: usize, seed: u64) -> Case {
+    let mut rng = TestRng::new(seed);
+    let mut hs = vec![f32::NAN; (t + 1) * b * h];
+    let mut cs = hs.clone();
+    hs[..b * h].copy_from_slice(&rng.vec(b * h, 0.5));
+    cs[..b * h].copy_from_slice(&rng.vec(b * h, 1.0));
+    let scale = 1.0 / (h.max(1) as f32).sqrt();
+    Case {
+        b,
+        t,
+        h,
+        hs,
+        cs,
+        gates: rng.vec(t * b * G * h, 2.0),
+        w_hh: rng.vec(G * h * h, 2.0 * scale),
+        dhs: rng.vec(t * b * h, 1.0),
+    }
+}
+
+fn packed_forward(w_hh: &[f32], h: usize, p: Precision) -> PackedWhh<Forward> {
+    let mut packed = PackedWhh::new();
+    lstm_pack_forward(&mut packed, w_hh, h, p);
+    packed
+}
+
+fn packed_backward(w_hh: &[f32], h: usize, p: Precision) -> PackedWhh<Backward> {
+    let mut packed = PackedWhh::new();
+    lstm_pack_backward(&mut packed, w_hh, h, p);
+    packed
+}
+
+/// The walk in `p`; also returns the precision it ran in.
+fn forward(c: &Case, p: Precision) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (mut hs, mut cs, mut gates) = (c.hs.clone(), c.cs.clone(), c.gates.clone());
+    let packed = packed_forward(&c.w_hh, c.h, p);
+    lstm_forward(&mut hs, &mut cs, &mut gates, &packed, c.b, c.t, c.h);
+    (hs, cs, gates)
+}
+
+fn forward_ref(c: &Case) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (mut hs, mut cs, mut gates) = (c.hs.clone(), c.cs.clone(), c.gates.clone());
+    lstm_forward_ref(
+        &mut hs,
+        &mut cs,
+        &mut gates,
+        &c.w_hh,
+        c.b,
+        c.t,
+        c.h,
+        Precision::F32,
+    );
+    (hs, cs, gates)
+}
+
+/// The backward walk over steps `from..T` (all of them for `from = 0`): dgates of those steps,
+/// and dh, dc carried out of step `from` (∂L/∂h_from, ∂L/∂c_from).
+fn backward_from(c: &Case, gates: &[f32], cs: &[f32], p: Precision, from: usize) -> [Vec<f32>; 3] {
+    let (b, h, t) = (c.b, c.h, c.t - from);
+    let mut out = [
+        vec![f32::NAN; t * b * G * h],
+        vec![f32::NAN; b * h],
+        vec![f32::NAN; b * h],
+    ];
+    let packed = packed_backward(&c.w_hh, h, p);
+    let [dg, dh0, dc0] = &mut out;
+    let (dhs, gates, cs) = (
+        &c.dhs[from * b * h..],
+        &gates[from * b * G * h..],
+        &cs[from * b * h..],
+    );
+    lstm_backward(dg, dh0, dc0, dhs, gates, cs, &packed, b, t, h);
+    out
+}
+
+fn backward(c: &Case, gates: &[f32], cs: &[f32], p: Precision) -> [Vec<f32>; 3] {
+    backward_from(c, gates, cs, p, 0)
+}
+
+fn backward_ref(c: &Case, gates: &[f32], cs: &[f32]) -> [Vec<f32>; 3] {
+    let (b, h) = (c.b, c.h);
+    let mut out = [
+        vec![f32::NAN; gates.len()],
+        vec![f32::NAN; b * h],
+        vec![f32::NAN; b * h],
+    ];
+    let [dg, dh0, dc0] = &mut out;
+    let f32 = Precision::F32;
+    lstm_backward_ref(dg, dh0, dc0, &c.dhs, gates, cs, &c.w_hh, b, c.t, h, f32);
+    out
+}
+
+fn shapes() -> Vec<(usize, usize, usize)> {
+    let mut v = Vec::new();
+    for h in [1, 2, LANES - 1, LANES, LANES + 1, 2 * LANES + 1, 37] {
+        for b in [1, 2, 3, 4, 5, 9] {
+            for t in [0, 1, 4] {
+                v.push((b, t, h));
+            }
+        }
+    }
+    v.extend([(0, 3, 8), (2, 3, 0)]);
+    v
+}
+
+#[test]
+fn packing_places_every_weight() {
+    for h in [1, LANES - 1, LANES + 1, 2 * LANES + 3] {
+        let w: Vec<f32> = (0..G * h * h).map(|i| i as f32).collect();
+        let pf = packed_forward(&w, h, Precision::F32);
+        let pb = packed_backward(&w, h, Precision::F32);
+        assert_eq!((pf.precision(), pf.hidden_size()), (Precision::F32, h));
+        let (pf, pb) = (pf.fp32(), pb.fp32());
+        for g in 0..G {
+            for j in 0..h {
+                for k in 0..h {
+                    let want = w[(g * h + j) * h + k];
+                    let (u, l) = (j / LANES, j % LANES);
+                    assert_eq!(pf[((u * h + k) * G + g) * LANES + l], want);
+                    let (q, l) = (k / LANES, k % LANES);
+                    assert_eq!(pb[((q * h + j) * G + g) * LANES + l], want);
+                }
+            }
+        }
+        let padding = pf.len() - G * h * h;
+        assert_eq!(pf.iter().filter(|&&x| x == 0.0).count(), padding + 1);
+        assert_eq!(pb.iter().filter(|&&x| x == 0.0).count(), padding + 1);
+    }
+}
+
+/// The bf16 layouts of the `bf16` leaf's docs, read back half by half. The weights are
+/// integers 1..=251, exact in bf16 (8 significant bits), so every half must hold its weight
+/// exactly, and every other half (padding) must be zero.
+#[test]
+fn bf16_packing_places_every_weight_as_pairs() {
+    for h in [1, 2, 3, LANES - 1, LANES + 1, 2 * LANES + 3] {
+        let w: Vec<f32> = (0..G * h * h).map(|i| (i % 251 + 1) as f32).collect();
+        let pf = packed_forward(&w, h, Precision::Bf16);
+        let pb = packed_backward(&w, h, Precision::Bf16);
+        if !HAS_BF16 {
+            // This build has no bf16: the packing says so and holds fp32.
+            assert_eq!(
+                (pf.precision(), pb.precision()),
+                (Precision::F32, Precision::F32)
+            );
+            assert_eq!(pf.fp32(), packed_forward(&w, h, Precision::F32).fp32());
+            continue;
+        }
+        assert_eq!(
+            (pf.precision(), pb.precision()),
+            (Precision::Bf16, Precision::Bf16)
+        );
+        let k2 = h.div_ceil(2);
+        let half = |data: &[u32], i: usize, hi: usize| f32::from_bits((data[i] >> (16 * hi)) << 16);
+        for g in 0..G {
+            for j in 0..h {
+                for k in 0..h {
+                    let want = w[(g * h + j) * h + k];
+                    let (u, l) = (j / LANES, j % LANES);
+                    let at = ((u * k2 + k / 2) * G + g) * LANES + l;
+                    assert_eq!(half(&pf.data, at, k % 2), want, "forward g={g} j={j} k={k}");
+                    let (q, l) = (k / LANES, k % LANES);
+                    let at = ((q * k2 + j / 2) * G + g) * LANES + l;
+                    assert_eq!(
+                        half(&pb.data, at, j % 2),
+                        want,
+                        "backward g={g} j={j} k={k}"
+                    );
+                }
+            }
+        }
+        for data in [&pf.data, &pb.data] {
+            assert_eq!(data.len(), h.div_ceil(LANES) * k2 * G * LANES);
+            let zeros = (0..2 * data.len()).filter(|&i| half(data, i / 2, i % 2) == 0.0);
+            assert_eq!(zeros.count(), 2 * data.len() - G * h * h);
+        }
+    }
+}
+
+#[test]
+fn forward_matches_reference() {
+    for (b, t, h) in shapes() {
+        let c = case(b, t, h, (b * 1000 + t * 100 + h) as u64);
+        let (hs, cs, gates) = forward(&c, Precision::F32);
+        let (hr, cr, gr) = forward_ref(&c);
+        let what = format!("B={b} T={t} H={h}");
+        assert_close(&hs, &hr, 1e-5, 1e-5, &format!("hs {what}"));
+        assert_close(&cs, &cr, 1e-5, 1e-5, &format!("cs {what}"));
+        assert_close(&gates, &gr, 1e-5, 1e-5, &format!("gates {what}"));
+    }
+}
+
+#[test]
+fn backward_matches_reference() {
+    for (b, t, h) in shapes() {
+        let c = case(b, t, h, (b * 1000 + t * 100 + h + 7) as u64);
+        let (_, cs, gates) = forward_ref(&c);
+        let got = backward(&c, &gates, &cs, Precision::F32);
+        let want = backward_ref(&c, &gates, &cs);
+        for (name, g, w) in [("dgates", 0, 0), ("dh0", 1, 1), ("dc0", 2, 2)] {
+            let what = format!("{name} B={b} T={t} H={h}");
+            assert_close(&got[g], &want[w], 1e-4, 1e-5, &what);
+        }
+    }
+}
+
+// The bf16 walks against the references in bf16 (`lstm_*_ref(…, Bf16)`): W_hh and the
+// product's other operand — h_{t-1} forward, dgates_t backward — rounded to bf16 with
+// `round_bf16`, everything else fp32. A product of two bf16 (8 significant bits each) is
+// exact in fp32, so kernel and reference sum the same exact products and differ only in
+// the order and rounding of the fp32 additions: at most (n − 1)·2^-24·Σ|terms| over n terms
+// (n = H + 1 forward, 4H backward), the same error the fp32 walks have against their
+// references; hence the fp32 tests' tolerances. H ≤ 37 and |W_hh| ≤ 2/√H keep Σ|terms| of
+// a row below about 2√H + 2 ≈ 14 forward, i.e. under 4e-5 in the worst case and ~1e-6 in
+// practice (errors of random sign grow like √n).
+//
+// Each step is checked from the kernel's own state (teacher forcing). A free-running
+// comparison would let an ulp of fp32 difference in h_t (the kernel's σ and tanh are not
+// libm's) move h_t across a bf16 rounding boundary, and one operand 2^-8 apart is a
+// legitimate difference far above the summation error.
+
+/// Forward, step by step: from the kernel's h_t and c_t, one reference step (in the
+/// precision the packing recorded) gives the kernel's h_{t+1}, c_{t+1} and gates_t.
+#[test]
+fn bf16_forward_matches_reference_on_rounded_operands() {
+    for (b, t, h) in shapes() {
+        let c = case(b, t, h, (b * 1000 + t * 100 + h + 3) as u64);
+        let p = packed_forward(&c.w_hh, h, Precision::Bf16).precision();
+        assert_eq!(p, Precision::Bf16.effective());
+        let (hs, cs, gates) = forward(&c, Precision::Bf16);
+        let (state, gate) = (b * h, b * G * h);
+        for s in 0..t {
+            let mut hr = hs[s * state..][..2 * state].to_vec();
+            let mut cr = cs[s * state..][..2 * state].to_vec();
+            let mut gr = c.gates[s * gate..][..gate].to_vec();
+            lstm_forward_ref(&mut hr, &mut cr, &mut gr, &c.w_hh, b, 1, h, p);
+            let what = format!("B={b} T={t} H={h} step {s}");
+            assert_close(
+                &hs[(s + 1) * state..][..state],
+                &hr[state..],
+                1e-5,
+                1e-5,
+                &format!("h {what}"),
+            );
+            assert_close(
+                &cs[(s + 1) * state..][..state],
+                &cr[state..],
+                1e-5,
+                1e-5,
+                &format!("c {what}"),
+            );
+            assert_close(
+                &gates[s * gate..][..gate],
+                &gr,
+                1e-5,
+                1e-5,
+                &format!("gates {what}"),
+            );
+        }
+    }
+}
+
+/// Backward, step by step: the walk over steps s..T is the walk over s+1..T followed by step
+/// s, entered with what the former carries out. Per step, the cell backward (dgates_s, dc)
+/// matches the reference step entered with the kernel's carry, and dh_rec the reference
+/// product of the kernel's own dgates_s (so that a rounding boundary crossed by an ulp of
+/// dgates cannot fail the test, as for h in the forward). The full walk's dgates are the
+/// suffix walks' bit for bit, so this checks the whole walk.
+#[test]
+fn bf16_backward_matches_reference_on_rounded_operands() {
+    for (b, t, h) in shapes() {
+        let c = case(b, t, h, (b * 1000 + t * 100 + h + 11) as u64);
+        let p = packed_backward(&c.w_hh, h, Precision::Bf16).precision();
+        let (_, cs, gates) = forward_ref(&c);
+        let whole = backward(&c, &gates, &cs, Precision::Bf16);
+        let gate = b * G * h;
+        for s in (0..t).rev() {
+            let [dg, dh, dc] = backward_from(&c, &gates, &cs, Precision::Bf16, s);
+            let what = format!("B={b} T={t} H={h} step {s}");
+            assert!(
+                dg == whole[0][s * gate..],
+                "dgates of the suffix walk {what}"
+            );
+            let [mut dh_in, mut dc_in] = [vec![0.0; b * h], vec![0.0; b * h]];
+            if s + 1 < t {
+                [_, dh_in, dc_in] = backward_from(&c, &gates, &cs, Precision::Bf16, s + 1);
+            }
+            let mut dg_ref = vec![f32::NAN; gate];
+            let (dhs, g, cs) = (&c.dhs[s * b * h..], &gates[s * gate..], &cs[s * b * h..]);
+            let (dhs, cs) = (&dhs[..b * h], &cs[..2 * b * h]);
+            let (dh_ref, dc_ref) = (&mut dh_in, &mut dc_in);
+            backward_ref_carried(
+                &mut dg_ref,
+                dh_ref,
+                dc_ref,
+                dhs,
+                &g[..gate],
+                cs,
+                &c.w_hh,
+                b,
+                1,
+                h,
+                p,
+            );
+            assert_close(&dg[..gate], &dg_ref, 1e-4, 1e-5, &format!("dgates {what}"));
+            assert_close(&dc, dc_ref, 1e-4, 1e-5, &format!("dc {what}"));
+            let mut want = vec![f32::NAN; b * h];
+            for (bi, want) in want.chunks_exact_mut(h.max(1)).enumerate() {
+                dh_rec_ref(want, &dg[bi * G * h..][..G * h], &c.w_hh, h, p);
+            }
+            assert_close(&dh, &want, 1e-4, 1e-5, &format!("dh {what}"));
+        }
+    }
+}
+
+/// A bf16 walk must round: it fails if a bf16 packing silently ran the fp32 product. Every
+/// weight is 1 + 2^-9 and every h_0 0.5·(1 + 2^-9), which bf16 rounds to 1 and 0.5 (2^-9 is
+/// under half of bf16's 2^-7 ulp at 1): the g gate's pre-activation `−H/2 + h_0·W_hhᵀ` is
+/// then exactly 0 in bf16 (g = tanh 0 = 0), and H/2·(2^-8 + 2^-18) in fp32. Backward: the
+/// kernel's dh_rec is the bf16 product of its dgates, far from their fp32 product.
+#[test]
+fn bf16_walks_round_their_operands() {
+    let (b, h) = (2, 37);
+    let w = vec![1.0 + 2f32.powi(-9); G * h * h];
+    let (mut hs, mut cs) = (
+        vec![0.5 * (1.0 + 2f32.powi(-9)); 2 * b * h],
+        vec![0.0; 2 * b * h],
+    );
+    let mut gates = vec![-(h as f32) / 2.0; b * G * h];
+    let packed = packed_forward(&w, h, Precision::Bf16);
+    lstm_forward(&mut hs, &mut cs, &mut gates, &packed, b, 1, h);
+    let g_gate = gates.chunks_exact(h).skip(2).step_by(G).flatten();
+    if HAS_BF16 {
+        assert_eq!(packed.precision(), Precision::Bf16);
+        assert!(
+            g_gate.clone().all(|&g| g == 0.0),
+            "bf16 forward did not round: {gates:?}"
+        );
+    } else {
+        assert_eq!(packed.precision(), Precision::F32);
+    }
+    // In fp32 the same walk sees the 2^-9s: tanh(37/2 · (2^-8 + 2^-18)) ≈ 0.072.
+    let fp32 = {
+        let (mut hs, mut cs, mut gates) =
+            (hs.clone(), cs.clone(), vec![-(h as f32) / 2.0; b * G * h]);
+        hs[b * h..].fill(f32::NAN);
+        cs[b * h..].fill(f32::NAN);
+        lstm_forward(
+            &mut hs,
+            &mut cs,
+            &mut gates,
+            &packed_forward(&w, h, Precision::F32),
+            b,
+            1,
+            h,
+        );
+        gates
+    };
+    let fp32_g: Vec<f32> = fp32
+        .chunks_exact(h)
+        .skip(2)
+        .step_by(G)
+        .flatten()
+        .copied()
+        .collect();
+    assert!(
+        fp32_g.iter().all(|&g| (g - 0.072).abs() < 1e-3),
+        "{fp32_g:?}"
+    );
+    if !HAS_BF16 {
+        assert!(g_gate.copied().eq(fp32_g), "without bf16, Bf16 runs fp32");
+    }
+
+    let c = case(3, 1, h, 23);
+    let (_, cs, gates) = forward_ref(&c);
+    let [dg, dh, _] = backward(&c, &gates, &cs, Precision::Bf16);
+    let product = |p| {
+        let mut out = vec![0.0; c.b * h];
+        for (bi, out) in out.chunks_exact_mut(h).enumerate() {
+            dh_rec_ref(out, &dg[bi * G * h..][..G * h], &c.w_hh, h, p);
+        }
+        out
+    };
+    let (bf16, fp32) = (product(Precision::Bf16), product(Precision::F32));
+    let far = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    };
+    if HAS_BF16 {
+        assert_close(&dh, &bf16, 1e-4, 1e-5, "bf16 dh_rec");
+        assert!(
+            far(&dh, &fp32) > 1e-3,
+            "bf16 backward within {} of fp32",
+            far(&dh, &fp32)
+        );
+    } else {
+        assert_close(&dh, &fp32, 1e-4, 1e-5, "fp32 dh_rec");
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let pool = |n| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    };
+    for p in [Precision::F32, Precision::Bf16] {
+        for (b, t, h) in [(1, 7, 3 * LANES + 5), (5, 4, 2 * LANES + 1), (16, 3, 45)] {
+            let c = case(b, t, h, 99);
+            let run = |threads| {
+                pool(threads).install(|| {
+                    let (hs, cs, gates) = forward(&c, p);
+                    let grads = backward(&c, &gates, &cs, p);
+                    (hs, cs, gates, grads)
+                })
+            };
+            let one = run(1);
+            for threads in [2, 3] {
+                let many = run(threads);
+                assert!(
+                    one == many,
+                    "{p} B={b} T={t} H={h}: 1 vs {threads} threads differ"
+                );
+            }
+        }
+    }
+}
+
+/// Walks started concurrently on one pool (parallel tests, a par_iter over models) must
+/// not deadlock: rayon queues each broadcast's jobs on every worker under one lock, in
+/// FIFO order, so all workers run the walks in the same order and never wait on each
+/// other across two of them. (A deadlock hangs this test.)
+#[test]
+fn concurrent_walks_on_one_pool_finish_with_the_same_results() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let c = case(3, 5, 2 * LANES + 7, 17);
+    let want = forward(&c, Precision::F32);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..20 {
+                    assert!(pool.install(|| forward(&c, Precision::F32)) == want);
+                }
+            });
+        }
+    });
+    // Nested: walks launched from inside the pool's own parallel loop.
+    let all: Vec<_> = pool.install(|| {
+        use rayon::prelude::*;
+        (0..8)
+            .into_par_iter()
+            .map(|_| forward(&c, Precision::F32))
+            .collect()
+    });
+    assert!(all.iter().all(|got| *got == want));
+}
+
+/// The reference backward is the gradient of the reference forward: finite differences in
+/// f32 on L = Σ dhs ⊙ h_{1..T} (central, ε = 1e-2 on inputs of order 1, tolerances to
+/// match). With the reference checked here and the fast kernels checked against the
+/// references, the fast backward is the fast forward's gradient.
+#[test]
+fn reference_backward_is_the_gradient_of_reference_forward() {
+    let (b, t, h) = (2, 3, 5);
+    let c = case(b, t, h, 5);
+    let loss = |hs0: &[f32], cs0: &[f32], pre: &[f32]| -> f64 {
+        let (mut hs, mut cs, mut gates) = (c.hs.clone(), c.cs.clone(), pre.to_vec());
+        hs[..b * h].copy_from_slice(hs0);
+        cs[..b * h].copy_from_slice(cs0);
+        lstm_forward_ref(
+            &mut hs,
+            &mut cs,
+            &mut gates,
+            &c.w_hh,
+            b,
+            t,
+            h,
+            Precision::F32,
+        );
+        hs[b * h..]
+            .iter()
+            .zip(&c.dhs)
+            .map(|(&x, &d)| x as f64 * d as f64)
+            .sum()
+    };
+    let (h0, c0) = (c.hs[..b * h].to_vec(), c.cs[..b * h].to_vec());
+    let (_, cs, gates) = forward_ref(&c);
+    let [dg, dh0, dc0] = backward_ref(&c, &gates, &cs);
+    let eps = 1e-2;
+    let numeric = |which: usize, i: usize| {
+        let mut args = [h0.clone(), c0.clone(), c.gates.clone()];
+        args[which][i] += eps;
+        let up = loss(&args[0], &args[1], &args[2]);
+        args[which][i] -= 2.0 * eps;
+        let down = loss(&args[0], &args[1], &args[2]);
+        ((up - down) / (2.0 * eps as f64)) as f32
+    };
+    for (which, analytic) in [(0, &dh0), (1, &dc0), (2, &dg)] {
+        let fd: Vec<f32> = (0..analytic.len()).map(|i| numeric(which, i)).collect();
+        assert_close(analytic, &fd, 2e-2, 2e-3, &format!("argument {which}"));
+    }
+}
+
+#[test]
+#[should_panic(expected = "lstm_forward: gates has 3 elements")]
+fn wrong_lengths_panic_with_the_argument_name() {
+    let (mut hs, mut cs) = (vec![0.0; 2], vec![0.0; 2]);
+    let packed = packed_forward(&[0.0; 4], 1, Precision::F32);
+    lstm_forward(&mut hs, &mut cs, &mut [0.0; 3], &packed, 1, 1, 1);
+}
+
+#[test]
+#[should_panic(expected = "lstm_backward: w_hh_packed was packed for H = 2, the walk has H = 3")]
+fn a_packing_for_another_hidden_size_panics() {
+    let packed = packed_backward(&[0.0; 16], 2, Precision::Bf16);
+    let (b, t, h) = (1, 1, 3);
+    let (mut dg, mut dh0, mut dc0) = (vec![0.0; G * h], vec![0.0; h], vec![0.0; h]);
+    let (dhs, gates, cs) = (vec![0.0; h], vec![0.0; G * h], vec![0.0; 2 * h]);
+    lstm_backward(
+        &mut dg, &mut dh0, &mut dc0, &dhs, &gates, &cs, &packed, b, t, h,
+    );
+}
