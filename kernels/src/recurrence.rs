@@ -1097,23 +1097,18 @@ pub fn lstm_backward_ref(
 ) {
     dh0.fill(0.0);
     dc0.fill(0.0);
-    backward_ref_carried(dgates, dh0, dc0, dhs, gates, cs, w_hh, b, t, h, precision);
+    let saved = Saved { dhs, gates, cs };
+    backward_ref_carried([dgates, dh0, dc0], saved, w_hh, Dims { b, h }, t, precision);
 }
 
 /// [`lstm_backward_ref`] entered with ∂L/∂h and ∂L/∂c carried in from a step T + 1 (`dh0`,
 /// `dc0` on entry; zero for a whole walk).
-#[allow(clippy::too_many_arguments)]
 fn backward_ref_carried(
-    dgates: &mut [f32],
-    dh0: &mut [f32],
-    dc0: &mut [f32],
-    dhs: &[f32],
-    gates: &[f32],
-    cs: &[f32],
+    [dgates, dh0, dc0]: [&mut [f32]; 3],
+    Saved { dhs, gates, cs }: Saved,
     w_hh: &[f32],
-    b: usize,
+    Dims { b, h }: Dims,
     t: usize,
-    h: usize,
     precision: Precision,
 ) {
     const K: &str = "lstm_backward_ref";

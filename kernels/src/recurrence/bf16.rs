@@ -75,6 +75,33 @@ pub(super) fn pack_backward(data: &mut [u32], w_hh: &[f32], h: usize) {
     });
 }
 
+/// The accumulators as `__m512` (the same 64 bytes as `F32s` on this build).
+#[inline(always)]
+fn to_m512<const R: usize, const U: usize>(acc: &Acc<R, U>) -> [[[__m512; G]; U]; R] {
+    acc.map(|v| v.map(|g| g.map(bytemuck::cast)))
+}
+
+#[inline(always)]
+fn from_m512<const R: usize, const U: usize>(a: [[[__m512; G]; U]; R]) -> Acc<R, U> {
+    a.map(|v| v.map(|g| g.map(bytemuck::cast)))
+}
+
+/// Row `q` of each of U consecutive panels of `panel` pairs: 4 gates × 16 pairs.
+///
+/// # Safety
+/// `w[v·panel + q·64 .. + 64]` must be readable for `v < U`.
+#[inline(always)]
+unsafe fn panel_rows<const U: usize>(w: *const u32, panel: usize, q: usize) -> [[__m512bh; G]; U] {
+    std::array::from_fn(|v| {
+        std::array::from_fn(|g| {
+            // SAFETY: in bounds per the caller's promise (g < 4, 16 pairs each).
+            let p = unsafe { w.add(v * panel + (q * G + g) * LANES) };
+            // SAFETY: as above; an unaligned 64-byte load.
+            bits_bh(unsafe { _mm512_loadu_si512(p.cast()) })
+        })
+    })
+}
+
 impl Product for Bf16 {
     type Elem = u32;
 
@@ -105,18 +132,13 @@ impl Product for Bf16 {
             x.iter().all(|x| x.len() >= k2),
             "bf16 forward: hprev too short"
         );
-        let mut a: [[[__m512; G]; U]; R] = acc.map(|v| v.map(|g| g.map(bytemuck::cast)));
+        let mut a = to_m512(acc);
         let (w, x) = (panels.as_ptr(), x.map(<[u32]>::as_ptr));
         for q in 0..k2 {
             // SAFETY: q < k2: pair q of every hprev row and row q of each of the U panels
             // (4 × 16 pairs at (v·panel + q·64)) are in bounds (asserted above).
             unsafe {
-                let wq: [[__m512bh; G]; U] = std::array::from_fn(|v| {
-                    std::array::from_fn(|g| {
-                        let p = w.add(v * panel + (q * G + g) * LANES);
-                        bits_bh(_mm512_loadu_si512(p.cast()))
-                    })
-                });
+                let wq = panel_rows::<U>(w, panel, q);
                 for (a_r, x_r) in a.iter_mut().zip(x) {
                     let xq = bits_bh(_mm512_set1_epi32(*x_r.add(q) as i32));
                     for (a_v, w_v) in a_r.iter_mut().zip(&wq) {
@@ -127,7 +149,7 @@ impl Product for Bf16 {
                 }
             }
         }
-        *acc = a.map(|v| v.map(|g| g.map(bytemuck::cast)));
+        *acc = from_m512(a);
     }
 
     #[inline(always)]
@@ -144,18 +166,13 @@ impl Product for Bf16 {
             dg.iter().all(|d| d.len() >= G * k2),
             "bf16 backward: dgates too short"
         );
-        let mut a: [[[__m512; G]; U]; R] = acc.map(|v| v.map(|g| g.map(bytemuck::cast)));
+        let mut a = to_m512(acc);
         let (w, dg) = (panels.as_ptr(), dg.map(<[u32]>::as_ptr));
         for p in 0..k2 {
             // SAFETY: p < k2: pair p of each gate's row of every dgates operand (at g·k2 + p)
             // and row p of each of the U panels are in bounds (asserted above).
             unsafe {
-                let wp: [[__m512bh; G]; U] = std::array::from_fn(|v| {
-                    std::array::from_fn(|g| {
-                        let ptr = w.add(v * panel + (p * G + g) * LANES);
-                        bits_bh(_mm512_loadu_si512(ptr.cast()))
-                    })
-                });
+                let wp = panel_rows::<U>(w, panel, p);
                 for (a_r, d_r) in a.iter_mut().zip(dg) {
                     for g in 0..G {
                         let x = bits_bh(_mm512_set1_epi32(*d_r.add(g * k2 + p) as i32));
@@ -166,6 +183,6 @@ impl Product for Bf16 {
                 }
             }
         }
-        *acc = a.map(|v| v.map(|g| g.map(bytemuck::cast)));
+        *acc = from_m512(a);
     }
 }

@@ -108,6 +108,16 @@ fn backward_ref(c: &Case, gates: &[f32], cs: &[f32]) -> [Vec<f32>; 3] {
     out
 }
 
+/// `dh_rec` of every row of `dg` (B, 4H): the reference product in `p`.
+fn dh_rec_of(dg: &[f32], w_hh: &[f32], h: usize, p: Precision) -> Vec<f32> {
+    let rows = dg.chunks_exact((G * h).max(1));
+    let mut out = vec![f32::NAN; rows.len() * h];
+    for (out, dg) in out.chunks_exact_mut(h.max(1)).zip(rows) {
+        dh_rec_ref(out, dg, w_hh, h, p);
+    }
+    out
+}
+
 fn shapes() -> Vec<(usize, usize, usize)> {
     let mut v = Vec::new();
     for h in [1, 2, LANES - 1, LANES, LANES + 1, 2 * LANES + 1, 37] {
@@ -253,27 +263,14 @@ fn bf16_forward_matches_reference_on_rounded_operands() {
             let mut gr = c.gates[s * gate..][..gate].to_vec();
             lstm_forward_ref(&mut hr, &mut cr, &mut gr, &c.w_hh, b, 1, h, p);
             let what = format!("B={b} T={t} H={h} step {s}");
-            assert_close(
-                &hs[(s + 1) * state..][..state],
-                &hr[state..],
-                1e-5,
-                1e-5,
-                &format!("h {what}"),
-            );
-            assert_close(
-                &cs[(s + 1) * state..][..state],
-                &cr[state..],
-                1e-5,
-                1e-5,
-                &format!("c {what}"),
-            );
-            assert_close(
-                &gates[s * gate..][..gate],
-                &gr,
-                1e-5,
-                1e-5,
-                &format!("gates {what}"),
-            );
+            let next = (s + 1) * state..(s + 2) * state;
+            for (name, got, want) in [
+                ("h", &hs[next.clone()], &hr[state..]),
+                ("c", &cs[next], &cr[state..]),
+                ("gates", &gates[s * gate..][..gate], &gr[..]),
+            ] {
+                assert_close(got, want, 1e-5, 1e-5, &format!("{name} {what}"));
+            }
         }
     }
 }
@@ -304,28 +301,16 @@ fn bf16_backward_matches_reference_on_rounded_operands() {
                 [_, dh_in, dc_in] = backward_from(&c, &gates, &cs, Precision::Bf16, s + 1);
             }
             let mut dg_ref = vec![f32::NAN; gate];
-            let (dhs, g, cs) = (&c.dhs[s * b * h..], &gates[s * gate..], &cs[s * b * h..]);
-            let (dhs, cs) = (&dhs[..b * h], &cs[..2 * b * h]);
-            let (dh_ref, dc_ref) = (&mut dh_in, &mut dc_in);
-            backward_ref_carried(
-                &mut dg_ref,
-                dh_ref,
-                dc_ref,
-                dhs,
-                &g[..gate],
-                cs,
-                &c.w_hh,
-                b,
-                1,
-                h,
-                p,
-            );
+            let saved = Saved {
+                dhs: &c.dhs[s * b * h..][..b * h],
+                gates: &gates[s * gate..][..gate],
+                cs: &cs[s * b * h..][..2 * b * h],
+            };
+            let out = [&mut dg_ref[..], &mut dh_in, &mut dc_in];
+            backward_ref_carried(out, saved, &c.w_hh, Dims { b, h }, 1, p);
             assert_close(&dg[..gate], &dg_ref, 1e-4, 1e-5, &format!("dgates {what}"));
-            assert_close(&dc, dc_ref, 1e-4, 1e-5, &format!("dc {what}"));
-            let mut want = vec![f32::NAN; b * h];
-            for (bi, want) in want.chunks_exact_mut(h.max(1)).enumerate() {
-                dh_rec_ref(want, &dg[bi * G * h..][..G * h], &c.w_hh, h, p);
-            }
+            assert_close(&dc, &dc_in, 1e-4, 1e-5, &format!("dc {what}"));
+            let want = dh_rec_of(&dg[..gate], &c.w_hh, h, p);
             assert_close(&dh, &want, 1e-4, 1e-5, &format!("dh {what}"));
         }
     }
@@ -392,14 +377,11 @@ fn bf16_walks_round_their_operands() {
     let c = case(3, 1, h, 23);
     let (_, cs, gates) = forward_ref(&c);
     let [dg, dh, _] = backward(&c, &gates, &cs, Precision::Bf16);
-    let product = |p| {
-        let mut out = vec![0.0; c.b * h];
-        for (bi, out) in out.chunks_exact_mut(h).enumerate() {
-            dh_rec_ref(out, &dg[bi * G * h..][..G * h], &c.w_hh, h, p);
-        }
-        out
-    };
-    let (bf16, fp32) = (product(Precision::Bf16), product(Precision::F32));
+    let dg = &dg[..c.b * G * h];
+    let (bf16, fp32) = (
+        dh_rec_of(dg, &c.w_hh, h, Precision::Bf16),
+        dh_rec_of(dg, &c.w_hh, h, Precision::F32),
+    );
     let far = |x: &[f32], y: &[f32]| {
         x.iter()
             .zip(y)
