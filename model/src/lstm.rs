@@ -539,7 +539,7 @@ impl LanguageModel for Lstm {
                 linear_forward(gates, x, lp.w_ih.of(p), &a.bias, n, h, G * h, prec); // all T steps at once
             }
             initial_state(&mut hs[..b * h], &mut cs[..b * h], carried.map(|c| (&c.h[l * b * h..][..b * h], &c.c[l * b * h..][..b * h])));
-            lstm_pack_forward(&mut a.packed.fwd, lp.w_hh.of(p), h, Precision::F32);
+            lstm_pack_forward(&mut a.packed.fwd, lp.w_hh.of(p), h, prec);
             lstm_forward(hs, cs, gates, &a.packed.fwd, b, t, h); // the walk through time
         }
         let x_top = &a.hs[(nl - 1) * state + b * h..][..n * h]; // (T, B, H)
@@ -585,7 +585,7 @@ impl LanguageModel for Lstm {
             let hs = &a.hs[l * state..][..state];
             let cs = &a.cs[l * state..][..state];
             let gates = &a.gates[l * n * G * h..][..n * G * h];
-            lstm_pack_backward(&mut a.packed.bwd, lp.w_hh.of(p), h, Precision::F32);
+            lstm_pack_backward(&mut a.packed.bwd, lp.w_hh.of(p), h, prec);
             lstm_backward(&mut a.dgates, &mut a.dh0, &mut a.dc0, &a.dh, gates, cs, &a.packed.bwd, b, t, h); // back through time
             linear_weight_backward(lp.w_hh.of_mut(d), &a.dgates, &hs[..n * h], n, h, G * h, prec); // h_{t-1}, all steps
             a.dbias.fill(0.0);
