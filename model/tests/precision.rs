@@ -233,3 +233,67 @@ fn changed_weights_are_repacked() {
         );
     }
 }
+
+/// The LSTM's walk through time runs in the model's precision: it fails if a bf16 model
+/// walks in fp32. One unit (H = 1), two tokens, W_ih = 0 and the embedding 0, so the gates
+/// are the biases: c_1 = σ(b_i)·tanh(b_g), h_1 = σ(b_o)·tanh(c_1), the same fp32 values in
+/// both precisions (b_g is large: tanh(b_g) = 1). Step 2 adds h_1·W_hh to the g gate, with
+/// W_hh = −256 there (0 elsewhere, exact in bf16) and b_g = 256·h_1 + 0.1, so that the g gate
+/// sits at 0.1 in fp32, where tanh is steep. A bf16 walk rounds h_1 first, which moves the
+/// gate by 256·|h_1 − bf16(h_1)|: b_i is picked so that h_1 lies 0.2–0.45 of a bf16 ulp off
+/// the grid (≈ 0.1 on the gate, clear of any rounding boundary). The head (weight 1, exact)
+/// rounds h_t to bf16 in both. The test computes both walks' losses in f64; the model's must
+/// be the bf16 walk's, within a tenth of the distance between the two.
+#[test]
+fn lstm_walk_runs_in_the_model_precision() {
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    let round = |x: f64| kernels::precision::round_bf16(x as f32) as f64;
+    let (b_f, b_o, w) = (0.25, 1.0, -256.0);
+    let h1_of = |b_i: f64| sig(b_o) * sig(b_i).tanh();
+    // Where h lies within its bf16 ulp: 0 on the grid, 0.5 halfway to the next value.
+    let off_grid = |h: f64| ((h - round(h)) / (h.abs() * 2f64.powi(-8))).abs();
+    let b_i = (0..1000)
+        .map(|i| 0.5 + i as f64 * 1e-3)
+        .find(|&b| (0.2..0.45).contains(&off_grid(h1_of(b))))
+        .expect("a b_i that puts h_1 off the bf16 grid");
+    let h1 = h1_of(b_i) as f32 as f64;
+    let b_g = (-w * h1 + 0.1) as f32 as f64;
+    // Both steps' loss (targets 0, logits [bf16(h_t), 0]) when the walk sees h_1 as `h1_walk`.
+    let loss = |h1_walk: f64| {
+        let c1 = sig(b_i); // σ(b_i)·tanh(b_g), tanh(b_g) = 1
+        let c2 = sig(b_f) * c1 + sig(b_i) * (b_g + w * h1_walk).tanh();
+        let h2 = sig(b_o) * c2.tanh();
+        let ce = |z: f64| (z.exp() + 1.0).ln() - z;
+        (ce(round(h1)) + ce(round(h2))) / 2.0
+    };
+    let (bf16_walk, fp32_walk) = (loss(round(h1)), loss(h1));
+    let apart = (bf16_walk - fp32_walk).abs();
+    assert!(
+        apart > 1e-3,
+        "the two walks' losses are only {apart:e} apart"
+    );
+
+    let mut m = Lstm::new(LstmConfig::new(2, 1, 1), 0);
+    let layout = m.layout().clone();
+    let params = m.params_mut();
+    params.fill(0.0);
+    let mut set = |name: &str, values: &[f64]| {
+        let t = layout
+            .get(name)
+            .unwrap_or_else(|| panic!("no tensor {name}"));
+        for (p, &v) in params[t.range()].iter_mut().zip(values) {
+            *p = v as f32;
+        }
+    };
+    set("lstm.bias_ih_l0", &[b_i, b_f, b_g, b_o]); // gates i, f, g, o
+    set("lstm.weight_hh_l0", &[0.0, 0.0, w, 0.0]); // (4H, H) = (4, 1)
+    set("head.weight", &[1.0, 0.0]); // (V, H) = (2, 1)
+    let got = m.set_precision(Precision::Bf16);
+    let loss = m.forward(&[0, 0], &[0, 0], 1, 2) as f64;
+    let want = if HAS_BF16 { bf16_walk } else { fp32_walk };
+    assert_eq!(got, Precision::Bf16.effective());
+    assert!(
+        (loss - want).abs() < apart / 10.0,
+        "loss {loss} is not the {got} walk's {want} (bf16 walk {bf16_walk}, fp32 walk {fp32_walk})"
+    );
+}
