@@ -1,7 +1,8 @@
 //! bfloat16 pairs: rounding fp32 values to the pairs `vdpbf16ps` consumes, shared by every
-//! bf16 product (the GEMM in `gemm/bf16`, flash attention). A leaf with intrinsics and raw
-//! pointers; compiled only when the build enables `avx512bf16` (see `crate::precision`).
-//! Leaves out: the products themselves (their micro-kernels live beside their blocking).
+//! bf16 product (the GEMM in `gemm/bf16`, flash attention, the LSTM recurrence). A leaf with
+//! intrinsics and raw pointers; compiled only when the build enables `avx512bf16` (see
+//! `crate::precision`). Leaves out: the products themselves (their micro-kernels live beside
+//! their blocking).
 //!
 //! A *pair* is a `u32` whose low half is the bf16 of element `2q` and whose high half that of
 //! `2q + 1` along the depth of a product (a zero bf16 pads an odd depth, which adds exactly 0):
