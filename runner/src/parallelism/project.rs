@@ -112,9 +112,10 @@ impl Overheads {
             let mut hs = vec![0.0; (t + 1) * b * h];
             let mut cs = vec![0.0; (t + 1) * b * h];
             let mut gates = vec![0.01; t * b * 4 * h];
-            let mut packed = vec![0.0; kernels::recurrence::lstm_packed_len(h)];
+            let mut packed = kernels::recurrence::PackedWhh::new();
             let w_hh = vec![0.01; 4 * h * h];
-            kernels::recurrence::lstm_pack_forward(&mut packed, &w_hh, h);
+            let fp32 = kernels::Precision::F32;
+            kernels::recurrence::lstm_pack_forward(&mut packed, &w_hh, h, fp32);
             pool.install(|| {
                 least_seconds(31, 1, || {
                     kernels::recurrence::lstm_forward(
