@@ -31,6 +31,8 @@
 //!   their saved state.
 //! - [`load`]: whole checkpoint directories for any model ([`load_checkpoint`] dispatches on
 //!   `model_type`; [`save_checkpoint`] and [`load_resume`] add the optimizer and trainer state).
+//! - [`train`]: the training loop ([`Trainer`]): batches, steps, evaluation, checkpoints, and
+//!   the [`Collective`] hook where data-parallel ranks reduce gradients.
 //! - [`checkpoint`] and [`params`]: the generic safetensors/JSON I/O and flat parameter layout.
 #![deny(unsafe_code)]
 
@@ -47,13 +49,15 @@ pub mod params;
 pub mod rng;
 pub mod sampling;
 pub mod tokenizer;
+pub mod train;
 
 pub use data::{DataError, Dataset, Split};
 pub use gpt::{Gpt, GptConfig};
 pub use kernels::Precision;
 pub use lm::{Decoder, InputError, LanguageModel, ModelKind};
-pub use load::{load_checkpoint, load_resume, save_checkpoint};
+pub use load::{Net, load_checkpoint, load_net, load_resume, save_checkpoint};
 pub use lstm::{InputProjection, Lstm, LstmConfig};
 pub use optim::{AdamWConfig, Optimizer, OptimizerConfig, Schedule, SgdConfig};
 pub use params::{ParamLayout, TensorSpec};
 pub use tokenizer::{Tokenizer, TokenizerKind};
+pub use train::{Collective, TrainConfig, Trainer};

@@ -55,6 +55,9 @@ pub trait LanguageModel: Send {
     /// Gradients, same layout as the parameters.
     fn grads(&self) -> &[f32];
 
+    /// Gradients, writable: where a data-parallel reduction leaves the averaged gradient.
+    fn grads_mut(&mut self) -> &mut [f32];
+
     /// Parameters (mutable) and gradients at once, for the optimizer.
     fn params_and_grads(&mut self) -> (&mut [f32], &[f32]);
 
@@ -93,6 +96,17 @@ pub trait LanguageModel: Send {
 
     /// Accumulates the gradient of the last forward's mean loss into [`Self::grads`].
     fn backward(&mut self);
+
+    /// [`Self::backward`], calling `ready(offset, chunk)` as each part of the gradient
+    /// becomes final (`chunk` is `grads[offset..offset + chunk.len()]`), so a data-parallel
+    /// reduction can start on it while the rest is computed (as PyTorch's DDP buckets do).
+    /// Chunks come back to front: each ends where the one before began, the last starts at 0,
+    /// and together they cover the gradient once. The default reports the whole gradient at
+    /// the end.
+    fn backward_ready(&mut self, ready: &mut dyn FnMut(usize, &[f32])) {
+        self.backward();
+        ready(0, self.grads());
+    }
 
     /// Forgets recurrent state carried between consecutive windows (no-op for the
     /// transformer, which has none).

@@ -485,6 +485,10 @@ impl LanguageModel for Lstm {
         &self.grads
     }
 
+    fn grads_mut(&mut self) -> &mut [f32] {
+        &mut self.grads
+    }
+
     fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
         (&mut self.params, &self.grads)
     }

@@ -297,7 +297,7 @@ pub fn grad_norm(grads: &[f32]) -> f32 {
 
 /// Learning rate per step: linear warmup from `lr / warmup` to `lr` over `warmup` steps, then
 /// cosine decay to `min_lr` at step `total`, constant after.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Schedule {
     pub lr: f32,
     pub min_lr: f32,

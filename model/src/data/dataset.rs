@@ -162,9 +162,34 @@ impl TokenStream {
         inputs: &mut [u32],  // (B, T)
         targets: &mut [u32], // (B, T)
     ) -> Result<(), DataError> {
-        check_buffers(b, t, inputs, targets);
+        self.train_rows(seed, step, b, 0..b, t, inputs, targets)
+    }
+
+    /// Fills rows `rows` of training batch `step` of B windows (the same windows
+    /// [`train_batch`](Self::train_batch) puts there): how a data-parallel rank takes its
+    /// slice of the global batch. `inputs` and `targets` are (rows, T).
+    ///
+    /// Errors with [`DataError::TooFewTokens`] if the split is shorter than T+1. Panics if
+    /// `rows` is empty or reaches past B, or a buffer is not rows·T long.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_rows(
+        &self,
+        seed: u64,
+        step: u64,
+        b: usize,
+        rows: std::ops::Range<usize>,
+        t: usize,
+        inputs: &mut [u32],  // (rows, T)
+        targets: &mut [u32], // (rows, T)
+    ) -> Result<(), DataError> {
+        assert!(
+            rows.start < rows.end && rows.end <= b,
+            "rows {rows:?} must be a non-empty part of 0..{b}"
+        );
+        check_buffers(rows.len(), t, inputs, targets);
         let starts = self.train_window_starts(seed, step, b, t)?;
-        for ((start, inp), tgt) in starts.zip(inputs.chunks_mut(t)).zip(targets.chunks_mut(t)) {
+        let mine = starts.skip(rows.start).take(rows.len());
+        for ((start, inp), tgt) in mine.zip(inputs.chunks_mut(t)).zip(targets.chunks_mut(t)) {
             self.fill_window(start, inp, tgt);
         }
         Ok(())

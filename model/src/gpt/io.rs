@@ -13,8 +13,7 @@ use std::path::Path;
 use super::tensors::PREFIX;
 use super::{Gpt, GptConfig};
 use crate::checkpoint::{
-    self, CONFIG_FILE, CheckpointError, MODEL_FILE, read_json, read_safetensors, write_json,
-    write_safetensors,
+    self, CONFIG_FILE, CheckpointError, MODEL_FILE, read_json, read_safetensors,
 };
 
 /// The layout name of a tensor named `name` in a GPT-2 safetensors file, `None` to skip it.
@@ -59,16 +58,10 @@ impl Gpt {
         Ok(model)
     }
 
-    /// Writes `config.json` and `model.safetensors` into the existing directory `dir` (for a
-    /// caller that adds optimizer state and saves atomically itself).
-    pub fn write_model_files(&self, dir: &Path) -> Result<(), CheckpointError> {
-        write_json(&dir.join(CONFIG_FILE), &self.config.to_json())?;
-        write_safetensors(&dir.join(MODEL_FILE), &self.layout, &self.params)
-    }
-
-    /// Saves the model to `dir` atomically ([`checkpoint::save_atomically`]).
+    /// Saves the model to `dir` atomically: [`crate::save_checkpoint`] without training
+    /// state.
     pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {
-        checkpoint::save_atomically(dir, |tmp| self.write_model_files(tmp))
+        crate::save_checkpoint(dir, self, None)
     }
 }
 

@@ -45,7 +45,7 @@ use crate::params::ParamLayout;
 use crate::rng::SplitMix64;
 
 use packed::{PackedPair, PackedWeights};
-use tensors::{Block, Tensors};
+use tensors::{Block, Tensors, block_len};
 
 /// GPT-2's initializer standard deviation.
 const INIT_STD: f32 = 0.02;
@@ -448,6 +448,10 @@ impl LanguageModel for Gpt {
         &self.grads
     }
 
+    fn grads_mut(&mut self) -> &mut [f32] {
+        &mut self.grads
+    }
+
     fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
         self.packed.fresh = false;
         (&mut self.params, &self.grads)
@@ -506,8 +510,15 @@ impl LanguageModel for Gpt {
         &self.acts.losses[..self.b * self.t]
     }
 
-    #[rustfmt::skip] // one kernel call per line, as in llm.c, so forward and backward mirror
     fn backward(&mut self) {
+        self.backward_ready(&mut |_, _| {});
+    }
+
+    /// Reports, back to front: ln_f (bias, then gain) once its backward is done, each block
+    /// after its own, then wpe and wte (wte also receives the head's gradient, so it is final
+    /// only after the encoder's backward).
+    #[rustfmt::skip] // one kernel call per line, as in llm.c, so forward and backward mirror
+    fn backward_ready(&mut self, ready: &mut dyn FnMut(usize, &[f32])) {
         assert!(
             self.b * self.t > 0 && !self.logits_are_grads,
             "Gpt::backward: needs a forward (with targets) since the last backward"
@@ -541,6 +552,11 @@ impl LanguageModel for Gpt {
         gemm(prec, Yes, No, v, c, bt, 1.0, dlogits, v, lnf, c, 1.0, g.wte, c);
         let residual = layer(&a.residual3, l_n - 1, btc);
         layernorm_backward(dresidual, g.lnf_w, g.lnf_b, dln, residual, p.lnf_w, &a.lnf_mean[..bt], &a.lnf_rstd[..bt], bt, c);
+        // Offsets in the flat gradient (tensors.rs): wte (V, C), wpe (T, C), L blocks, ln_f.
+        let (wpe_at, h_at) = (v * c, v * c + cfg.n_positions * c);
+        let (block, lnf_at) = (block_len(c), h_at + l_n * block_len(c));
+        ready(lnf_at + c, g.lnf_b);
+        ready(lnf_at, g.lnf_w);
 
         for l in (0..l_n).rev() {
             let w = Block::of(p.h, l, c);
@@ -576,8 +592,11 @@ impl LanguageModel for Gpt {
             matmul_backward(dln, gw.qkv_w, gw.qkv_b, dqkv, ln1, w.qkv_w, bt, c, 3 * c, wp.map(|p| &p.qkv));
             layernorm_backward(dtmp, gw.ln1_w, gw.ln1_b, dln, residual, w.ln1_w, ln1_mean, ln1_rstd, bt, c);
             add_assign(dresidual, dtmp); // now d(residual) = d(block input)
+            ready(h_at + l * block, &g.h[l * block..(l + 1) * block]);
         }
         encoder_backward(g.wte, g.wpe, dresidual, inputs, b, t, c);
+        ready(wpe_at, g.wpe);
+        ready(0, g.wte);
         self.logits_are_grads = true;
     }
 
