@@ -1,8 +1,11 @@
 //! Shared helpers for Lanes' criterion benches (`cargo bench` from the root runs them all).
 //! The benches themselves live in `benches/benches/`, one file per topic.
 
-use kernels::optim::{AdamW, adamw_step};
-use model::LanguageModel;
+use std::ops::Range;
+
+use model::data::DataError;
+use model::train::{Batches, TrainConfig};
+use model::{AdamWConfig, LanguageModel, Optimizer, OptimizerConfig, Schedule};
 
 /// Builds a rayon pool of exactly `threads` threads, so a bench measures a fixed thread count.
 pub fn pool(threads: usize) -> rayon::ThreadPool {
@@ -18,52 +21,71 @@ pub fn tokens(n: usize, v: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| rng.below(v as u64) as u32).collect()
 }
 
-/// A model, its AdamW moments, and one batch: everything a training step touches.
-pub struct Trainer {
-    model: Box<dyn LanguageModel>,
-    m: Vec<f32>,
-    v: Vec<f32>,
-    inputs: Vec<u32>,
-    targets: Vec<u32>,
-    b: usize,
-    t: usize,
-    step: u64,
+/// One batch of random tokens, the same at every step: what a bench of the step itself needs
+/// (reading shards is measured separately).
+pub struct FixedBatch {
+    inputs: Vec<u32>,  // (B, T)
+    targets: Vec<u32>, // (B, T)
 }
+
+impl FixedBatch {
+    pub fn new(b: usize, t: usize, v: usize) -> Self {
+        FixedBatch {
+            inputs: tokens(b * t, v, 1),
+            targets: tokens(b * t, v, 2),
+        }
+    }
+}
+
+impl Batches for FixedBatch {
+    fn train_rows(
+        &self,
+        _seed: u64,
+        _step: u64,
+        _b: usize,
+        rows: Range<usize>,
+        t: usize,
+        inputs: &mut [u32],
+        targets: &mut [u32],
+    ) -> Result<(), DataError> {
+        let rows = rows.start * t..rows.end * t;
+        inputs.copy_from_slice(&self.inputs[rows.clone()]);
+        targets.copy_from_slice(&self.targets[rows]);
+        Ok(())
+    }
+
+    fn eval_windows(&self, _t: usize) -> u64 {
+        0
+    }
+
+    fn eval_rows(&self, _first: u64, _t: usize, _inputs: &mut [u32], _targets: &mut [u32]) {}
+}
+
+/// Lanes' training loop (`model::Trainer`, the one `runner train` runs) on a fixed batch:
+/// forward, zero_grad, backward, AdamW with PyTorch's defaults (lr 1e-3, betas (0.9, 0.999),
+/// decay 0.01, as the PyTorch peers run it; Lanes decays matrices and embeddings only, which
+/// costs the same), no clipping.
+pub struct Trainer(model::Trainer);
 
 impl Trainer {
     pub fn new(model: Box<dyn LanguageModel>, b: usize, t: usize) -> Self {
-        let n = model.params().len();
-        let v = model.vocab_size();
-        Trainer {
-            model,
-            m: vec![0.0; n],
-            v: vec![0.0; n],
-            inputs: tokens(b * t, v, 1),
-            targets: tokens(b * t, v, 2),
-            b,
-            t,
-            step: 0,
-        }
+        let batch = FixedBatch::new(b, t, model.vocab_size());
+        let optimizer = Optimizer::new(
+            OptimizerConfig::AdamW(AdamWConfig::default()),
+            model.layout(),
+        );
+        let config = TrainConfig {
+            seed: 0,
+            batch: b,
+            seq_len: t,
+            schedule: Schedule::constant(1e-3),
+            grad_clip: 0.0,
+        };
+        Trainer(model::Trainer::new(model, optimizer, config, batch).expect("T fits the model"))
     }
 
-    /// forward, zero_grad, backward, AdamW with PyTorch's defaults (lr 1e-3, decay 0.01 on
-    /// every tensor, as the PyTorch peers run it).
+    /// One training step; returns its loss.
     pub fn step(&mut self) -> f32 {
-        self.step += 1;
-        let loss = self
-            .model
-            .forward(&self.inputs, &self.targets, self.b, self.t);
-        self.model.zero_grad();
-        self.model.backward();
-        let (params, grads) = self.model.params_and_grads();
-        adamw_step(
-            params,
-            grads,
-            &mut self.m,
-            &mut self.v,
-            &AdamW::default(),
-            self.step,
-        );
-        loss
+        self.0.step().expect("a bench's step does not diverge").loss
     }
 }

@@ -12,63 +12,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use model::checkpoint::{self, CONFIG_FILE};
-use model::{Gpt, LanguageModel, Lstm, Tokenizer, TokenizerKind};
+use model::{Tokenizer, TokenizerKind};
 
 /// The checkpoint folder inside a run folder.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
 
-/// A model of either architecture, owned: the runner needs the concrete type for what only
-/// one has (the transformer's attention maps, the LSTM's carried state).
-#[allow(clippy::large_enum_variant)] // one per process: boxing would only add a hop
-pub enum Net {
-    Gpt(Gpt),
-    Lstm(Lstm),
-}
-
-impl Net {
-    pub fn lm(&self) -> &dyn LanguageModel {
-        match self {
-            Net::Gpt(m) => m,
-            Net::Lstm(m) => m,
-        }
-    }
-
-    pub fn lm_mut(&mut self) -> &mut dyn LanguageModel {
-        match self {
-            Net::Gpt(m) => m,
-            Net::Lstm(m) => m,
-        }
-    }
-
-    /// "GPT (L=4, C=256, NH=4, T=256, V=257)": what the model is, in one line.
-    pub fn describe(&self) -> String {
-        let n = self.lm().layout().len();
-        match self {
-            Net::Gpt(m) => {
-                let c = m.config();
-                format!(
-                    "GPT, {} parameters (L={}, C={}, NH={}, T={}, V={})",
-                    thousands(n as u64),
-                    c.n_layer,
-                    c.n_embd,
-                    c.n_head,
-                    c.n_positions,
-                    c.vocab_size
-                )
-            }
-            Net::Lstm(m) => {
-                let c = m.config();
-                format!(
-                    "LSTM, {} parameters (L={}, H={}, V={})",
-                    thousands(n as u64),
-                    c.num_layers,
-                    c.hidden_size,
-                    c.vocab_size
-                )
-            }
-        }
-    }
-}
+/// A model of either architecture (`model::Net`: `lm()`, `describe()`, the concrete type).
+pub use model::Net;
+/// `1234567` → `"1,234,567"`.
+pub use model::load::thousands;
 
 /// A loaded checkpoint with its tokenizer.
 pub struct Loaded {
@@ -103,15 +55,7 @@ pub fn open(path: &Path, flag: Option<TokenizerKind>) -> Result<Loaded> {
     let config = checkpoint::read_json(&config_path).with_context(hint)?;
     let corrupt =
         "hint: the checkpoint is damaged or from another program; retrain or re-download it";
-    let net = match config.get("model_type").and_then(|t| t.as_str()) {
-        Some("gpt2") => Net::Gpt(Gpt::load(&dir).context(corrupt)?),
-        Some(model::lstm::MODEL_TYPE) => Net::Lstm(Lstm::load(&dir).context(corrupt)?),
-        other => bail!(
-            "{}: model_type {other:?} is neither \"gpt2\" nor \"{}\"; {corrupt}",
-            config_path.display(),
-            model::lstm::MODEL_TYPE
-        ),
-    };
+    let net = model::load_net(&dir).context(corrupt)?;
     let v = net.lm().vocab_size();
     let field = match config.get("tokenizer") {
         None | Some(serde_json::Value::Null) => None,
@@ -149,19 +93,6 @@ pub fn open(path: &Path, flag: Option<TokenizerKind>) -> Result<Loaded> {
         dir,
         tokenizer: Tokenizer::new(kind),
     })
-}
-
-/// `1234567` → `"1,234,567"`.
-pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
 }
 
 /// How a token looks in a table: printable text as is, control characters and bytes that

@@ -10,6 +10,7 @@
 
 mod builtin;
 mod ckpt;
+mod comm;
 mod fmt;
 mod generate;
 mod info;

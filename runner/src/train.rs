@@ -43,8 +43,8 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args as ClapArgs, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use model::data::TokenStream;
-use model::optim::grad_norm;
 use model::sampling::{Rule, Sampler};
+use model::train::{Collective, TrainConfig, Trainer};
 use model::{
     AdamWConfig, Dataset, Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, Optimizer,
     OptimizerConfig, Schedule, SgdConfig, Split, Tokenizer, TokenizerKind,
@@ -54,6 +54,7 @@ use serde_json::json;
 
 use crate::builtin;
 use crate::ckpt::{self, CHECKPOINT_DIR, Net, thousands};
+use crate::comm;
 use crate::fmt;
 use crate::generate;
 use crate::plot::{self, Level};
@@ -78,7 +79,8 @@ pub enum ModelArg {
     Lstm,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OptimizerArg {
     /// AdamW, betas (0.9, 0.95), eps 1e-8, decoupled weight decay on matrices and
     /// embeddings.
@@ -92,7 +94,7 @@ pub enum OptimizerArg {
 /// batch, schedule, optimizer, seed) are fixed once it starts: `--resume` takes them from the
 /// checkpoint and refuses different ones. `--steps`, `--time`, `--eval-every`,
 /// `--eval-batches` and `--save-every` may change on resume.
-#[derive(ClapArgs)]
+#[derive(ClapArgs, Serialize)]
 pub struct Args {
     /// Shard folder from `runner prepare` (train_*.bin, val_*.bin, meta.json). Without it:
     /// the built-in English-like corpus, generated from --seed into OUT/data, whose exact
@@ -197,26 +199,19 @@ pub struct Args {
     pub resume: bool,
 }
 
-/// The trainer's part of `state.json` (the optimizer adds its own under `optimizer`).
+/// The runner's part of `state.json`. The library's [`model::Trainer`] adds the step and its
+/// [`TrainConfig`] (seed, batch, seq_len, the schedule, grad_clip), the optimizer its own
+/// entry under `optimizer`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct RunState {
-    /// Optimizer steps done; the next batch is batch `step`.
-    step: u64,
     /// The step the run stops at.
     target_steps: u64,
-    /// Seed of the batches (and of the initial weights and built-in corpus).
-    seed: u64,
     /// The shard folder, or None for the built-in corpus in OUT/data.
     shards: Option<PathBuf>,
     model: ModelArg,
-    batch: usize,
-    seq_len: usize,
-    /// The learning-rate schedule: warmup, then cosine from lr to min_lr at step `total`.
-    lr: f32,
-    min_lr: f32,
-    warmup: u64,
-    total: u64,
-    grad_clip: f32,
+    /// Processes that trained the latest part (MPI ranks; 1 without MPI).
+    #[serde(default = "one")]
+    ranks: usize,
     /// Wall-clock budget of the whole run, if any, and the seconds spent so far.
     time_budget_s: Option<f64>,
     elapsed_s: f64,
@@ -231,15 +226,8 @@ struct RunState {
     val_bits_per_byte: Option<f64>,
 }
 
-impl RunState {
-    fn schedule(&self) -> Schedule {
-        Schedule {
-            lr: self.lr,
-            min_lr: self.min_lr,
-            warmup: self.warmup,
-            total: self.total,
-        }
-    }
+fn one() -> usize {
+    1
 }
 
 /// An architecture and its size, before any weight exists.
@@ -339,12 +327,15 @@ enum Stop {
     Interrupted,
 }
 
-/// Everything a run holds while it trains.
-struct Trainer {
+/// A run: the library's trainer plus what a person watches (the printed lines, the progress
+/// bar, metrics.jsonl, loss.svg). With several ranks, rank 0 alone prints and writes.
+struct Run {
     out: PathBuf,
-    net: Net,
-    opt: Optimizer,
+    trainer: Trainer<Box<dyn Collective>>,
     state: RunState,
+    /// What the model is, in one line.
+    description: String,
+    /// The shards, for the header and the unigram level (the trainer reads batches itself).
     data: Dataset,
     tokenizer: Tokenizer,
     /// Validation text bytes per token (turns nats/token into bits/byte); the training
@@ -355,7 +346,8 @@ struct Trainer {
     source_entropy: Option<f64>,
     /// Loss of the unigram model of the training tokens, nats/token.
     unigram: f64,
-    metrics: File,
+    /// Open on rank 0 only.
+    metrics: Option<File>,
     train_curve: Vec<(u64, f32)>,
     val_curve: Vec<(u64, f64)>,
     /// Seconds the run took before this process resumed it.
@@ -365,23 +357,45 @@ struct Trainer {
 }
 
 pub fn run(mut args: Args, matches: &ArgMatches) -> Result<()> {
-    // One writer per run folder, from before the first check until the process ends.
-    let out = args.out.clone().unwrap_or_else(|| default_run_dir(&args));
-    args.out = Some(out.clone());
-    let _lock = (!args.resume || out.is_dir())
-        .then(|| crate::lock::RunLock::acquire(&out))
-        .transpose()?;
-    let mut trainer = if args.resume {
-        Trainer::resume(&args, matches)?
-    } else {
-        Trainer::start(&args)?
-    };
-    trainer.train()
+    let mut collective = comm::world()?;
+    let rank = collective.rank();
+    let result = (|| {
+        // Before anything is written: every rank was given the same command.
+        let flags = json!({
+            "flags": serde_json::to_value(&args).expect("flags serialize"),
+            "ranks": collective.ranks(),
+        });
+        comm::agree(collective.as_mut(), "the flags", &flags)?;
+        // One writer per run folder, from before the first check until the process ends:
+        // rank 0, the only one that writes there.
+        let out = args.out.clone().unwrap_or_else(|| default_run_dir(&args));
+        args.out = Some(out.clone());
+        let _lock = (rank == 0 && (!args.resume || out.is_dir()))
+            .then(|| crate::lock::RunLock::acquire(&out))
+            .transpose()?;
+        let mut run = if args.resume {
+            Run::resume(&args, matches, collective)?
+        } else {
+            Run::start(&args, collective)?
+        };
+        run.train()
+    })();
+    match result {
+        Err(e) if rank != 0 => {
+            // Rank 0 has said what went wrong (a disagreement) or says it too.
+            if e.downcast_ref::<comm::Disagreed>().is_none() {
+                eprintln!("error (rank {rank}): {e:#}");
+            }
+            std::process::exit(2);
+        }
+        other => other,
+    }
 }
 
-impl Trainer {
+impl Run {
     /// A new run in a new (or empty) folder.
-    fn start(args: &Args) -> Result<Trainer> {
+    fn start(args: &Args, mut collective: Box<dyn Collective>) -> Result<Run> {
+        let root = collective.rank() == 0;
         let out = args.out.clone().unwrap_or_else(|| default_run_dir(args));
         if model::checkpoint::resolve(&out.join(CHECKPOINT_DIR)).is_ok() {
             bail!(
@@ -412,28 +426,39 @@ impl Trainer {
         if !(args.grad_clip >= 0.0 && weight_decay >= 0.0) {
             bail!("--grad-clip and --weight-decay must be >= 0; hint: 0 turns either off");
         }
-        std::fs::create_dir_all(&out)
-            .with_context(|| format!("cannot create the run folder {}", out.display()))?;
+        let ranks = collective.ranks();
+        if !(args.batch as usize).is_multiple_of(ranks) {
+            bail!(
+                "--batch {} cannot be split evenly over {ranks} ranks; hint: --batch is the global batch, each rank takes batch / ranks windows: use a multiple of {ranks}",
+                args.batch
+            );
+        }
         let data_dir = match &args.shards {
             Some(dir) => dir.clone(),
             None => {
                 let dir = out.join("data");
-                if builtin::ensure(&dir, args.seed)? {
-                    println!(
-                        "wrote the built-in corpus (seed {}) to {}",
-                        args.seed,
-                        dir.display()
-                    );
+                if root {
+                    std::fs::create_dir_all(&out).with_context(|| {
+                        format!("cannot create the run folder {}", out.display())
+                    })?;
+                    if builtin::ensure(&dir, args.seed)? {
+                        println!(
+                            "wrote the built-in corpus (seed {}) to {}",
+                            args.seed,
+                            dir.display()
+                        );
+                    }
                 }
+                collective.broadcast(&mut [0.0]); // the others wait for it
                 dir
             }
         };
-        let data = open_data(&data_dir)?;
+        let data = open_agreed(collective.as_mut(), &data_dir)?;
         let tokenizer = data.tokenizer();
         let (config, t) = ModelConfig::from_args(args, tokenizer, args.seq_len)?;
         config.check_memory(args.batch as usize, t)?;
         let net = config.build(args.seed);
-        check_data(&data, &data_dir, net.lm(), t)?;
+        check_data(&data, &data_dir, net.lm(), t, root)?;
         let opt_config = match args.optimizer {
             OptimizerArg::Adamw => OptimizerConfig::AdamW(AdamWConfig {
                 beta1: 0.9,
@@ -451,19 +476,23 @@ impl Trainer {
         let time = args.time.or(args.steps.is_none().then_some(DEFAULT_TIME));
         let estimate_steps = args.steps.is_none();
         let target = args.steps.unwrap_or(u64::MAX);
-        let state = RunState {
-            step: 0,
-            target_steps: target,
+        let config = TrainConfig {
             seed: args.seed,
-            shards: args.shards.clone(),
-            model: args.model,
             batch: args.batch as usize,
             seq_len: t,
-            lr,
-            min_lr,
-            warmup: args.warmup,
-            total: target,
+            schedule: Schedule {
+                lr,
+                min_lr,
+                warmup: args.warmup,
+                total: target,
+            },
             grad_clip: args.grad_clip,
+        };
+        let state = RunState {
+            target_steps: target,
+            shards: args.shards.clone(),
+            model: args.model,
+            ranks,
             time_budget_s: time.map(|d| d.as_secs_f64()),
             elapsed_s: 0.0,
             tokens_seen: 0,
@@ -474,13 +503,32 @@ impl Trainer {
             val_loss: None,
             val_bits_per_byte: None,
         };
-        let metrics = File::create(out.join("metrics.jsonl"))
-            .with_context(|| format!("cannot create {}", out.join("metrics.jsonl").display()))?;
-        Trainer::assemble(out, net, opt, state, data, metrics, estimate_steps)
+        let description = net.describe();
+        let trainer = Trainer::new(net.into_lm(), opt, config, open_data(&data_dir)?)
+            .and_then(|t| t.with_collective(collective))
+            .context("hint: check --seq-len and --batch")?;
+        let metrics = if root {
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create the run folder {}", out.display()))?;
+            let path = out.join("metrics.jsonl");
+            Some(File::create(&path).with_context(|| format!("cannot create {}", path.display()))?)
+        } else {
+            None
+        };
+        Run::assemble(
+            out,
+            trainer,
+            description,
+            state,
+            data,
+            metrics,
+            estimate_steps,
+        )
     }
 
     /// The run in --out, from its checkpoint.
-    fn resume(args: &Args, matches: &ArgMatches) -> Result<Trainer> {
+    fn resume(args: &Args, matches: &ArgMatches, collective: Box<dyn Collective>) -> Result<Run> {
+        let root = collective.rank() == 0;
         let out = args.out.clone().expect("clap: --resume requires --out");
         let hint = format!(
             "hint: {} holds no resumable run; start one with `runner train --out {}` (without --resume)",
@@ -490,14 +538,45 @@ impl Trainer {
         let dir = model::checkpoint::resolve(&out.join(CHECKPOINT_DIR)).context(hint.clone())?;
         let loaded = ckpt::open(&dir, None)?;
         let net = loaded.net;
-        let (opt, trainer) = model::load_resume(&dir, net.lm().layout())
-            .context("hint: the checkpoint is damaged; start a new run")?
-            .with_context(|| format!("{}: no optimizer state; {hint}", dir.display()))?;
-        let mut state: RunState = serde_json::from_value(trainer)
+        let state_path = dir.join(model::checkpoint::STATE_FILE);
+        let damaged = "hint: the checkpoint is damaged or from another version; start a new run";
+        let state_json = model::checkpoint::read_json(&state_path)
+            .with_context(|| format!("{}: no training state; {hint}", dir.display()))?;
+        let mut state: RunState = serde_json::from_value(state_json.clone())
             .with_context(|| format!("{}: unreadable state.json", dir.display()))
-            .context("hint: the checkpoint is damaged or from another version; start a new run")?;
-
-        check_resume_flags(args, matches, &state, &opt, &net, loaded.tokenizer.kind())?;
+            .context(damaged)?;
+        let config: TrainConfig = serde_json::from_value(state_json)
+            .with_context(|| format!("{}: unreadable state.json", dir.display()))
+            .context(damaged)?;
+        let data_dir = match &state.shards {
+            Some(dir) => dir.clone(),
+            None => {
+                let data = out.join("data");
+                if root {
+                    builtin::ensure(&data, config.seed)?; // regenerated bit-identically if deleted
+                }
+                data
+            }
+        };
+        let mut collective = collective;
+        if state.shards.is_none() {
+            collective.broadcast(&mut [0.0]); // the others wait for rank 0's corpus
+        }
+        let data = open_agreed(collective.as_mut(), &data_dir)?;
+        let description = net.describe();
+        let kind = loaded.tokenizer.kind();
+        let (trainer, _) =
+            Trainer::resume_from(net.into_lm(), &dir, open_data(&data_dir)?).context(damaged)?;
+        check_resume_flags(
+            args,
+            matches,
+            trainer.config(),
+            trainer.optimizer(),
+            trainer.model(),
+            &description,
+            &state,
+            kind,
+        )?;
         let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
         if let Some(steps) = args.steps {
             state.target_steps = steps;
@@ -514,26 +593,17 @@ impl Trainer {
         if given("save_every") {
             state.save_every = args.save_every;
         }
-        if state.step >= state.target_steps {
+        let step = trainer.steps_done();
+        if step >= state.target_steps {
             bail!(
                 "the run in {} is already at step {} of {}; hint: pass --steps N with N > {} to train further",
                 out.display(),
-                state.step,
+                step,
                 state.target_steps,
-                state.step
+                step
             );
         }
-
-        let data_dir = match &state.shards {
-            Some(dir) => dir.clone(),
-            None => {
-                let dir = out.join("data");
-                builtin::ensure(&dir, state.seed)?; // regenerated bit-identically if deleted
-                dir
-            }
-        };
-        let data = open_data(&data_dir)?;
-        if data.tokenizer() != loaded.tokenizer.kind() {
+        if data.tokenizer() != kind {
             bail!(
                 "{} is tokenized with {} but the checkpoint's model uses {}; hint: resume with the shards the run started with",
                 data_dir.display(),
@@ -541,39 +611,51 @@ impl Trainer {
                 loaded.tokenizer.name()
             );
         }
-        check_data(&data, &data_dir, net.lm(), state.seq_len)?;
-        let metrics = truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
-        let mut trainer = Trainer::assemble(out, net, opt, state, data, metrics.0, false)?;
-        (trainer.train_curve, trainer.val_curve) = (metrics.1, metrics.2);
-        println!(
+        check_data(&data, &data_dir, trainer.model(), config.seq_len, root)?;
+        let ranks = collective.ranks();
+        let trainer = trainer.with_collective(collective).with_context(|| {
+            format!(
+                "hint: the run's batch of {} windows must split evenly over the ranks; resume it on a number of ranks that divides it",
+                config.batch
+            )
+        })?;
+        state.ranks = ranks;
+        let (metrics, train_curve, val_curve) = if root {
+            let (file, train, val) = truncate_metrics(&out.join("metrics.jsonl"), step)?;
+            (Some(file), train, val)
+        } else {
+            (None, Vec::new(), Vec::new())
+        };
+        let mut run = Run::assemble(out, trainer, description, state, data, metrics, false)?;
+        (run.train_curve, run.val_curve) = (train_curve, val_curve);
+        run.say(format_args!(
             "resuming {} at step {} of {}",
-            trainer.out.display(),
-            trainer.state.step,
-            trainer.state.target_steps
-        );
-        Ok(trainer)
+            run.out.display(),
+            step,
+            run.state.target_steps
+        ));
+        Ok(run)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn assemble(
         out: PathBuf,
-        net: Net,
-        opt: Optimizer,
+        trainer: Trainer<Box<dyn Collective>>,
+        description: String,
         state: RunState,
         data: Dataset,
-        metrics: File,
+        metrics: Option<File>,
         estimate_steps: bool,
-    ) -> Result<Trainer> {
+    ) -> Result<Run> {
         let tokenizer = Tokenizer::new(data.tokenizer());
         let (val_bytes_per_token, bytes_split) = bytes_per_token(&data)?;
         let source_entropy = state.shards.is_none().then(builtin::entropy_bits_per_byte);
         let unigram = unigram_loss(data.train(), tokenizer.vocab_size() as usize);
-        Ok(Trainer {
+        Ok(Run {
             elapsed_before: state.elapsed_s,
             out,
-            net,
-            opt,
+            trainer,
             state,
+            description,
             data,
             tokenizer,
             val_bytes_per_token,
@@ -587,101 +669,103 @@ impl Trainer {
         })
     }
 
+    /// Rank 0 prints, the others keep quiet.
+    fn root(&self) -> bool {
+        self.trainer.rank() == 0
+    }
+
+    fn say(&self, line: std::fmt::Arguments) {
+        if self.root() {
+            println!("{line}");
+        }
+    }
+
     /// Seconds the run has taken, earlier sessions included.
     fn elapsed(&self, since: Instant) -> f64 {
         self.elapsed_before + since.elapsed().as_secs_f64()
     }
 
     fn train(&mut self) -> Result<()> {
-        let (b, t) = (self.state.batch, self.state.seq_len);
         let interrupted = install_sigint()?;
         let since = Instant::now();
         self.print_header();
 
-        let mut inputs = vec![0u32; b * t]; // (B, T)
-        let mut targets = vec![0u32; b * t]; // (B, T)
-        let bar = progress_bar(self.state.step, self.state.target_steps);
+        let bar = if self.root() {
+            progress_bar(self.trainer.steps_done(), self.state.target_steps)
+        } else {
+            ProgressBar::hidden()
+        };
         let mut eval_seconds = 0.0; // of the latest evaluation
-        if self.state.step == 0 && self.val_curve.is_empty() {
+        if self.trainer.steps_done() == 0 && self.val_curve.is_empty() {
             let started = Instant::now();
-            self.evaluate(&bar, since, &mut inputs, &mut targets)?;
+            self.evaluate(&bar, since)?;
             eval_seconds = started.elapsed().as_secs_f64();
         }
         let (mut train_seconds, mut train_tokens) = (0.0f64, 0u64);
         let mut recent = Vec::new(); // seconds of the steps since the last evaluation
-        let mut last_saved = self.state.step;
+        let mut last_saved = self.trainer.steps_done();
+        let ranks = self.trainer.ranks();
         let stop = loop {
-            if self.state.step >= self.state.target_steps {
+            if self.trainer.steps_done() >= self.state.target_steps {
                 break Stop::Done;
             }
-            if self
+            // Rank 0's clock and Ctrl-C decide for every rank, so all stop at the same step.
+            let time_up = self
                 .state
                 .time_budget_s
-                .is_some_and(|budget| self.elapsed(since) >= budget)
-            {
+                .is_some_and(|budget| self.elapsed(since) >= budget);
+            let mut stop = [
+                f64::from(u8::from(time_up)),
+                f64::from(u8::from(interrupted.load(Ordering::SeqCst))),
+            ];
+            self.trainer.collective().broadcast(&mut stop);
+            if stop[0] != 0.0 {
                 break Stop::TimeUp;
             }
-            if interrupted.load(Ordering::SeqCst) {
+            if stop[1] != 0.0 {
                 break Stop::Interrupted;
             }
-            let step = self.state.step;
-            let started = Instant::now();
-            self.data.train().train_batch(
-                self.state.seed,
-                step,
-                b,
-                t,
-                &mut inputs,
-                &mut targets,
-            )?;
-            let lr = self.state.schedule().at(step);
-            let lm = self.net.lm_mut();
-            let loss = lm.forward(&inputs, &targets, b, t);
-            if !loss.is_finite() {
-                return Err(self.diverged(&bar, step, "loss", loss, last_saved));
-            }
-            lm.zero_grad();
-            lm.backward();
-            let (params, grads) = lm.params_and_grads();
-            let norm = if self.state.grad_clip > 0.0 {
-                self.opt
-                    .step_clipped(params, grads, lr, self.state.grad_clip)
-            } else {
-                let norm = grad_norm(grads);
-                self.opt.step(params, grads, lr);
-                norm
+            let step = self.trainer.steps_done();
+            let stats = match self.trainer.step() {
+                Ok(stats) => stats,
+                Err(model::train::TrainError::Diverged { what, value, .. }) => {
+                    return Err(self.diverged(&bar, step, what, value, last_saved));
+                }
+                Err(e) => return Err(e.into()),
             };
-            if !norm.is_finite() {
-                return Err(self.diverged(&bar, step, "gradient norm", norm, last_saved));
-            }
-            let seconds = started.elapsed().as_secs_f64();
-            train_seconds += seconds;
-            train_tokens += (b * t) as u64;
-            self.state.step += 1;
-            self.state.tokens_seen += (b * t) as u64;
-            self.state.train_loss = Some(loss);
-            self.train_curve.push((self.state.step, loss));
+            train_seconds += stats.seconds;
+            train_tokens += stats.tokens;
+            self.state.tokens_seen += stats.tokens;
+            self.state.train_loss = Some(stats.loss);
+            self.train_curve.push((stats.step, stats.loss));
             let tokens_per_s = train_tokens as f64 / train_seconds;
-            self.log(json!({
-                "step": self.state.step, "train_loss": loss, "lr": lr, "grad_norm": norm,
-                "tokens_per_s": tokens_per_s, "elapsed_s": self.elapsed(since),
-            }))?;
+            let mut line = json!({
+                "step": stats.step, "train_loss": stats.loss, "lr": stats.lr,
+                "grad_norm": stats.grad_norm, "tokens_per_s": tokens_per_s,
+                "elapsed_s": self.elapsed(since),
+            });
+            if ranks > 1 {
+                line["ranks"] = ranks.into();
+                line["allreduce_wait_s"] = stats.wait_seconds.into();
+            }
+            self.log(line)?;
             bar.set_message(format!(
-                "loss {loss:.4} | {} tok/s",
+                "loss {:.4} | {} tok/s",
+                stats.loss,
                 thousands(tokens_per_s as u64)
             ));
-            bar.set_position(self.state.step);
+            bar.set_position(stats.step);
 
             if step > 0 {
-                recent.push(seconds); // step 0 pays for first-touch allocation
+                recent.push(stats.seconds); // step 0 pays for first-touch allocation
             }
             if self.estimate_steps && step == TIMED_STEPS {
                 self.fit_length(&bar, since, &recent, eval_seconds, true);
             }
-            let s = self.state.step;
+            let s = stats.step;
             if s.is_multiple_of(self.state.eval_every) || s == self.state.target_steps {
                 let started = Instant::now();
-                self.evaluate(&bar, since, &mut inputs, &mut targets)?;
+                self.evaluate(&bar, since)?;
                 eval_seconds = started.elapsed().as_secs_f64();
                 // The machine's speed may have changed (other work on it): refit, so the
                 // schedule still ends with the clock.
@@ -697,18 +781,21 @@ impl Trainer {
         };
         bar.finish_and_clear();
 
-        if stop != Stop::Interrupted && self.val_curve.last().map(|v| v.0) != Some(self.state.step)
-        {
-            self.evaluate(&bar, since, &mut inputs, &mut targets)?;
+        let step = self.trainer.steps_done();
+        if stop != Stop::Interrupted && self.val_curve.last().map(|v| v.0) != Some(step) {
+            self.evaluate(&bar, since)?;
         }
         self.save(since)?;
+        if !self.root() {
+            return Ok(());
+        }
         self.plot()?;
         let rate = train_tokens as f64 / train_seconds.max(1e-9);
         match stop {
             Stop::Interrupted => {
                 println!(
                     "interrupted: saved step {} to {}\ncontinue with: runner train --out {} --resume",
-                    self.state.step,
+                    step,
                     self.out.join(CHECKPOINT_DIR).display(),
                     self.out.display()
                 );
@@ -716,7 +803,7 @@ impl Trainer {
             }
             Stop::TimeUp => println!(
                 "time is up after step {} of {}",
-                self.state.step, self.state.target_steps
+                step, self.state.target_steps
             ),
             Stop::Done => {}
         }
@@ -727,7 +814,7 @@ impl Trainer {
     /// Sets the run's length (and the schedule's) from the measured seconds of recent steps
     /// and of an evaluation, when --time alone bounds the run: the steps that fit the rest of
     /// the budget, the evaluations' share and the final one included. Called after the first
-    /// steps (announced) and again at every evaluation.
+    /// steps (announced) and again at every evaluation. Rank 0's timing decides for all.
     fn fit_length(
         &mut self,
         bar: &ProgressBar,
@@ -741,11 +828,15 @@ impl Trainer {
         let per_step = step_s + eval / self.state.eval_every as f64;
         // Keep back the final evaluation and 3% for the speed's wobble.
         let left = (0.97 * budget - self.elapsed(since) - eval).max(0.0);
-        let total = self.state.step + (left / per_step) as u64;
-        self.state.target_steps = total.max(self.state.step + 1);
-        self.state.total = self.state.target_steps;
+        let done = self.trainer.steps_done();
+        let mut total = [(done + (left / per_step) as u64).max(done + 1) as f64];
+        self.trainer.collective().broadcast(&mut total);
+        self.state.target_steps = total[0] as u64;
+        let mut schedule = self.trainer.config().schedule;
+        schedule.total = self.state.target_steps;
+        self.trainer.set_schedule(schedule);
         bar.set_length(self.state.target_steps);
-        if announce {
+        if announce && self.root() {
             bar.suspend(|| {
                 println!(
                     "--time {}: {} fit at {:.0} ms per step; the learning rate decays over them",
@@ -758,12 +849,15 @@ impl Trainer {
     }
 
     fn print_header(&self) {
+        if !self.root() {
+            return;
+        }
         let data = self.state.shards.as_ref().map_or_else(
             || "the built-in corpus".to_string(),
             |p| p.display().to_string(),
         );
         let train = self.data.train().len();
-        println!("model:  {}", self.net.describe());
+        println!("model:  {}", self.description);
         println!(
             "data:   {data} ({} tokenizer, {} train tokens, {} val tokens, {:.3} bytes/token{})",
             self.tokenizer.name(),
@@ -783,18 +877,28 @@ impl Trainer {
         } else {
             fmt::counted(self.state.target_steps, "step")
         };
-        let opt = match self.opt.config() {
+        let opt = match self.trainer.optimizer().config() {
             OptimizerConfig::AdamW(_) => "AdamW",
             OptimizerConfig::Sgd(_) => "SGD",
         };
+        let c = self.trainer.config();
+        let ranks = self.trainer.ranks();
+        let workers = if ranks > 1 {
+            format!(
+                "{ranks} ranks × {} threads, each rank {} windows of the batch",
+                rayon::current_num_threads(),
+                c.batch / ranks
+            )
+        } else {
+            format!("{} threads", rayon::current_num_threads())
+        };
         println!(
-            "train:  {steps} of B={} × T={} tokens, {opt}, lr {} → {} (warmup {}, cosine), {}",
-            self.state.batch,
-            self.state.seq_len,
-            fmt::short(self.state.lr),
-            fmt::short(self.state.min_lr),
-            self.state.warmup,
-            fmt::threads(rayon::current_num_threads())
+            "train:  {steps} of B={} × T={} tokens, {opt}, lr {} → {} (warmup {}, cosine), {workers}",
+            c.batch,
+            c.seq_len,
+            fmt::short(c.schedule.lr),
+            fmt::short(c.schedule.min_lr),
+            c.schedule.warmup,
         );
         let mut reference = format!(
             "a unigram model of the training tokens scores {:.3} nats/token ({:.3} bits/byte)",
@@ -815,46 +919,32 @@ impl Trainer {
         nats_per_token / std::f64::consts::LN_2 / self.val_bytes_per_token
     }
 
-    /// Mean validation loss over the first --eval-batches batches; logs and plots it.
-    fn evaluate(
-        &mut self,
-        bar: &ProgressBar,
-        since: Instant,
-        inputs: &mut [u32],
-        targets: &mut [u32],
-    ) -> Result<()> {
-        let (b, t) = (self.state.batch, self.state.seq_len);
-        let val = self.data.val();
-        let batches = val.eval_batches(b, t).min(self.state.eval_batches);
-        if batches == 0 {
+    /// Mean validation loss over the first --eval-batches batches (split over the ranks);
+    /// logs and plots it.
+    fn evaluate(&mut self, bar: &ProgressBar, since: Instant) -> Result<()> {
+        let Some(eval) = self.trainer.evaluate(self.state.eval_batches) else {
             return Ok(()); // no validation text: check_data said so once
-        }
-        let lm = self.net.lm_mut();
-        let (mut nats, mut tokens) = (0.0f64, 0usize);
-        for batch in 0..batches {
-            let rows = val.eval_batch(batch, b, t, inputs, targets);
-            let n = rows * t;
-            lm.reset_state();
-            let loss = lm.forward(&inputs[..n], &targets[..n], rows, t);
-            nats += f64::from(loss) * n as f64;
-            tokens += n;
-        }
-        let loss = nats / tokens as f64;
+        };
+        let loss = eval.loss;
         let bpb = self.bits_per_byte(loss);
+        let step = self.trainer.steps_done();
         self.state.val_loss = Some(loss);
         self.state.val_bits_per_byte = Some(bpb);
-        self.val_curve.push((self.state.step, loss));
+        self.val_curve.push((step, loss));
         self.log(json!({
-            "step": self.state.step, "val_loss": loss, "val_bits_per_byte": bpb,
-            "val_perplexity": loss.exp(), "val_tokens": tokens, "elapsed_s": self.elapsed(since),
+            "step": step, "val_loss": loss, "val_bits_per_byte": bpb,
+            "val_perplexity": loss.exp(), "val_tokens": eval.tokens, "elapsed_s": self.elapsed(since),
         }))?;
+        if !self.root() {
+            return Ok(());
+        }
         let train = self
             .state
             .train_loss
             .map_or(String::new(), |l| format!("train {l:.4} | "));
         let line = format!(
             "step {:>6} | {train}val {loss:.4} nats/token, {bpb:.4} bits/byte, perplexity {:.3} | {:.1} s",
-            self.state.step,
+            step,
             loss.exp(),
             self.elapsed(since)
         );
@@ -877,7 +967,7 @@ impl Trainer {
         let title = format!(
             "{} — {}",
             self.out.file_name().unwrap_or_default().to_string_lossy(),
-            self.net.describe()
+            self.description
         );
         plot::loss_curves(
             &self.out.join("loss.svg"),
@@ -889,15 +979,18 @@ impl Trainer {
     }
 
     fn log(&mut self, line: serde_json::Value) -> Result<()> {
-        writeln!(self.metrics, "{line}")
+        let Some(metrics) = &mut self.metrics else {
+            return Ok(());
+        };
+        writeln!(metrics, "{line}")
             .with_context(|| format!("cannot write {}/metrics.jsonl", self.out.display()))
     }
 
     fn save(&mut self, since: Instant) -> Result<()> {
         self.state.elapsed_s = self.elapsed(since);
-        let trainer = serde_json::to_value(&self.state).expect("RunState serializes");
-        let dir = self.out.join(CHECKPOINT_DIR);
-        model::save_checkpoint(&dir, self.net.lm(), Some((&self.opt, &trainer)))
+        let extra = serde_json::to_value(&self.state).expect("RunState serializes");
+        self.trainer
+            .save(&self.out.join(CHECKPOINT_DIR), &extra)
             .context("hint: check the free space and permissions of the run folder")
     }
 
@@ -922,7 +1015,7 @@ impl Trainer {
         anyhow::anyhow!(
             "the {what} became {value} at step {}: training diverged; {kept}; hint: lower --lr (now {}) or keep --grad-clip on",
             step + 1,
-            fmt::short(self.state.lr)
+            fmt::short(self.trainer.config().schedule.lr)
         )
     }
 
@@ -930,7 +1023,7 @@ impl Trainer {
         let s = &self.state;
         println!(
             "\ntrained {}, {} tokens, in {:.1} s ({} tokens/s)",
-            fmt::counted(s.step, "step"),
+            fmt::counted(self.trainer.steps_done(), "step"),
             thousands(s.tokens_seen),
             s.elapsed_s,
             thousands(tokens_per_s as u64)
@@ -982,7 +1075,7 @@ impl Trainer {
         let mut text = String::new();
         let budget = n * SAMPLE_WIDTH;
         generate::generate(
-            self.net.lm(),
+            self.trainer.model(),
             &self.tokenizer,
             &prompt,
             &mut sampler,
@@ -1020,12 +1113,15 @@ fn wrap(line: &str, width: usize) -> (&str, &str) {
 
 /// Refuses flags typed on a `--resume` command line that define the run differently from
 /// the run being resumed (repeating the run's own value is fine).
+#[allow(clippy::too_many_arguments)]
 fn check_resume_flags(
     args: &Args,
     matches: &ArgMatches,
-    state: &RunState,
+    config: &TrainConfig,
     opt: &Optimizer,
-    net: &Net,
+    lm: &dyn LanguageModel,
+    description: &str,
+    state: &RunState,
     tokenizer: TokenizerKind,
 ) -> Result<()> {
     let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
@@ -1044,17 +1140,25 @@ fn check_resume_flags(
     // (clap id, the value typed, the run's value), compared as text.
     let checks = [
         ("shards", shards(&args.shards), shards(&state.shards)),
-        ("seed", args.seed.to_string(), state.seed.to_string()),
+        ("seed", args.seed.to_string(), config.seed.to_string()),
         ("model", name(&args.model), name(&state.model)),
-        ("batch", args.batch.to_string(), state.batch.to_string()),
-        ("seq_len", text(args.seq_len), state.seq_len.to_string()),
-        ("lr", text(args.lr), state.lr.to_string()),
-        ("min_lr", text(args.min_lr), state.min_lr.to_string()),
-        ("warmup", args.warmup.to_string(), state.warmup.to_string()),
+        ("batch", args.batch.to_string(), config.batch.to_string()),
+        ("seq_len", text(args.seq_len), config.seq_len.to_string()),
+        ("lr", text(args.lr), config.schedule.lr.to_string()),
+        (
+            "min_lr",
+            text(args.min_lr),
+            config.schedule.min_lr.to_string(),
+        ),
+        (
+            "warmup",
+            args.warmup.to_string(),
+            config.schedule.warmup.to_string(),
+        ),
         (
             "grad_clip",
             args.grad_clip.to_string(),
-            state.grad_clip.to_string(),
+            config.grad_clip.to_string(),
         ),
         ("optimizer", name(&args.optimizer), name(&optimizer)),
         ("weight_decay", text(args.weight_decay), decay.to_string()),
@@ -1072,12 +1176,11 @@ fn check_resume_flags(
         .into_iter()
         .any(given)
     {
-        let t = args.seq_len.unwrap_or(state.seq_len as u64);
-        let (config, _) = ModelConfig::from_args(args, tokenizer, Some(t))?;
-        if config.to_json() != net.lm().config_json() {
+        let t = args.seq_len.unwrap_or(config.seq_len as u64);
+        let (model, _) = ModelConfig::from_args(args, tokenizer, Some(t))?;
+        if model.to_json() != lm.config_json() {
             bail!(
-                "the size flags describe another model than the run's ({}); hint: drop --preset, --layers, --d-model, --heads and --hidden when resuming",
-                net.describe()
+                "the size flags describe another model than the run's ({description}); hint: drop --preset, --layers, --d-model, --heads and --hidden when resuming"
             );
         }
     }
@@ -1106,9 +1209,34 @@ pub(crate) fn open_data(dir: &Path) -> Result<Dataset> {
     })
 }
 
+/// Opens the shard folder on every rank and checks that all see the same data (tokenizer,
+/// every shard's token count); a rank that cannot open it is named by rank 0 too.
+fn open_agreed(collective: &mut dyn Collective, dir: &Path) -> Result<Dataset> {
+    let data = open_data(dir);
+    let identity = match &data {
+        Ok(d) => {
+            let lens = |s: &TokenStream| s.shards().iter().map(|x| x.len()).collect::<Vec<_>>();
+            json!({
+                "tokenizer": d.tokenizer().name(),
+                "train_shard_tokens": lens(d.train()),
+                "val_shard_tokens": lens(d.val()),
+            })
+        }
+        Err(e) => json!({ "error": format!("{e:#}") }),
+    };
+    comm::agree(collective, "the shards", &json!({ "data": identity }))?;
+    data
+}
+
 /// The data fits the model: every token id is inside its vocabulary (the error names the
 /// shard), and the training split holds at least one window.
-fn check_data(data: &Dataset, dir: &Path, lm: &dyn LanguageModel, t: usize) -> Result<()> {
+fn check_data(
+    data: &Dataset,
+    dir: &Path,
+    lm: &dyn LanguageModel,
+    t: usize,
+    root: bool,
+) -> Result<()> {
     let v = lm.vocab_size();
     data.check_vocab(v as u32).with_context(|| {
         format!(
@@ -1119,6 +1247,9 @@ fn check_data(data: &Dataset, dir: &Path, lm: &dyn LanguageModel, t: usize) -> R
     data.train()
         .check_window(t)
         .context("hint: use a shorter --seq-len or more text")?;
+    if !root {
+        return Ok(()); // the notes below are rank 0's to print
+    }
     if data.val().is_empty() {
         println!(
             "note: {} has no validation split; no validation loss will be reported, and bits/byte use the training text's bytes per token (hint: prepare with --val-fraction 0.1)",
