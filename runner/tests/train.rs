@@ -392,3 +392,20 @@ fn info_reports_the_thread_count_of_threads() {
     let out = ok(runner(&["info", "--threads", "3"]));
     assert!(out.contains("threads (rayon):    3"), "{out}");
 }
+
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_build_without_mpi_refuses_to_run_as_one_of_several_ranks() {
+    // What mpirun sets in each rank's environment; without MPI each would train alone.
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["train", "--preset", "tiny", "--steps", "1"])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .current_dir(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    let err = fails(out);
+    assert!(
+        err.contains("one of 2 MPI ranks") && err.contains("--features mpi"),
+        "{err}"
+    );
+}
