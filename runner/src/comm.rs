@@ -15,6 +15,8 @@
 //! joining or leaving a running job: a rank that dies takes the job down (mpirun ends the
 //! others) and the run resumes from its last checkpoint.
 
+use std::time::Instant;
+
 use anyhow::{Result, bail};
 use model::train::Collective;
 use serde_json::Value;
@@ -79,6 +81,27 @@ pub fn agree(c: &mut dyn Collective, what: &str, mine: &Value) -> Result<()> {
         None if verdict[0] != 0.0 => Err(Disagreed.into()),
         None => Ok(()),
     }
+}
+
+/// Seconds of one blocking all-reduce (sum) of `floats` 4-byte values over the ranks (the
+/// best of 3 after a warm-up; rank 0's figure on every rank): the cost of reducing a gradient
+/// of that size with nothing to overlap it, so the bandwidth the reduction gets. `None` in one
+/// process.
+pub fn probe_allreduce(c: &mut dyn Collective, floats: usize) -> Option<f64> {
+    if c.ranks() == 1 {
+        return None;
+    }
+    let mut buf = vec![0.0f64; floats.div_ceil(2)]; // the same bytes as f64
+    c.sum(&mut buf);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let started = Instant::now();
+        c.sum(&mut buf);
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    let mut best = [best];
+    c.broadcast(&mut best);
+    Some(best[0])
 }
 
 /// The error of a rank other than 0 when the ranks disagree: rank 0 says why, this one exits

@@ -1,5 +1,6 @@
 //! `runner train`: a training run, from a shard folder (or the built-in corpus) to a
-//! checkpoint you can score and generate with. Reads like nanoGPT's `train.py`:
+//! checkpoint you can score and generate with. The loop itself is `model::Trainer`; this file
+//! is its flags and what a person watches. Reads like nanoGPT's `train.py`:
 //!
 //! ```text
 //! for step in start..target:
@@ -29,7 +30,11 @@
 //! checkpoint). A loss or gradient that is NaN or infinite stops the run with exit status 2
 //! without saving, so the last checkpoint is the last good one.
 //!
-//! Leaves out: gradient accumulation, mixed precision, several processes, early stopping.
+//! Under `mpirun -np N` (feature `mpi`, see `comm.rs`) every rank runs this file: the ranks
+//! first check they agree on the flags and the shards, each trains on its B/N windows of every
+//! batch, and rank 0 alone prints and writes.
+//!
+//! Leaves out: gradient accumulation, mixed precision, early stopping.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -700,6 +705,20 @@ impl Run {
             let started = Instant::now();
             self.evaluate(&bar, since)?;
             eval_seconds = started.elapsed().as_secs_f64();
+        }
+        let floats = self.trainer.model().params().len();
+        if let Some(seconds) = comm::probe_allreduce(self.trainer.collective().as_mut(), floats) {
+            let (bytes, n) = (floats as f64 * 4.0, self.trainer.ranks() as f64);
+            self.say(format_args!(
+                "reduce: all-reduce of the {:.1} MB gradient over {n} ranks: {:.1} ms ({:.2} GB/s bus bandwidth, 2(N−1)/N × bytes / time), overlapped with the backward",
+                bytes / 1e6,
+                seconds * 1e3,
+                2.0 * (n - 1.0) / n * bytes / seconds / 1e9
+            ));
+            self.log(json!({
+                "step": self.trainer.steps_done(), "allreduce_bytes": bytes as u64,
+                "allreduce_probe_s": seconds,
+            }))?;
         }
         let (mut train_seconds, mut train_tokens) = (0.0f64, 0u64);
         let mut recent = Vec::new(); // seconds of the steps since the last evaluation
