@@ -583,8 +583,20 @@ impl Run {
             kind,
         )?;
         let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+        // `--steps N` on resume sets where the run ends, and the cosine ends there too: a
+        // finished run extended with --steps follows, from its step on, the schedule of a run
+        // of N steps (rather than the old schedule's floor). N equal to the run's own length
+        // (an interrupted run) changes nothing, so that resume stays bit-exact.
+        let mut trainer = trainer;
+        let mut restretched = None;
         if let Some(steps) = args.steps {
             state.target_steps = steps;
+            let mut schedule = trainer.config().schedule;
+            if steps != schedule.total && steps > trainer.steps_done() {
+                restretched = Some(schedule.total);
+                schedule.total = steps;
+                trainer.set_schedule(schedule);
+            }
         }
         if let Some(time) = args.time {
             state.time_budget_s = Some(time.as_secs_f64());
@@ -639,6 +651,22 @@ impl Run {
             step,
             run.state.target_steps
         ));
+        if let Some(old) = restretched {
+            let schedule = run.trainer.config().schedule;
+            let was = if old == u64::MAX {
+                String::new()
+            } else {
+                format!(" (was step {old})")
+            };
+            run.say(format_args!(
+                "--steps {}: the learning rate now decays to {} at step {}{was}; step {} runs at {}",
+                schedule.total,
+                schedule.min_lr,
+                schedule.total,
+                step + 1,
+                schedule.at(step)
+            ));
+        }
         Ok(run)
     }
 

@@ -409,3 +409,40 @@ fn a_build_without_mpi_refuses_to_run_as_one_of_several_ranks() {
         "{err}"
     );
 }
+
+#[test]
+fn resume_with_more_steps_stretches_the_schedule_instead_of_running_at_the_floor() {
+    let root = tempfile::tempdir().unwrap();
+    let data = prepared_corpus(root.path());
+    let (run, _) = train_tiny(root.path(), "run", "gpt", &data, 20, &["--warmup", "2"]);
+    let stdout = ok(runner_with(
+        &["train", "--resume", "--steps", "40"],
+        &["--out".into(), s(&run)],
+    ));
+    assert!(
+        stdout.contains("--steps 40: the learning rate now decays to")
+            && stdout.contains("at step 40 (was step 20)"),
+        "{stdout}"
+    );
+    // Steps 21..40 follow the 40-step cosine, as a 40-step run's would.
+    let schedule = model::Schedule {
+        lr: 3e-3,
+        min_lr: 3e-4,
+        warmup: 2,
+        total: 40,
+    };
+    let lrs: Vec<(u64, f64)> = metrics(&run)
+        .iter()
+        .filter_map(|v| Some((v["step"].as_u64()?, v["lr"].as_f64()?)))
+        .collect();
+    assert_eq!(lrs.len(), 40);
+    for &(step, lr) in &lrs[20..] {
+        assert_eq!(lr as f32, schedule.at(step - 1), "step {step}");
+    }
+    assert!(
+        lrs[20].1 > 1e-3,
+        "step 21 is not at the floor: {}",
+        lrs[20].1
+    );
+    assert_eq!(state(&run)["total"], 40);
+}
