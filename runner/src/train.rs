@@ -211,8 +211,11 @@ pub struct Args {
 struct RunState {
     /// The step the run stops at.
     target_steps: u64,
-    /// The shard folder, or None for the built-in corpus in OUT/data.
+    /// The shard folder (its canonical path), or None for the built-in corpus in OUT/data.
     shards: Option<PathBuf>,
+    /// What the shards held when the run started (`data_identity`); a resume checks it.
+    #[serde(default)]
+    shards_identity: Option<serde_json::Value>,
     model: ModelArg,
     /// Processes that trained the latest part (MPI ranks; 1 without MPI).
     #[serde(default = "one")]
@@ -495,7 +498,8 @@ impl Run {
         };
         let state = RunState {
             target_steps: target,
-            shards: args.shards.clone(),
+            shards: args.shards.as_deref().map(canonical),
+            shards_identity: args.shards.is_some().then(|| data_identity(&data)),
             model: args.model,
             ranks,
             time_budget_s: time.map(|d| d.as_secs_f64()),
@@ -627,6 +631,21 @@ impl Run {
                 data.tokenizer(),
                 loaded.tokenizer.name()
             );
+        }
+        if let Some(then) = &state.shards_identity {
+            let now = data_identity(&data);
+            let keys = then.as_object().into_iter().flat_map(|o| o.keys());
+            if let Some(key) = keys
+                .into_iter()
+                .find(|k| then[k.as_str()] != now[k.as_str()])
+            {
+                bail!(
+                    "the shards in {} are not the ones the run started with: {key} is {} now but was {}; hint: resume with the run's own shard folder, or start a new run on these shards",
+                    data_dir.display(),
+                    now[key.as_str()],
+                    then[key.as_str()]
+                );
+            }
         }
         check_data(&data, &data_dir, trainer.model(), config.seq_len, root)?;
         let ranks = collective.ranks();
@@ -1177,8 +1196,9 @@ fn check_resume_flags(
     }
     let name = |x: &dyn std::fmt::Debug| format!("{x:?}").to_lowercase();
     let shards = |p: &Option<PathBuf>| {
-        p.as_ref()
-            .map_or("the built-in corpus".into(), |p| p.display().to_string())
+        p.as_deref().map_or("the built-in corpus".into(), |p| {
+            canonical(p).display().to_string()
+        })
     };
     let (optimizer, decay) = match opt.config() {
         OptimizerConfig::AdamW(c) => (OptimizerArg::Adamw, c.weight_decay),
@@ -1256,23 +1276,51 @@ pub(crate) fn open_data(dir: &Path) -> Result<Dataset> {
     })
 }
 
-/// Opens the shard folder on every rank and checks that all see the same data (tokenizer,
-/// every shard's token count); a rank that cannot open it is named by rank 0 too.
+/// Opens the shard folder on every rank and checks that all see the same data (its
+/// [`data_identity`]); a rank that cannot open it is named by rank 0 too.
 fn open_agreed(collective: &mut dyn Collective, dir: &Path) -> Result<Dataset> {
     let data = open_data(dir);
     let identity = match &data {
-        Ok(d) => {
-            let lens = |s: &TokenStream| s.shards().iter().map(|x| x.len()).collect::<Vec<_>>();
-            json!({
-                "tokenizer": d.tokenizer().name(),
-                "train_shard_tokens": lens(d.train()),
-                "val_shard_tokens": lens(d.val()),
-            })
-        }
+        Ok(d) => data_identity(d),
         Err(e) => json!({ "error": format!("{e:#}") }),
     };
     comm::agree(collective, "the shards", &json!({ "data": identity }))?;
     data
+}
+
+/// Tokens hashed at each end of a split for [`data_identity`].
+const IDENTITY_TOKENS: usize = 4096;
+
+/// What tells one shard folder's data from another's: the tokenizer, every shard's token
+/// count, and an FNV-1a hash of the first and last [`IDENTITY_TOKENS`] tokens of each split
+/// (different text of the same length differs there, whatever the folder is called).
+fn data_identity(data: &Dataset) -> serde_json::Value {
+    let lens = |s: &TokenStream| s.shards().iter().map(|x| x.len()).collect::<Vec<_>>();
+    let hash = |s: &TokenStream| {
+        let n = (IDENTITY_TOKENS as u64).min(s.len()) as usize;
+        let mut buf = vec![0u32; n];
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for start in [0, s.len() - n as u64] {
+            s.copy_tokens(start, &mut buf);
+            for byte in buf.iter().flat_map(|t| t.to_le_bytes()) {
+                h = (h ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}")
+    };
+    json!({
+        "tokenizer": data.tokenizer().name(),
+        "train_shard_tokens": lens(data.train()),
+        "val_shard_tokens": lens(data.val()),
+        "train_hash": hash(data.train()),
+        "val_hash": hash(data.val()),
+    })
+}
+
+/// `path` made absolute and free of `.`, `..` and links when it exists (so `byte`, `./byte/`
+/// and `/abs/byte` are one folder, wherever the command runs), else as given.
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// The data fits the model: every token id is inside its vocabulary (the error names the

@@ -446,3 +446,78 @@ fn resume_with_more_steps_stretches_the_schedule_instead_of_running_at_the_floor
     );
     assert_eq!(state(&run)["total"], 40);
 }
+
+#[test]
+fn resume_finds_the_shards_from_any_folder_and_notices_replaced_ones() {
+    let root = tempfile::tempdir().unwrap();
+    prepared_corpus(root.path());
+    let run = root.path().join("run");
+    let train = |cwd: &Path, args: &[&str]| {
+        let mut all = vec!["train"];
+        all.extend_from_slice(args);
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(&all)
+            .current_dir(cwd)
+            .output()
+            .unwrap()
+    };
+    let mut first = TINY.to_vec();
+    first.extend(["--shards", "data", "--out", "run", "--steps", "4"]);
+    ok(train(root.path(), &first));
+    let st = state(&run);
+    assert!(
+        Path::new(st["shards"].as_str().unwrap()).is_absolute(),
+        "{st}"
+    );
+    assert_eq!(st["shards_identity"]["tokenizer"], "byte");
+
+    // From another folder, naming the shards another way: the same run.
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let shards = format!("{}/./data/", s(root.path()));
+    ok(train(
+        &elsewhere,
+        &[
+            "--resume",
+            "--out",
+            &s(&run),
+            "--steps",
+            "6",
+            "--shards",
+            &shards,
+        ],
+    ));
+    ok(train(
+        root.path(),
+        &[
+            "--resume", "--out", "run", "--steps", "8", "--shards", "./data",
+        ],
+    ));
+    assert_eq!(state(&run)["step"], 8);
+
+    // The folder replaced by other text of the same tokenizer is noticed.
+    std::fs::remove_dir_all(root.path().join("data")).unwrap();
+    let text = root.path().join("other.txt");
+    std::fs::write(
+        &text,
+        model::corpus::builtin_documents(99, 10, 3_000).concat(),
+    )
+    .unwrap();
+    ok(runner_with(
+        &["prepare", "--val-fraction", "0.2"],
+        &[
+            "--input".into(),
+            s(&text),
+            "--out".into(),
+            s(&root.path().join("data")),
+        ],
+    ));
+    let err = fails(train(
+        root.path(),
+        &["--resume", "--out", "run", "--steps", "10"],
+    ));
+    assert!(
+        err.contains("are not the ones the run started with"),
+        "{err}"
+    );
+}
