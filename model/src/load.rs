@@ -19,6 +19,7 @@ use crate::params::ParamLayout;
 
 /// A model of either architecture, owned: for callers that need the concrete type for what
 /// only one has (the transformer's attention maps, the LSTM's carried state).
+#[allow(clippy::large_enum_variant)] // one per process: boxing would only add a hop
 pub enum Net {
     Gpt(Gpt),
     Lstm(Lstm),

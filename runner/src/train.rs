@@ -680,10 +680,10 @@ impl Run {
             run.say(format_args!(
                 "--steps {}: the learning rate now decays to {} at step {}{was}; step {} runs at {}",
                 schedule.total,
-                schedule.min_lr,
+                fmt::short(schedule.min_lr),
                 schedule.total,
                 step + 1,
-                schedule.at(step)
+                fmt::short(schedule.at(step))
             ));
         }
         Ok(run)
