@@ -951,12 +951,12 @@ impl Run {
         let ranks = self.trainer.ranks();
         let workers = if ranks > 1 {
             format!(
-                "{ranks} ranks × {} threads, each rank {} windows of the batch",
-                rayon::current_num_threads(),
-                c.batch / ranks
+                "{ranks} ranks × {}, each rank {} of the batch",
+                fmt::threads(rayon::current_num_threads()),
+                fmt::counted((c.batch / ranks) as u64, "window")
             )
         } else {
-            format!("{} threads", rayon::current_num_threads())
+            fmt::threads(rayon::current_num_threads())
         };
         println!(
             "train:  {steps} of B={} × T={} tokens, {opt}, lr {} → {} (warmup {}, cosine), {workers}",
