@@ -14,6 +14,17 @@ pub struct PrecisionArg {
     pub precision: Option<Precision>,
 }
 
+/// As the flag was given: `"bf16"`, `"fp32"` or null (for the ranks' agreement check, which
+/// compares every flag).
+impl serde::Serialize for PrecisionArg {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.precision {
+            Some(p) => s.serialize_str(p.name()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 impl PrecisionArg {
     /// The precision asked for, or `fallback` when the flag is absent.
     pub fn or(&self, fallback: Precision) -> Precision {

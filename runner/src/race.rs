@@ -35,6 +35,7 @@ use serde_json::json;
 use crate::builtin;
 use crate::machine::{self, Ticks};
 use crate::plot;
+use crate::precision::PrecisionArg;
 use crate::train::{self, ModelArg, OptimizerArg, parse_duration};
 
 #[derive(ClapArgs)]
@@ -89,6 +90,10 @@ pub struct Args {
     /// Folder for the legs' run folders (checkpoints, metrics.jsonl, loss.svg).
     #[arg(long, default_value = "runs/race")]
     runs: PathBuf,
+
+    /// (Both models run in the same precision.)
+    #[command(flatten)]
+    precision: PrecisionArg,
 }
 
 const MODELS: [ModelArg; 2] = [ModelArg::Gpt, ModelArg::Lstm];
@@ -236,6 +241,7 @@ struct Setup {
     eval_batches: u64,
     seed: u64,
     runs: PathBuf,
+    precision: PrecisionArg,
 }
 
 impl Setup {
@@ -275,6 +281,7 @@ impl Setup {
             save_every: u64::MAX / 2,
             out: Some(out.clone()),
             resume: false,
+            precision: self.precision.clone(),
         };
         println!(
             "\n== {tag}: {} at lr {lr:e} for {budget:.0} s ==",
@@ -401,6 +408,7 @@ pub fn run(args: Args) -> Result<()> {
         eval_batches: args.eval_batches,
         seed: args.seed,
         runs: args.runs.clone(),
+        precision: args.precision.clone(),
     };
     let threads = rayon::current_num_threads();
     let command = std::iter::once("runner".to_string())

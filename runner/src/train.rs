@@ -52,7 +52,7 @@ use model::sampling::{Rule, Sampler};
 use model::train::{Collective, TrainConfig, Trainer};
 use model::{
     AdamWConfig, Dataset, Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, Optimizer,
-    OptimizerConfig, Schedule, SgdConfig, Split, Tokenizer, TokenizerKind,
+    OptimizerConfig, Precision, Schedule, SgdConfig, Split, Tokenizer, TokenizerKind,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -63,6 +63,7 @@ use crate::comm;
 use crate::fmt;
 use crate::generate;
 use crate::plot::{self, Level};
+use crate::precision::PrecisionArg;
 
 /// The budget of a run given neither --steps nor --time: the README's first command.
 const DEFAULT_TIME: Duration = Duration::from_secs(60);
@@ -202,6 +203,10 @@ pub struct Args {
     /// Continue the run in --out from its checkpoint, bit-exactly.
     #[arg(long, requires = "out")]
     pub resume: bool,
+
+    /// (On --resume the run keeps the precision it started with unless this flag is given.)
+    #[command(flatten)]
+    pub precision: PrecisionArg,
 }
 
 /// The runner's part of `state.json`. The library's [`model::Trainer`] adds the step and its
@@ -228,6 +233,10 @@ struct RunState {
     eval_every: u64,
     eval_batches: u64,
     save_every: u64,
+    /// The precision of the matrix products, `"bf16"` or `"fp32"` (runs from before mixed
+    /// precision existed were fp32).
+    #[serde(default = "fp32_name")]
+    precision: String,
     /// The latest figures (also in metrics.jsonl).
     train_loss: Option<f32>,
     val_loss: Option<f64>,
@@ -236,6 +245,10 @@ struct RunState {
 
 fn one() -> usize {
     1
+}
+
+fn fp32_name() -> String {
+    Precision::F32.name().to_string()
 }
 
 /// An architecture and its size, before any weight exists.
@@ -465,7 +478,8 @@ impl Run {
         let tokenizer = data.tokenizer();
         let (config, t) = ModelConfig::from_args(args, tokenizer, args.seq_len)?;
         config.check_memory(args.batch as usize, t)?;
-        let net = config.build(args.seed);
+        let mut net = config.build(args.seed);
+        let precision = PrecisionArg::apply(args.precision.or(Precision::fastest()), net.lm_mut());
         check_data(&data, &data_dir, net.lm(), t, root)?;
         let opt_config = match args.optimizer {
             OptimizerArg::Adamw => OptimizerConfig::AdamW(AdamWConfig {
@@ -508,6 +522,7 @@ impl Run {
             eval_every: args.eval_every,
             eval_batches: args.eval_batches,
             save_every: args.save_every,
+            precision: precision.name().to_string(),
             train_loss: None,
             val_loss: None,
             val_bits_per_byte: None,
@@ -546,7 +561,7 @@ impl Run {
         );
         let dir = model::checkpoint::resolve(&out.join(CHECKPOINT_DIR)).context(hint.clone())?;
         let loaded = ckpt::open(&dir, None)?;
-        let net = loaded.net;
+        let mut net = loaded.net;
         let state_path = dir.join(model::checkpoint::STATE_FILE);
         let damaged = "hint: the checkpoint is damaged or from another version; start a new run";
         let state_json = model::checkpoint::read_json(&state_path)
@@ -557,6 +572,17 @@ impl Run {
         let config: TrainConfig = serde_json::from_value(state_json)
             .with_context(|| format!("{}: unreadable state.json", dir.display()))
             .context(damaged)?;
+        // The precision the run started with, unless --precision says otherwise.
+        let saved: Precision = state
+            .precision
+            .parse()
+            .with_context(|| format!("{}: state.json names an unknown precision", dir.display()))?;
+        let want = args.precision.or(saved);
+        let got = PrecisionArg::apply(want, net.lm_mut());
+        if got != saved && root {
+            println!("precision: {saved} → {got} from here on (--precision {want})");
+        }
+        state.precision = got.name().to_string();
         let data_dir = match &state.shards {
             Some(dir) => dir.clone(),
             None => {
@@ -959,12 +985,13 @@ impl Run {
             fmt::threads(rayon::current_num_threads())
         };
         println!(
-            "train:  {steps} of B={} × T={} tokens, {opt}, lr {} → {} (warmup {}, cosine), {workers}",
+            "train:  {steps} of B={} × T={} tokens, {opt}, lr {} → {} (warmup {}, cosine), {} products, {workers}",
             c.batch,
             c.seq_len,
             fmt::short(c.schedule.lr),
             fmt::short(c.schedule.min_lr),
             c.schedule.warmup,
+            self.state.precision,
         );
         let mut reference = format!(
             "a unigram model of the training tokens scores {:.3} nats/token ({:.3} bits/byte)",

@@ -521,3 +521,50 @@ fn resume_finds_the_shards_from_any_folder_and_notices_replaced_ones() {
         "{err}"
     );
 }
+
+/// `--precision` is saved in state.json and named in the banner; a resume keeps it unless
+/// told otherwise, and says when it changes. The default is the fastest this build has.
+#[test]
+fn precision_is_saved_and_kept_on_resume_unless_told_otherwise() {
+    let root = tempfile::tempdir().unwrap();
+    let data = prepared_corpus(root.path());
+    let fastest = model::Precision::fastest().name();
+    let (default_run, stdout) = train_tiny(root.path(), "default", "gpt", &data, 2, &[]);
+    assert!(stdout.contains(&format!("{fastest} products")), "{stdout}");
+    assert_eq!(state(&default_run)["precision"], fastest);
+
+    let (run, stdout) = train_tiny(
+        root.path(),
+        "fp32",
+        "lstm",
+        &data,
+        2,
+        &["--precision", "fp32"],
+    );
+    assert!(stdout.contains("fp32 products"), "{stdout}");
+    assert_eq!(state(&run)["precision"], "fp32");
+    let kept = ok(runner_with(
+        &["train", "--resume", "--steps", "3"],
+        &["--out".into(), s(&run)],
+    ));
+    assert!(kept.contains("fp32 products"), "{kept}");
+    assert!(!kept.contains("precision:"), "{kept}");
+    assert_eq!(state(&run)["precision"], "fp32");
+    let switched = ok(runner_with(
+        &["train", "--resume", "--steps", "4", "--precision", "bf16"],
+        &["--out".into(), s(&run)],
+    ));
+    let now = model::Precision::Bf16.effective().name();
+    assert_eq!(state(&run)["precision"], now);
+    if now == "bf16" {
+        assert!(switched.contains("precision: fp32 → bf16"), "{switched}");
+    }
+    let err = usage_error(
+        runner_with(
+            &["train", "--steps", "1", "--precision", "fp16"],
+            &["--shards".into(), s(&data)],
+        ),
+        "--precision",
+    );
+    assert!(err.contains("fp16") && err.contains("bf16"), "{err}");
+}
