@@ -761,6 +761,7 @@ mod tests {
             seed: 7,
             out: dir.join(out),
             runs: dir.join("runs"),
+            precision: PrecisionArg::default(),
         }
     }
 
