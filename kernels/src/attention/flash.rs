@@ -109,7 +109,11 @@ impl Dims {
     /// the heads alone give every core work, and never fewer than two tiles (one snake pair)
     /// per group. A function of the shapes only, never of the thread count.
     pub fn groups(&self) -> usize {
-        TARGET_TASKS.div_ceil(self.bh).min(self.nt / 2).max(1)
+        // bh = 0 (an empty batch) has no tasks to share out; 1 group, of 0 slots.
+        TARGET_TASKS
+            .div_ceil(self.bh.max(1))
+            .min(self.nt / 2)
+            .max(1)
     }
 
     /// Key tiles one group holds at most.

@@ -249,17 +249,38 @@ fn results_do_not_depend_on_thread_count() {
     }
 }
 
+/// B = 0 or T = 0: every buffer is empty, so "no-op" means each call still checks its
+/// arguments, returns after one launch, and sizes no workspace (the size is what it would
+/// allocate).
 #[test]
 fn empty_batch_and_sequence_are_no_ops() {
     for (b, t) in [(0, 5), (2, 0)] {
-        let c = 32;
+        let (c, nh) = (32, 2);
         let mut out = vec![0.0; b * t * c];
-        let mut lse = vec![0.0; b * 2 * t];
+        let mut lse = vec![0.0; b * nh * t];
         let qkv = vec![0.0; b * t * 3 * c];
         for p in [Precision::F32, Precision::Bf16] {
-            attention_forward(&mut out, &mut lse, &qkv, b, t, c, 2, p);
             let mut dqkv = vec![0.0; b * t * 3 * c];
-            attention_backward(&mut dqkv, &out, &qkv, &out, &lse, b, t, c, 2, p);
+            let ((), launches) = crate::launch::count(|| {
+                attention_forward(&mut out, &mut lse, &qkv, b, t, c, nh, p);
+                attention_backward(&mut dqkv, &out, &qkv, &out, &lse, b, t, c, nh, p);
+            });
+            assert_eq!(launches, 2, "B={b} T={t} {p}");
+            let ws = attention_workspace(b, t, c, nh, p);
+            assert_eq!(
+                (ws.forward_bytes, ws.backward_bytes),
+                (0, 0),
+                "B={b} T={t} {p}"
+            );
+            // The arguments are still checked: one stray float in `out` is refused.
+            let refused = std::panic::catch_unwind(|| {
+                attention_forward(&mut [0.0], &mut [], &[], b, t, c, nh, p);
+            });
+            let msg = refused.expect_err("a 1-float out for an empty batch must panic");
+            let msg = msg
+                .downcast_ref::<String>()
+                .expect("a formatted panic message");
+            assert!(msg.contains("attention: out has 1 floats"), "{msg}");
         }
     }
 }
