@@ -56,22 +56,56 @@ pub fn store(s: &mut [f32], v: F32s) {
 mod tests {
     use super::*;
 
-    /// A build meant for AVX-512 must not silently run a narrower path: `.cargo/config.toml`
-    /// builds for the native CPU, so on a CPU with AVX-512 the lanes must be 16 wide.
+    /// The lane width the build's target features call for: the widest `wide` type those
+    /// features make native. Read from the build (`cfg!`), not from the host, so a build for
+    /// `x86-64-v2` or `-v3` on an AVX-512 machine passes, while one whose features include
+    /// AVX-512F but whose [`PATH`] selection or `wide`'s type fell back to narrower lanes fails.
+    fn lanes_the_build_asks_for() -> usize {
+        if cfg!(target_feature = "avx512f") {
+            16
+        } else if cfg!(target_feature = "avx2") {
+            8
+        } else {
+            4
+        }
+    }
+
     #[test]
-    fn native_build_uses_the_widest_path_this_cpu_has() {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let want = if std::is_x86_feature_detected!("avx512f") {
-                16
-            } else if std::is_x86_feature_detected!("avx2") {
-                8
-            } else {
-                4
-            };
+    fn the_build_uses_the_widest_path_its_features_allow() {
+        let want = lanes_the_build_asks_for();
+        assert_eq!(
+            LANES, want,
+            "the build's target features call for {want} lanes but it uses {PATH}"
+        );
+        // The lane type really is that wide (not, say, a narrower `wide` type renamed).
+        assert_eq!(std::mem::size_of::<F32s>(), LANES * 4, "{PATH}");
+        assert_eq!(F32s::splat(1.0).to_array().len(), LANES, "{PATH}");
+    }
+
+    /// CI builds the kernels for several instruction sets (`.ci/run`) with `RUSTFLAGS`, which
+    /// must replace `.cargo/config.toml`'s `target-cpu=native`. Each build states the width it
+    /// meant in `KERNELS_EXPECT_LANES` (and `KERNELS_EXPECT_BF16` = 0 or 1): if the flags did
+    /// not reach the build, it ran some other path and this fails. Unset: nothing to check.
+    #[test]
+    fn the_build_is_the_one_ci_asked_for() {
+        if let Ok(want) = std::env::var("KERNELS_EXPECT_LANES") {
+            let want: usize = want.parse().expect("KERNELS_EXPECT_LANES: a lane count");
             assert_eq!(
                 LANES, want,
-                "this CPU offers {want} lanes but the build uses {PATH}"
+                "CI asked for {want} lanes; this build runs {PATH}"
+            );
+        }
+        if let Ok(want) = std::env::var("KERNELS_EXPECT_BF16") {
+            let want = match want.as_str() {
+                "1" => true,
+                "0" => false,
+                other => panic!("KERNELS_EXPECT_BF16: 0 or 1, not {other:?}"),
+            };
+            assert_eq!(
+                crate::precision::HAS_BF16,
+                want,
+                "CI asked for bf16 = {want}; this build has {}",
+                crate::precision::BF16_PATH
             );
         }
     }
