@@ -129,6 +129,8 @@ impl<'a> MatMut<'a> {
 
     /// A pointer to element `(i0, j0)` and the leading dimension, for a micro-kernel that
     /// writes the `rows × cols` block there. Panics unless the block lies inside the window.
+    /// Only the bf16 micro-kernel writes through it, so builds without AVX512_BF16 leave it out.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
     pub(crate) fn block_ptr(
         &mut self,
         i0: usize,

@@ -1,5 +1,8 @@
-//! The bf16 API on a build without AVX512_BF16: fp32 throughout. [`super::PackedB`] keeps
-//! `op(B)` as fp32 bits, row-major k × n, and the products are `sgemm`'s.
+//! The bf16 API on a build without AVX512_BF16: fp32 throughout. [`super::PackedB`] keeps B
+//! as fp32 bits in the layout it was stored in (k × n, or n × k when transposed), contiguous,
+//! and the products are `sgemm`'s. Keeping the layout matters: `sgemm` picks its path from
+//! the shape and whether B is transposed, and the paths sum in different orders, so a packed
+//! B turned row-major would not give the bits `gemm` gives on the same operands.
 
 use super::PackedB;
 use crate::gemm::{Transpose, sgemm};
@@ -12,15 +15,19 @@ pub(super) fn pack_b(
     b: &[f32],
     ldb: usize,
 ) {
+    let (rows, cols) = if transb == Transpose::No {
+        (k, n)
+    } else {
+        (n, k)
+    };
     data.clear();
-    data.extend((0..k * n).map(|e| {
-        let (p, j) = (e / n, e % n);
-        let x = match transb {
-            Transpose::No => b[p * ldb + j],
-            Transpose::Yes => b[j * ldb + p],
-        };
-        x.to_bits()
-    }));
+    if cols == 0 {
+        return;
+    }
+    data.reserve(rows * cols);
+    for r in 0..rows {
+        data.extend(b[r * ldb..][..cols].iter().map(|x| x.to_bits()));
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -37,9 +44,13 @@ pub(super) fn gemm_packed(
 ) {
     let b: &[f32] = bytemuck::cast_slice(&pb.data);
     let (k, n) = (pb.k, pb.n);
+    let ldb = match pb.transb {
+        Transpose::No => n,
+        Transpose::Yes => k,
+    };
     sgemm(
         transa,
-        Transpose::No,
+        pb.transb,
         m,
         n,
         k,
@@ -47,7 +58,7 @@ pub(super) fn gemm_packed(
         a,
         lda,
         b,
-        n.max(1),
+        ldb.max(1),
         beta,
         c,
         ldc,

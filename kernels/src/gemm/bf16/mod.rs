@@ -21,7 +21,8 @@
 //! sequence of `vdpbf16ps` in ascending depth.
 //!
 //! Where the build lacks AVX512_BF16 (`crate::precision::HAS_BF16` false) the same API runs the
-//! fp32 kernels: [`PackedB`] keeps `op(B)` in fp32 and [`gemm_packed`] calls `sgemm`.
+//! fp32 kernels: [`PackedB`] keeps B in fp32, as stored (transposed or not), and
+//! [`gemm_packed`] calls `sgemm` with that layout, so it gives `gemm`'s bits.
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512bf16")))]
 mod fallback;
@@ -39,14 +40,32 @@ use super::{Transpose, check_args, check_operand};
 use crate::precision::{Precision, round_bf16};
 
 /// `op(B)` (k × n) prepared for [`gemm_packed`]: rounded to bf16 and laid out in the
-/// micro-kernel's panels (fp32 `op(B)` row-major on builds without bf16). Packing costs one
+/// micro-kernel's panels (fp32 B as stored, made contiguous, on builds without bf16). Packing costs one
 /// pass over B; reuse the value (and its allocation, with [`PackedB::pack`]) while B does
 /// not change.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PackedB {
     pub(crate) data: Vec<u32>,
     pub(crate) k: usize,
     pub(crate) n: usize,
+    /// How B was stored when packed: the fp32 fallback keeps that layout, so that
+    /// [`gemm_packed`] runs the very `sgemm` path (and bits) [`crate::gemm()`] runs.
+    #[cfg_attr(
+        all(target_arch = "x86_64", target_feature = "avx512bf16"),
+        allow(dead_code)
+    )]
+    pub(crate) transb: Transpose,
+}
+
+impl Default for PackedB {
+    fn default() -> PackedB {
+        PackedB {
+            data: Vec::new(),
+            k: 0,
+            n: 0,
+            transb: Transpose::No,
+        }
+    }
 }
 
 impl PackedB {
@@ -74,6 +93,7 @@ impl PackedB {
         let _launch = crate::launch::start(1);
         self.k = k;
         self.n = n;
+        self.transb = transb;
         imp::pack_b(&mut self.data, transb, k, n, b, ldb);
     }
 
