@@ -117,9 +117,34 @@ pub fn sigmoid(x: F32s) -> F32s {
     let dl = ((F32s::ONE - d) + eh) + el;
     let inv = F32s::ONE / d;
     let q = nh * inv;
-    // (nh + nl) − q·(d + dl): nh − q·d is exact in one FMA.
-    let rem = q.mul_neg_add(d, nh) + nl - q * dl;
+    // (nh + nl) − q·(d + dl), with nh − q·d exact.
+    let rem = exact_residual(nh, q, d) + nl - q * dl;
     rem.mul_add(inv, q)
+}
+
+/// `a − q·d` exactly, where `q·d` lies within a factor of two of `a` (q a rounded a/d). With
+/// FMA that is one instruction; without (an `x86-64-v2` build) Dekker's product splits q·d
+/// into its rounded value p and exact error e, and a − p is exact by Sterbenz. Rounding q·d
+/// there instead costs sigmoid its correction: 1.50 ulp at x = −1.95.
+#[inline(always)]
+fn exact_residual(a: F32s, q: F32s, d: F32s) -> F32s {
+    #[cfg(target_feature = "fma")]
+    {
+        q.mul_neg_add(d, a)
+    }
+    #[cfg(not(target_feature = "fma"))]
+    {
+        // Veltkamp's split: hi holds the top 12 bits of x, lo the other 12 (both exact).
+        let split = |x: F32s| {
+            let t = x * F32s::splat(4097.0);
+            let hi = t - (t - x);
+            (hi, x - hi)
+        };
+        let p = q * d;
+        let ((qh, ql), (dh, dl)) = (split(q), split(d));
+        let e = ((qh * dh - p) + qh * dl + ql * dh) + ql * dl;
+        (a - p) - e
+    }
 }
 
 /// Scalar reference for [`sigmoid`] (f64 inside).
