@@ -27,6 +27,14 @@ pub fn awkward_lengths() -> Vec<usize> {
     v
 }
 
+/// How much a tolerance measured on the 16-lane AVX-512 build grows for a long sum on this
+/// build: each of the `LANES` running sums adds 16/`LANES` times as many terms, and rounding
+/// errors of a long sum grow like a random walk, so by the square root of that (1 at 16
+/// lanes, 2 at 4). For the tests' reductions (dot products, softmax normalizers) only.
+pub fn sum_tolerance_scale() -> f32 {
+    (16.0 / LANES as f32).sqrt().max(1.0)
+}
+
 /// Panics with the first offending index unless `|got - want| <= atol + rtol * |want|` holds
 /// elementwise (NaN matches only NaN; infinities must match exactly).
 #[track_caller]
