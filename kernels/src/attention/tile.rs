@@ -250,7 +250,7 @@ unsafe fn block<T: Operand, const R: usize, const V: usize, const ACC: bool>(
     c: *mut f32,
     ldc: usize,
 ) {
-    // SAFETY (whole body): every pointer below stays within the ranges of the contract.
+    // SAFETY: (whole body) every pointer below stays within the ranges of the contract.
     unsafe {
         let mut acc = [[F32s::ZERO; V]; R];
         if ACC {

@@ -94,7 +94,7 @@ unsafe fn dot<const R: usize, const S: usize>(
         }
         return out;
     }
-    // SAFETY (for `step`): callers pass p + LANES ≤ k, so every load is inside its row.
+    // SAFETY: callers of `step` pass p + LANES ≤ k, so every load is inside its row.
     let step = |acc: &mut [[F32s; S]; R], p: usize, mask: F32s| unsafe {
         let bv: [F32s; S] =
             std::array::from_fn(|s| b.add(s * ldb + p).cast::<F32s>().read_unaligned());

@@ -36,7 +36,7 @@ pub(crate) fn gemv(y: &mut [f32], x: &[f32], b: &[f32], ldb: usize, w: usize) {
 #[inline(never)]
 unsafe fn gemv_rows(k: usize, x: *const f32, b: *const f32, ldb: usize, y: *mut f32, w: usize) {
     let wv = w - w % LANES;
-    // SAFETY (whole body): every access is y[j] or b[p·ldb + j] with p < k and j < w.
+    // SAFETY: (whole body) every access is y[j] or b[p·ldb + j] with p < k and j < w.
     unsafe {
         for j in (0..wv).step_by(LANES) {
             y.add(j).cast::<F32s>().write_unaligned(F32s::ZERO);

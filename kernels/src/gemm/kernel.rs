@@ -114,10 +114,10 @@ impl<'a> MatMut<'a> {
             "MatMut::sub outside the window"
         );
         MatMut {
-            // SAFETY: (i0, j0) is inside the window (checked; an empty window is never read).
             ptr: if rows == 0 || cols == 0 {
                 self.ptr
             } else {
+                // SAFETY: (i0, j0) is inside the window (checked; an empty window is never read).
                 unsafe { self.ptr.add(i0 * self.ld + j0) }
             },
             rows,
