@@ -922,9 +922,9 @@ fn recurrent_backward_step<P: Product>(
         unsafe { dgates.get(step * b * G * h, b * G * h) },
         h,
     );
-    // SAFETY: dh is written only in the thread's own units.
     let row = |bi: usize| BwdRow {
         dgates: &dg[bi * G * depth..][..G * depth],
+        // SAFETY: dh is written only in the thread's own units.
         dh: unsafe { dh.get_mut(bi * h + j0, own) },
     };
     let panel = depth * G * LANES;
