@@ -134,7 +134,7 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("{note}");
     }
     eprintln!(
-        "prompt: {} in {:.3} s ({} tokens/s{}); generated: {} in {:.2} s ({:.1} tokens/s)",
+        "prompt: {} in {:.3} s ({} tokens/s{}); generated: {} in {:.2} s ({} tokens/s)",
         fmt::counted(prompt.len() as u64, "token"),
         g.prompt_seconds,
         ckpt::thousands((prompt.len() as f64 / g.prompt_seconds.max(1e-9)) as u64),
@@ -144,7 +144,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         fmt::counted(g.ids.len() as u64, "token"),
         g.seconds,
-        g.ids.len() as f64 / g.seconds.max(1e-9),
+        ckpt::thousands((g.ids.len() as f64 / g.seconds.max(1e-9)) as u64),
     );
     Ok(())
 }

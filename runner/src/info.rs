@@ -20,7 +20,7 @@ pub fn run(_args: Args) -> anyhow::Result<()> {
     println!("lanes per vector:   {}", kernels::simd::LANES);
     println!("bf16 products:      {}", kernels::precision::BF16_PATH);
     println!(
-        "default precision:  {} (--precision bf16|fp32 on train, score, generate, parallelism)",
+        "default precision:  {} (--precision bf16|fp32 on train, race, score, generate, parallelism)",
         kernels::Precision::fastest()
     );
     println!("compiled features:  {}", list(&|f| f.compiled));
