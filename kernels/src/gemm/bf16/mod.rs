@@ -188,9 +188,8 @@ pub fn gemm(
     imp::gemm_unpacked(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-/// The scalar reference of the bf16 product: [`crate::sgemm_ref`]'s loops on operands
-/// rounded with [`round_bf16`], summed in f64 then rounded once. A correct kernel differs from
-/// it by fp32 accumulation error only.
+/// The scalar reference of the bf16 product: [`crate::sgemm_ref`] (f64 sums) on operands
+/// rounded with [`round_bf16`]. A correct kernel differs from it by fp32 accumulation error only.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bf16_ref(
     transa: Transpose,
@@ -207,32 +206,11 @@ pub fn gemm_bf16_ref(
     c: &mut [f32],
     ldc: usize,
 ) {
-    check_args(transa, transb, m, n, k, a, lda, b, ldb, c, ldc);
-    let at = |i: usize, p: usize| match transa {
-        Transpose::No => a[i * lda + p],
-        Transpose::Yes => a[p * lda + i],
-    };
-    let bt = |p: usize, j: usize| match transb {
-        Transpose::No => b[p * ldb + j],
-        Transpose::Yes => b[j * ldb + p],
-    };
-    for i in 0..m {
-        for j in 0..n {
-            let mut acc = 0.0f64;
-            if alpha != 0.0 {
-                for p in 0..k {
-                    acc += round_bf16(at(i, p)) as f64 * round_bf16(bt(p, j)) as f64;
-                }
-            }
-            let cij = &mut c[i * ldc + j];
-            let prior = if beta == 0.0 {
-                0.0
-            } else {
-                beta as f64 * *cij as f64
-            };
-            *cij = (alpha as f64 * acc + prior) as f32;
-        }
-    }
+    let rounded = |x: &[f32]| x.iter().map(|&v| round_bf16(v)).collect::<Vec<f32>>();
+    let (a, b) = (rounded(a), rounded(b));
+    super::sgemm_ref(
+        transa, transb, m, n, k, alpha, &a, lda, &b, ldb, beta, c, ldc,
+    );
 }
 
 #[cfg(test)]
