@@ -14,6 +14,10 @@
 //! rayon task of a kernel running on the waiting caller's thread, adds nothing. Cost: two
 //! thread-local updates per call, nanoseconds against kernels of microseconds.
 //!
+//! Only with the `trace` feature (the `runner` turns it on for its `parallelism` report).
+//! Without it this module is private and its hooks are empty inline functions: a kernel
+//! call costs nothing extra.
+//!
 //! ```
 //! use kernels::elementwise::add_assign;
 //! let (_, steps) = kernels::launch::count(|| {
@@ -36,10 +40,33 @@
 //! Leaves out: dependencies between calls (two independent calls count as two), and work done
 //! outside the kernels (plain loops in the models).
 
+#[cfg(not(feature = "trace"))]
+pub(crate) use off::{start, ways};
+#[cfg(feature = "trace")]
 use std::cell::{Cell, RefCell};
+#[cfg(feature = "trace")]
 use std::panic::Location;
+#[cfg(feature = "trace")]
 use std::time::Instant;
 
+/// The hooks as the kernels see them without the `trace` feature: nothing to count.
+#[cfg(not(feature = "trace"))]
+mod off {
+    /// A kernel running; holds nothing.
+    pub(crate) struct Launch;
+
+    /// Starts a launch: nothing to do without the `trace` feature.
+    #[inline(always)]
+    pub(crate) fn start(_steps: u64) -> Launch {
+        Launch
+    }
+
+    /// States a kernel's split: nothing to do without the `trace` feature.
+    #[inline(always)]
+    pub(crate) fn ways(_n: usize) {}
+}
+
+#[cfg(feature = "trace")]
 thread_local! {
     /// Launch steps counted on this thread.
     static STEPS: Cell<u64> = const { Cell::new(0) };
@@ -49,6 +76,7 @@ thread_local! {
     static TRACE: RefCell<Option<Vec<Traced>>> = const { RefCell::new(None) };
 }
 
+#[cfg(feature = "trace")]
 /// One outermost kernel launch, as [`trace`] records it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Traced {
@@ -66,10 +94,12 @@ pub struct Traced {
     pub seconds: f64,
 }
 
+#[cfg(feature = "trace")]
 /// A kernel running on this thread; dropping it ends the launch. Holds the start time of an
 /// outermost launch being traced.
 pub(crate) struct Launch(Option<Instant>);
 
+#[cfg(feature = "trace")]
 /// Starts a launch of `steps` dependent steps: 1 for a kernel whose work all runs in parallel,
 /// T for a walk through T time steps. Counts nothing when called inside another kernel.
 #[track_caller]
@@ -100,6 +130,7 @@ pub(crate) fn start(steps: u64) -> Launch {
     Launch(traced.then(Instant::now))
 }
 
+#[cfg(feature = "trace")]
 impl Drop for Launch {
     fn drop(&mut self) {
         DEPTH.with(|depth| depth.set(depth.get() - 1));
@@ -114,6 +145,7 @@ impl Drop for Launch {
     }
 }
 
+#[cfg(feature = "trace")]
 /// States that the running kernel splits each of its steps into `n` independent tasks (1 for
 /// one that does not split); each call with `n > 1` counts one fork-join. Called on the kernel's own thread, where it decides the split;
 /// the outermost launch keeps the largest number any nested kernel states. Records nothing
@@ -131,6 +163,7 @@ pub(crate) fn ways(n: usize) {
     });
 }
 
+#[cfg(feature = "trace")]
 /// Runs `f` and returns its result with every outermost kernel launch it made on this thread,
 /// in order. Not reentrant: a `trace` inside `f` takes the launches from there on.
 pub fn trace<R>(f: impl FnOnce() -> R) -> (R, Vec<Traced>) {
@@ -149,11 +182,13 @@ pub fn trace<R>(f: impl FnOnce() -> R) -> (R, Vec<Traced>) {
     (result, launches)
 }
 
+#[cfg(feature = "trace")]
 /// Launch steps counted on this thread since it started.
 pub fn steps() -> u64 {
     STEPS.with(Cell::get)
 }
 
+#[cfg(feature = "trace")]
 /// Runs `f` and returns its result with the launch steps it took on this thread: the length
 /// of its critical path in kernel launches.
 pub fn count<R>(f: impl FnOnce() -> R) -> (R, u64) {
@@ -162,7 +197,7 @@ pub fn count<R>(f: impl FnOnce() -> R) -> (R, u64) {
     (result, steps() - before)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "trace"))]
 mod tests {
     use super::*;
 

@@ -60,7 +60,10 @@ pub mod embedding;
 pub mod gelu;
 pub mod gemm;
 mod lanes;
+#[cfg(feature = "trace")]
 pub mod launch;
+#[cfg(not(feature = "trace"))]
+mod launch;
 pub mod layernorm;
 pub mod lstm_cell;
 pub mod math;
@@ -69,6 +72,7 @@ pub mod precision;
 pub mod recurrence;
 pub mod simd;
 pub mod softmax;
+#[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 
 pub use gemm::{PackedB, Transpose, gemm, gemm_packed, sgemm};
