@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use benches::pool;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use kernels::Precision;
 use kernels::attention::{
     attention_backward, attention_backward_naive, attention_forward, attention_forward_naive,
     attention_workspace,
 };
 use kernels::testutil::TestRng;
+use kernels::{AttnDims, Precision};
 
 const B: usize = 1;
 const NH: usize = 4;
@@ -60,7 +60,7 @@ impl Buffers {
     }
 
     fn forward(&mut self, p: Precision) {
-        attention_forward(&mut self.out, &mut self.lse, &self.qkv, B, self.t, C, NH, p);
+        attention_forward(&mut self.out, &mut self.lse, &self.qkv, dims(self.t), p);
     }
 
     fn backward(&mut self, p: Precision) {
@@ -71,10 +71,7 @@ impl Buffers {
             &self.qkv,
             &self.out,
             &self.lse,
-            B,
-            t,
-            C,
-            NH,
+            dims(t),
             p,
         );
     }
@@ -85,6 +82,16 @@ impl Buffers {
         if passes == 7 {
             self.backward(p);
         }
+    }
+}
+
+/// The benches' shapes at sequence length `t`.
+fn dims(t: usize) -> AttnDims {
+    AttnDims {
+        b: B,
+        t,
+        c: C,
+        nh: NH,
     }
 }
 
@@ -99,7 +106,7 @@ fn print_memory() {
         "attention extra memory at B={B} NH={NH} HS={HS} T={NAIVE_T} (beyond qkv/out/lse/grads):"
     );
     for p in [Precision::F32, Precision::Bf16.effective()] {
-        let ws = attention_workspace(B, NAIVE_T, C, NH, p);
+        let ws = attention_workspace(dims(NAIVE_T), p);
         println!(
             "  flash {p} forward   {:8.1} MiB  (+{} KiB stack per thread)   O(T)",
             mib(ws.forward_bytes),
@@ -171,7 +178,7 @@ fn naive_vs_flash(c: &mut Criterion) {
                         dqkv,
                         ..
                     } = &mut bufs;
-                    attention_forward_naive(out, &mut preatt, &mut att, qkv, B, t, C, NH);
+                    attention_forward_naive(out, &mut preatt, &mut att, qkv, dims(t));
                     if passes == 7 {
                         attention_backward_naive(
                             dqkv,
@@ -180,10 +187,7 @@ fn naive_vs_flash(c: &mut Criterion) {
                             dout,
                             qkv,
                             &att,
-                            B,
-                            t,
-                            C,
-                            NH,
+                            dims(t),
                         );
                     }
                 });

@@ -22,6 +22,7 @@ use kernels::lstm_cell::*;
 use kernels::optim::*;
 use kernels::softmax::*;
 use kernels::testutil::TestRng;
+use kernels::{LstmDims, PoolDims};
 use rayon::ThreadPool;
 use std::hint::black_box;
 use std::time::Duration;
@@ -291,11 +292,25 @@ fn lstm_cell(c: &mut Criterion) {
     // The forward activates the gates in place, so each iteration restores them first.
     bench1(&mut g, &one, "copy gates + forward", || {
         gates.copy_from_slice(black_box(&pre));
-        lstm_cell_forward(&mut ct, &mut ht, &mut tc, &mut gates, &cp, b, h);
+        lstm_cell_forward(
+            &mut ct,
+            &mut ht,
+            &mut tc,
+            &mut gates,
+            &cp,
+            LstmDims { b, t: 1, h },
+        );
     });
     bench1(&mut g, &one, "copy gates + forward scalar ref", || {
         gates.copy_from_slice(black_box(&pre));
-        lstm_cell_forward_ref(&mut ct, &mut ht, &mut tc, &mut gates, &cp, b, h);
+        lstm_cell_forward_ref(
+            &mut ct,
+            &mut ht,
+            &mut tc,
+            &mut gates,
+            &cp,
+            LstmDims { b, t: 1, h },
+        );
     });
     bench1(&mut g, &one, "backward", || {
         lstm_cell_backward(
@@ -306,8 +321,7 @@ fn lstm_cell(c: &mut Criterion) {
             &gates,
             &cp,
             &tc,
-            b,
-            h,
+            LstmDims { b, t: 1, h },
         )
     });
     bench1(&mut g, &one, "backward scalar ref", || {
@@ -319,8 +333,7 @@ fn lstm_cell(c: &mut Criterion) {
             &gates,
             &cp,
             &tc,
-            b,
-            h,
+            LstmDims { b, t: 1, h },
         )
     });
     g.finish();
@@ -371,19 +384,35 @@ fn attention_pool(c: &mut Criterion) {
     );
     let (mut y, mut a) = (vec![0.0f32; b * d], vec![0.0f32; b * n]);
     let (mut dx, mut dw) = (vec![0.0f32; b * n * d], vec![0.0f32; d]);
-    attention_pool_forward(&mut y, &mut a, &x, &w, b, n, d);
+    attention_pool_forward(&mut y, &mut a, &x, &w, PoolDims { b, n, d });
     let mut g = group(c, &format!("attention_pool B={b} n={n} d={d}"), b * n * d);
     bench1(&mut g, &one, "forward", || {
-        attention_pool_forward(&mut y, &mut a, black_box(&x), &w, b, n, d)
+        attention_pool_forward(&mut y, &mut a, black_box(&x), &w, PoolDims { b, n, d })
     });
     bench1(&mut g, &one, "forward scalar ref", || {
-        attention_pool_forward_ref(&mut y, &mut a, black_box(&x), &w, b, n, d)
+        attention_pool_forward_ref(&mut y, &mut a, black_box(&x), &w, PoolDims { b, n, d })
     });
     bench1(&mut g, &one, "backward", || {
-        attention_pool_backward(&mut dx, &mut dw, black_box(&dy), &x, &w, &a, b, n, d)
+        attention_pool_backward(
+            &mut dx,
+            &mut dw,
+            black_box(&dy),
+            &x,
+            &w,
+            &a,
+            PoolDims { b, n, d },
+        )
     });
     bench1(&mut g, &one, "backward scalar ref", || {
-        attention_pool_backward_ref(&mut dx, &mut dw, black_box(&dy), &x, &w, &a, b, n, d)
+        attention_pool_backward_ref(
+            &mut dx,
+            &mut dw,
+            black_box(&dy),
+            &x,
+            &w,
+            &a,
+            PoolDims { b, n, d },
+        )
     });
     g.finish();
 }

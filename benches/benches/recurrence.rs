@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use benches::pool;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use kernels::Precision;
 use kernels::recurrence::{
     Backward, Forward, PackedWhh, lstm_backward, lstm_forward, lstm_pack_backward,
     lstm_pack_forward,
 };
 use kernels::testutil::TestRng;
+use kernels::{LstmDims, Precision};
 
 /// Hidden size of `LstmConfig::small`.
 const H: usize = 360;
@@ -77,9 +77,7 @@ impl Walk {
             &mut self.cs,
             &mut self.gates,
             &self.fwd,
-            b,
-            T,
-            H,
+            LstmDims { b, t: T, h: H },
         );
         lstm_pack_backward(&mut self.bwd, &self.w_hh, H, self.precision);
         lstm_backward(
@@ -90,9 +88,7 @@ impl Walk {
             &self.gates,
             &self.cs,
             &self.bwd,
-            b,
-            T,
-            H,
+            LstmDims { b, t: T, h: H },
         );
         black_box(&self.dh0);
     }

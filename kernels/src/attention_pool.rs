@@ -21,18 +21,22 @@ use crate::simd::F32s;
 use crate::softmax::softmax_row;
 use rayon::prelude::*;
 
+/// The shapes of an attention pooling: B sets of n vectors, each d wide (its own struct, not
+/// [`AttnDims`](crate::AttnDims): one learned query, no heads, and empty sets or vectors are
+/// allowed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolDims {
+    /// Number of sets B.
+    pub b: usize,
+    /// Vectors per set n.
+    pub n: usize,
+    /// Width d of each vector (and of `w`).
+    pub d: usize,
+}
+
 #[track_caller]
-#[allow(clippy::too_many_arguments)]
-fn check(
-    kernel: &str,
-    x: usize,
-    w: usize,
-    weights: usize,
-    out: usize,
-    b: usize,
-    n: usize,
-    d: usize,
-) {
+fn check(kernel: &str, x: usize, w: usize, weights: usize, out: usize, dims: PoolDims) {
+    let PoolDims { b, n, d } = dims;
     lanes::check_len(
         kernel,
         "x",
@@ -60,16 +64,14 @@ fn check(
 /// `out[b] = Σ_i weights[b, i] · x[b, i]` with `weights[b] = softmax_i(x[b, i] · w)` (saved
 /// for backward). x (B, n, d), w (d,), out (B, d), weights (B, n). An empty set (n = 0) pools
 /// to zeros.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_pool_forward(
     out: &mut [f32],
     weights: &mut [f32],
     x: &[f32],
     w: &[f32],
-    b: usize,
-    n: usize,
-    d: usize,
+    dims: PoolDims,
 ) {
+    let PoolDims { n, d, .. } = dims;
     let _launch = crate::launch::start(1);
     check(
         "attention_pool_forward",
@@ -77,9 +79,7 @@ pub fn attention_pool_forward(
         w.len(),
         weights.len(),
         out.len(),
-        b,
-        n,
-        d,
+        dims,
     );
     if n == 0 || d == 0 {
         out.fill(0.0);
@@ -111,7 +111,6 @@ pub fn attention_pool_forward(
 
 /// Gradient of [`attention_pool_forward`] from the saved `weights`: overwrites `dx` (B, n, d)
 /// and accumulates `dw` (d,) (+=). See the module doc for the formulas.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_pool_backward(
     dx: &mut [f32],
     dw: &mut [f32],
@@ -119,13 +118,12 @@ pub fn attention_pool_backward(
     x: &[f32],
     w: &[f32],
     weights: &[f32],
-    b: usize,
-    n: usize,
-    d: usize,
+    dims: PoolDims,
 ) {
+    let PoolDims { b, n, d } = dims;
     let _launch = crate::launch::start(1);
     let k = "attention_pool_backward";
-    check(k, x.len(), w.len(), weights.len(), dout.len(), b, n, d);
+    check(k, x.len(), w.len(), weights.len(), dout.len(), dims);
     lanes::check_len(
         k,
         "dx",
@@ -180,10 +178,9 @@ pub fn attention_pool_forward_ref(
     weights: &mut [f32],
     x: &[f32],
     w: &[f32],
-    b: usize,
-    n: usize,
-    d: usize,
+    dims: PoolDims,
 ) {
+    let PoolDims { b, n, d } = dims;
     for bi in 0..b {
         let set = &x[bi * n * d..][..n * d];
         let s: Vec<f64> = set
@@ -206,7 +203,6 @@ pub fn attention_pool_forward_ref(
 }
 
 /// Scalar reference for [`attention_pool_backward`] (f64 inside).
-#[allow(clippy::too_many_arguments)]
 pub fn attention_pool_backward_ref(
     dx: &mut [f32],
     dw: &mut [f32],
@@ -214,10 +210,9 @@ pub fn attention_pool_backward_ref(
     x: &[f32],
     w: &[f32],
     weights: &[f32],
-    b: usize,
-    n: usize,
-    d: usize,
+    dims: PoolDims,
 ) {
+    let PoolDims { b, n, d } = dims;
     let mut dw64 = vec![0.0f64; d];
     for bi in 0..b {
         let set = &x[bi * n * d..][..n * d];
@@ -255,16 +250,24 @@ mod tests {
                 let (x, w) = (rng.vec(b * n * d, 1.0), rng.vec(d, 1.0));
                 let (mut y, mut a) = (vec![f32::NAN; b * d], vec![f32::NAN; b * n]);
                 let (mut y2, mut a2) = (vec![0.0; b * d], vec![0.0; b * n]);
-                attention_pool_forward(&mut y, &mut a, &x, &w, b, n, d);
-                attention_pool_forward_ref(&mut y2, &mut a2, &x, &w, b, n, d);
+                attention_pool_forward(&mut y, &mut a, &x, &w, PoolDims { b, n, d });
+                attention_pool_forward_ref(&mut y2, &mut a2, &x, &w, PoolDims { b, n, d });
                 let what = format!("attention_pool d={d} n={n}");
                 assert_close(&a, &a2, 1e-5, 1e-9, &format!("{what} weights"));
                 assert_close(&y, &y2, 1e-5, 1e-6, &format!("{what} out"));
                 let dy = rng.vec(b * d, 1.0);
                 let (mut dx, mut dw) = (vec![f32::NAN; b * n * d], vec![0.5; d]);
                 let (mut dx2, mut dw2) = (vec![0.0; b * n * d], vec![0.5; d]);
-                attention_pool_backward(&mut dx, &mut dw, &dy, &x, &w, &a, b, n, d);
-                attention_pool_backward_ref(&mut dx2, &mut dw2, &dy, &x, &w, &a, b, n, d);
+                attention_pool_backward(&mut dx, &mut dw, &dy, &x, &w, &a, PoolDims { b, n, d });
+                attention_pool_backward_ref(
+                    &mut dx2,
+                    &mut dw2,
+                    &dy,
+                    &x,
+                    &w,
+                    &a,
+                    PoolDims { b, n, d },
+                );
                 // dx carries the error of the dot products dout·X_i (d terms each).
                 let atol = 1e-6 * sum_tolerance_scale();
                 assert_close(&dx, &dx2, 1e-4, atol, &format!("{what} dx"));
@@ -299,9 +302,9 @@ mod tests {
         let (x, w) = (rng.vec(b * n * d, 1.0), rng.vec(d, 1.0));
         let dy = rng.vec(b * d, 1.0);
         let (mut y, mut a) = (vec![0.0; b * d], vec![0.0; b * n]);
-        attention_pool_forward(&mut y, &mut a, &x, &w, b, n, d);
+        attention_pool_forward(&mut y, &mut a, &x, &w, PoolDims { b, n, d });
         let (mut dx, mut dw) = (vec![0.0; b * n * d], vec![0.0; d]);
-        attention_pool_backward(&mut dx, &mut dw, &dy, &x, &w, &a, b, n, d);
+        attention_pool_backward(&mut dx, &mut dw, &dy, &x, &w, &a, PoolDims { b, n, d });
         let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<_>>();
         let (x64, w64) = (f64s(&x), f64s(&w));
         let nx = numeric_grad(&x, |x| loss64(x, &w64, &dy, b, n, d));
@@ -320,14 +323,16 @@ mod tests {
             rng.vec(b * d, 1.0),
         );
         let (mut y, mut a) = (vec![0.0; b * d], vec![0.0; b * n]);
-        attention_pool_forward(&mut y, &mut a, &x, &w, b, n, d);
+        attention_pool_forward(&mut y, &mut a, &x, &w, PoolDims { b, n, d });
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap();
             let (mut dx, mut dw) = (vec![0.0; b * n * d], vec![0.0; d]);
-            pool.install(|| attention_pool_backward(&mut dx, &mut dw, &dy, &x, &w, &a, b, n, d));
+            pool.install(|| {
+                attention_pool_backward(&mut dx, &mut dw, &dy, &x, &w, &a, PoolDims { b, n, d })
+            });
             (dx, dw)
         };
         assert_eq!(run(1), run(3));

@@ -262,9 +262,10 @@ mod tests {
     fn walks_count_their_time_steps() {
         use crate::Precision;
         use crate::recurrence::{
-            PackedWhh, lstm_backward, lstm_forward, lstm_pack_backward, lstm_pack_forward,
+            LstmDims, PackedWhh, lstm_backward, lstm_forward, lstm_pack_backward, lstm_pack_forward,
         };
         let (b, t, h) = (2, 7, 3);
+        let dims = LstmDims { b, t, h };
         let mut hs = vec![0.0; (t + 1) * b * h];
         let mut cs = vec![0.0; (t + 1) * b * h];
         let mut gates = vec![0.1; t * b * 4 * h];
@@ -272,7 +273,7 @@ mod tests {
         let (mut forward, mut backward) = (PackedWhh::new(), PackedWhh::new());
         lstm_pack_forward(&mut forward, &w_hh, h, Precision::F32);
         lstm_pack_backward(&mut backward, &w_hh, h, Precision::F32);
-        let (_, n) = count(|| lstm_forward(&mut hs, &mut cs, &mut gates, &forward, b, t, h));
+        let (_, n) = count(|| lstm_forward(&mut hs, &mut cs, &mut gates, &forward, dims));
         assert_eq!(n, t as u64);
         let mut dgates = vec![0.0; t * b * 4 * h];
         let (mut dh0, mut dc0) = (vec![0.0; b * h], vec![0.0; b * h]);
@@ -286,9 +287,7 @@ mod tests {
                 &gates,
                 &cs,
                 &backward,
-                b,
-                t,
-                h,
+                dims,
             )
         });
         assert_eq!(n, t as u64);

@@ -75,5 +75,8 @@ pub mod softmax;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 
+pub use attention::AttnDims;
+pub use attention_pool::PoolDims;
 pub use gemm::{PackedB, Transpose, gemm, gemm_packed, sgemm};
 pub use precision::Precision;
+pub use recurrence::LstmDims;

@@ -10,12 +10,15 @@
 //! ```
 //!
 //! The forward activates the gates in place (the pre-activations are not needed again) and
-//! saves `tanh(c)`; with `c_prev`, those are all the backward needs. Rows (the batch) run in
-//! parallel; every element's result is independent of the split. Leaves out: peepholes,
+//! saves `tanh(c)`; with `c_prev`, those are all the backward needs. The shapes come as a
+//! [`LstmDims`]: the kernels treat the T·B rows of their buffers as independent cells (one
+//! time step of B sequences is T = 1). Rows run in parallel; every element's result is
+//! independent of the split. Leaves out: peepholes,
 //! projections (`proj_size`), and the time loop itself, which the model runs.
 
 use crate::lanes::{self, Block, for_blocks, rows_per_task};
 use crate::math::{sigmoid, tanh};
+use crate::recurrence::LstmDims;
 use crate::simd::F32s;
 use rayon::prelude::*;
 
@@ -30,29 +33,29 @@ fn check(kernel: &str, arg: &str, len: usize, b: usize, width: usize, what: &str
     );
 }
 
-/// One LSTM step. `gates` (B, 4H) holds the pre-activations [ĩ | f̃ | g̃ | õ] of each row on
+/// One LSTM step of T·B rows (`dims`). `gates` (T·B, 4H) holds the pre-activations [ĩ | f̃ | g̃ | õ] of each row on
 /// entry and the activated [i | f | g | o] on return (saved for backward). Writes
-/// `c_t = f ⊙ c_prev + i ⊙ g`, `tanh_c = tanh(c_t)` (saved) and `h_t = o ⊙ tanh_c`, all (B, H).
-#[allow(clippy::too_many_arguments)]
+/// `c_t = f ⊙ c_prev + i ⊙ g`, `tanh_c = tanh(c_t)` (saved) and `h_t = o ⊙ tanh_c`, all (T·B, H).
 pub fn lstm_cell_forward(
     c_t: &mut [f32],
     h_t: &mut [f32],
     tanh_c: &mut [f32],
     gates: &mut [f32],
     c_prev: &[f32],
-    b: usize,
-    h: usize,
+    dims: LstmDims,
 ) {
+    dims.validate();
+    let (b, h) = (dims.t * dims.b, dims.h);
     let _launch = crate::launch::start(1);
     let k = "lstm_cell_forward";
-    check(k, "gates", gates.len(), b, 4 * h, "B, 4H");
+    check(k, "gates", gates.len(), b, 4 * h, "T·B, 4H");
     for (name, len) in [
         ("c_t", c_t.len()),
         ("h_t", h_t.len()),
         ("tanh_c", tanh_c.len()),
         ("c_prev", c_prev.len()),
     ] {
-        check(k, name, len, b, h, "B, H");
+        check(k, name, len, b, h, "T·B, H");
     }
     if h == 0 {
         return;
@@ -106,13 +109,14 @@ pub fn lstm_cell_backward(
     gates: &[f32],
     c_prev: &[f32],
     tanh_c: &[f32],
-    b: usize,
-    h: usize,
+    dims: LstmDims,
 ) {
+    dims.validate();
+    let (b, h) = (dims.t * dims.b, dims.h);
     let _launch = crate::launch::start(1);
     let k = "lstm_cell_backward";
-    check(k, "dgates", dgates.len(), b, 4 * h, "B, 4H");
-    check(k, "gates", gates.len(), b, 4 * h, "B, 4H");
+    check(k, "dgates", dgates.len(), b, 4 * h, "T·B, 4H");
+    check(k, "gates", gates.len(), b, 4 * h, "T·B, 4H");
     for (name, len) in [
         ("dc_prev", dc_prev.len()),
         ("dh", dh.len()),
@@ -120,7 +124,7 @@ pub fn lstm_cell_backward(
         ("c_prev", c_prev.len()),
         ("tanh_c", tanh_c.len()),
     ] {
-        check(k, name, len, b, h, "B, H");
+        check(k, name, len, b, h, "T·B, H");
     }
     if h == 0 {
         return;
@@ -168,9 +172,9 @@ pub fn lstm_cell_forward_ref(
     tanh_c: &mut [f32],
     gates: &mut [f32],
     c_prev: &[f32],
-    b: usize,
-    h: usize,
+    dims: LstmDims,
 ) {
+    let (b, h) = (dims.t * dims.b, dims.h);
     let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
     for r in 0..b {
         for j in 0..h {
@@ -197,9 +201,9 @@ pub fn lstm_cell_backward_ref(
     gates: &[f32],
     c_prev: &[f32],
     tanh_c: &[f32],
-    b: usize,
-    h: usize,
+    dims: LstmDims,
 ) {
+    let (b, h) = (dims.t * dims.b, dims.h);
     for r in 0..b {
         for j in 0..h {
             let at = |q: usize| gates[r * 4 * h + q * h + j] as f64;
@@ -228,7 +232,7 @@ mod tests {
     use crate::testutil::{TestRng, assert_close, awkward_lengths};
 
     /// The signature shared by the kernel and its reference.
-    type ForwardFn = fn(&mut [f32], &mut [f32], &mut [f32], &mut [f32], &[f32], usize, usize);
+    type ForwardFn = fn(&mut [f32], &mut [f32], &mut [f32], &mut [f32], &[f32], LstmDims);
 
     struct Step {
         c: Vec<f32>,
@@ -244,7 +248,14 @@ mod tests {
             tc: vec![f32::NAN; b * h],
             gates: pre.to_vec(),
         };
-        f(&mut s.c, &mut s.h, &mut s.tc, &mut s.gates, cp, b, h);
+        f(
+            &mut s.c,
+            &mut s.h,
+            &mut s.tc,
+            &mut s.gates,
+            cp,
+            LstmDims::new(b, 1, h),
+        );
         s
     }
 
@@ -272,9 +283,10 @@ mod tests {
                 let (dh, dc) = (rng.vec(b * h, 1.0), rng.vec(b * h, 1.0));
                 let (mut dg, mut dcp) = (vec![f32::NAN; b * 4 * h], vec![f32::NAN; b * h]);
                 let (mut dg2, mut dcp2) = (vec![0.0; b * 4 * h], vec![0.0; b * h]);
-                lstm_cell_backward(&mut dg, &mut dcp, &dh, &dc, &got.gates, &cp, &got.tc, b, h);
+                let dims = LstmDims::new(b, 1, h);
+                lstm_cell_backward(&mut dg, &mut dcp, &dh, &dc, &got.gates, &cp, &got.tc, dims);
                 lstm_cell_backward_ref(
-                    &mut dg2, &mut dcp2, &dh, &dc, &got.gates, &cp, &got.tc, b, h,
+                    &mut dg2, &mut dcp2, &dh, &dc, &got.gates, &cp, &got.tc, dims,
                 );
                 assert_close(&dg, &dg2, 1e-5, 1e-7, &format!("{what} dgates"));
                 assert_close(&dcp, &dcp2, 1e-6, 1e-7, &format!("{what} dc_prev"));
@@ -305,7 +317,8 @@ mod tests {
         let (dh, dc) = (rng.vec(b * h, 1.0), rng.vec(b * h, 1.0));
         let s = forward(lstm_cell_forward, &pre, &cp, b, h);
         let (mut dg, mut dcp) = (vec![0.0; b * 4 * h], vec![0.0; b * h]);
-        lstm_cell_backward(&mut dg, &mut dcp, &dh, &dc, &s.gates, &cp, &s.tc, b, h);
+        let dims = LstmDims { b, t: 1, h };
+        lstm_cell_backward(&mut dg, &mut dcp, &dh, &dc, &s.gates, &cp, &s.tc, dims);
         let f64s = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<_>>();
         let (pre64, cp64) = (f64s(&pre), f64s(&cp));
         let ng = numeric_grad(&pre, |p| loss64(p, &cp64, &dh, &dc, b, h));

@@ -77,6 +77,65 @@ const G: usize = 4;
 /// machine (about a microsecond), far shorter than a scheduler time slice.
 const SPIN_LIMIT: u32 = 1 << 10;
 
+/// The shapes of an LSTM layer's walk: B sequences, T time steps, hidden size H (`h` is
+/// always the hidden size in these kernels, never a head). [`lstm_forward`], [`lstm_backward`],
+/// their references and the [`lstm_cell`](crate::lstm_cell) kernels take one, so the three
+/// sizes cannot be passed in the wrong order:
+///
+/// ```
+/// use kernels::LstmDims;
+/// let dims = LstmDims { b: 8, t: 64, h: 512 };
+/// assert_eq!(dims, LstmDims::new(8, 64, 512));
+/// ```
+///
+/// Passing another kernel's dimensions does not compile:
+///
+/// ```compile_fail
+/// use kernels::{AttnDims, Precision};
+/// use kernels::recurrence::{PackedWhh, lstm_forward};
+/// let packed = PackedWhh::new();
+/// let dims = AttnDims { b: 1, t: 1, c: 4, nh: 1 };
+/// lstm_forward(&mut [0.0; 2], &mut [0.0; 2], &mut [0.0; 4], &packed, dims);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LstmDims {
+    /// Batch size B (sequences walked side by side).
+    pub b: usize,
+    /// Time steps T.
+    pub t: usize,
+    /// Hidden size H (the gates are 4H wide).
+    pub h: usize,
+}
+
+impl LstmDims {
+    /// The dimensions, checked as every entry point checks them ([`LstmDims::validate`]).
+    #[track_caller]
+    pub fn new(b: usize, t: usize, h: usize) -> Self {
+        let dims = LstmDims { b, t, h };
+        dims.validate();
+        dims
+    }
+
+    /// Panics (a bug in the caller) unless the largest buffer of a walk, the (T+1, B, 4H)
+    /// that bounds `gates` and the states, has a size that fits in `usize`: a product that
+    /// wrapped around could pass the length checks with the wrong dimensions.
+    #[track_caller]
+    pub fn validate(&self) {
+        let LstmDims { b, t, h } = *self;
+        let fits = t
+            .checked_add(1)
+            .and_then(|t1| t1.checked_mul(b))
+            .and_then(|n| n.checked_mul(G))
+            .and_then(|n| n.checked_mul(h))
+            .is_some();
+        assert!(
+            fits,
+            "lstm: (T+1, B, 4H) = ({}+1, {b}, 4·{h}) overflows usize",
+            t
+        );
+    }
+}
+
 /// The layout a [`PackedWhh`] holds: [`Forward`] for [`lstm_forward`], [`Backward`] for
 /// [`lstm_backward`]. A type parameter, so that handing a walk the other walk's packing does
 /// not compile.
@@ -106,7 +165,7 @@ mod sealed {
 ///
 /// ```
 /// use kernels::Precision;
-/// use kernels::recurrence::{PackedWhh, lstm_forward, lstm_pack_forward};
+/// use kernels::recurrence::{LstmDims, PackedWhh, lstm_forward, lstm_pack_forward};
 /// let (b, t, h) = (1, 2, 3);
 /// let w_hh = vec![0.1; 4 * h * h]; // (4H, H)
 /// let mut packed = PackedWhh::new();
@@ -114,17 +173,18 @@ mod sealed {
 /// assert_eq!(packed.precision(), Precision::Bf16.effective()); // fp32 on builds without bf16
 /// let (mut hs, mut cs) = (vec![0.0; (t + 1) * b * h], vec![0.0; (t + 1) * b * h]);
 /// let mut gates = vec![0.5; t * b * 4 * h]; // (T, B, 4H) input projections
-/// lstm_forward(&mut hs, &mut cs, &mut gates, &packed, b, t, h);
+/// lstm_forward(&mut hs, &mut cs, &mut gates, &packed, LstmDims { b, t, h });
 /// ```
 ///
 /// The backward layout handed to the forward walk does not compile:
 ///
 /// ```compile_fail
 /// use kernels::Precision;
-/// use kernels::recurrence::{Backward, PackedWhh, lstm_forward, lstm_pack_backward};
+/// use kernels::recurrence::{Backward, LstmDims, PackedWhh, lstm_forward, lstm_pack_backward};
 /// let mut packed: PackedWhh<Backward> = PackedWhh::new();
 /// lstm_pack_backward(&mut packed, &[0.1; 4], 1, Precision::F32);
-/// lstm_forward(&mut [0.0; 2], &mut [0.0; 2], &mut [0.0; 4], &packed, 1, 1, 1);
+/// let dims = LstmDims { b: 1, t: 1, h: 1 };
+/// lstm_forward(&mut [0.0; 2], &mut [0.0; 2], &mut [0.0; 4], &packed, dims);
 /// ```
 #[derive(Clone, Debug)]
 pub struct PackedWhh<D: Layout> {
@@ -300,20 +360,18 @@ pub fn lstm_pack_backward(
 /// do not depend on the pool size. Every one of those threads must join the walk, so a pool
 /// thread blocked elsewhere (on a lock or a channel the caller holds) stalls it. Walks started
 /// concurrently on one pool, or from inside its parallel iterators, take turns (tested).
-#[allow(clippy::too_many_arguments)]
 pub fn lstm_forward(
     hs: &mut [f32],
     cs: &mut [f32],
     gates: &mut [f32],
     w_hh_packed: &PackedWhh<Forward>,
-    b: usize,
-    t: usize,
-    h: usize,
+    dims: LstmDims,
 ) {
     const K: &str = "lstm_forward";
+    let LstmDims { b, t, h } = dims;
     // T dependent steps: the critical path this walk puts on a training step.
     let _launch = crate::launch::start(t as u64);
-    check_forward(K, hs, cs, gates, b, t, h);
+    check_forward(K, hs, cs, gates, dims);
     w_hh_packed.check(K, h);
     if b * t * h == 0 {
         return;
@@ -388,11 +446,10 @@ pub fn lstm_backward(
     gates: &[f32],
     cs: &[f32],
     w_hh_packed: &PackedWhh<Backward>,
-    b: usize,
-    t: usize,
-    h: usize,
+    dims: LstmDims,
 ) {
     const K: &str = "lstm_backward";
+    let LstmDims { b, t, h } = dims;
     // T dependent steps: the critical path this walk puts on a training step.
     let _launch = crate::launch::start(t as u64);
     check_backward(
@@ -405,9 +462,7 @@ pub fn lstm_backward(
             gates.len(),
             cs.len(),
         ],
-        b,
-        t,
-        h,
+        dims,
     );
     w_hh_packed.check(K, h);
     // dh0 and dc0 carry dh_rec and dc_rec through the walk, starting from zero at t = T.
@@ -977,15 +1032,9 @@ fn backward_block<const R: usize, const U: usize, P: Product>(
 
 /// The state and gate buffers of a forward walk (shared by the kernel and its reference).
 #[track_caller]
-fn check_forward(
-    kernel: &str,
-    hs: &[f32],
-    cs: &[f32],
-    gates: &[f32],
-    b: usize,
-    t: usize,
-    h: usize,
-) {
+fn check_forward(kernel: &str, hs: &[f32], cs: &[f32], gates: &[f32], dims: LstmDims) {
+    dims.validate();
+    let LstmDims { b, t, h } = dims;
     check_len(
         kernel,
         "hs",
@@ -1011,7 +1060,9 @@ fn check_forward(
 
 /// The buffers of a backward walk, lengths in argument order (dgates, dh0, dc0, dhs, gates, cs).
 #[track_caller]
-fn check_backward(kernel: &str, lens: [usize; 6], b: usize, t: usize, h: usize) {
+fn check_backward(kernel: &str, lens: [usize; 6], dims: LstmDims) {
+    dims.validate();
+    let LstmDims { b, t, h } = dims;
     let (gates, state, step) = (t * b * G * h, (t + 1) * b * h, b * h);
     let want = [
         ("dgates", gates, "(T, B, 4H)"),
@@ -1039,19 +1090,17 @@ fn operand_rounding(precision: Precision) -> fn(f32) -> f32 {
 /// In `Bf16` the recurrent product's operands, W_hh and h_{t-1}, are rounded to bfloat16
 /// ([`round_bf16`]) and their products summed in fp32; everything else is fp32 either way.
 /// (Exactly `precision`: pass [`PackedWhh::precision`] to compare with a walk.)
-#[allow(clippy::too_many_arguments)]
 pub fn lstm_forward_ref(
     hs: &mut [f32],
     cs: &mut [f32],
     gates: &mut [f32],
     w_hh: &[f32],
-    b: usize,
-    t: usize,
-    h: usize,
+    dims: LstmDims,
     precision: Precision,
 ) {
     const K: &str = "lstm_forward_ref";
-    check_forward(K, hs, cs, gates, b, t, h);
+    check_forward(K, hs, cs, gates, dims);
+    let LstmDims { b, t, h } = dims;
     check_len(K, "w_hh", w_hh.len(), G * h * h, format_args!("(4H, H)"));
     let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
     let round = operand_rounding(precision);
@@ -1090,15 +1139,13 @@ pub fn lstm_backward_ref(
     gates: &[f32],
     cs: &[f32],
     w_hh: &[f32],
-    b: usize,
-    t: usize,
-    h: usize,
+    dims: LstmDims,
     precision: Precision,
 ) {
     dh0.fill(0.0);
     dc0.fill(0.0);
     let saved = Saved { dhs, gates, cs };
-    backward_ref_carried([dgates, dh0, dc0], saved, w_hh, Dims { b, h }, t, precision);
+    backward_ref_carried([dgates, dh0, dc0], saved, w_hh, dims, precision);
 }
 
 /// [`lstm_backward_ref`] entered with ∂L/∂h and ∂L/∂c carried in from a step T + 1 (`dh0`,
@@ -1107,11 +1154,11 @@ fn backward_ref_carried(
     [dgates, dh0, dc0]: [&mut [f32]; 3],
     Saved { dhs, gates, cs }: Saved,
     w_hh: &[f32],
-    Dims { b, h }: Dims,
-    t: usize,
+    dims: LstmDims,
     precision: Precision,
 ) {
     const K: &str = "lstm_backward_ref";
+    let LstmDims { b, t, h } = dims;
     check_backward(
         K,
         [
@@ -1122,9 +1169,7 @@ fn backward_ref_carried(
             gates.len(),
             cs.len(),
         ],
-        b,
-        t,
-        h,
+        dims,
     );
     check_len(K, "w_hh", w_hh.len(), G * h * h, format_args!("(4H, H)"));
     for step in (0..t).rev() {

@@ -38,7 +38,7 @@ use kernels::recurrence::{
     Backward, Forward, PackedWhh, lstm_backward, lstm_forward, lstm_pack_backward,
     lstm_pack_forward,
 };
-use kernels::{Precision, gemm};
+use kernels::{LstmDims, Precision, gemm};
 use serde_json::json;
 
 use crate::checkpoint::{self, CheckpointError};
@@ -544,7 +544,7 @@ impl LanguageModel for Lstm {
             }
             initial_state(&mut hs[..b * h], &mut cs[..b * h], carried.map(|c| (&c.h[l * b * h..][..b * h], &c.c[l * b * h..][..b * h])));
             lstm_pack_forward(&mut a.packed.fwd, lp.w_hh.of(p), h, prec);
-            lstm_forward(hs, cs, gates, &a.packed.fwd, b, t, h); // the walk through time
+            lstm_forward(hs, cs, gates, &a.packed.fwd, LstmDims { b, t, h }); // the walk through time
         }
         let x_top = &a.hs[(nl - 1) * state + b * h..][..n * h]; // (T, B, H)
         linear_forward(&mut a.logits, x_top, at.head_w.of(p), at.head_b.of(p), n, h, v, prec);
@@ -590,7 +590,7 @@ impl LanguageModel for Lstm {
             let cs = &a.cs[l * state..][..state];
             let gates = &a.gates[l * n * G * h..][..n * G * h];
             lstm_pack_backward(&mut a.packed.bwd, lp.w_hh.of(p), h, prec);
-            lstm_backward(&mut a.dgates, &mut a.dh0, &mut a.dc0, &a.dh, gates, cs, &a.packed.bwd, b, t, h); // back through time
+            lstm_backward(&mut a.dgates, &mut a.dh0, &mut a.dc0, &a.dh, gates, cs, &a.packed.bwd, LstmDims { b, t, h }); // back through time
             linear_weight_backward(lp.w_hh.of_mut(d), &a.dgates, &hs[..n * h], n, h, G * h, prec); // h_{t-1}, all steps
             a.dbias.fill(0.0);
             if l == 0 && table {
@@ -780,7 +780,7 @@ impl Decoder for LstmDecoder<'_> {
         for (l, lp) in m.at.layers.iter().enumerate() {
             let (hs, cs) = (&mut self.hs[l * 2 * h..][..2 * h], &mut self.cs[l * 2 * h..][..2 * h]);
             linear_forward(&mut self.gates, &self.x, lp.w_ih.of(&m.params), &self.bias[l * G * h..][..G * h], 1, h, G * h, Precision::F32);
-            lstm_forward(hs, cs, &mut self.gates, &self.packed[l], 1, 1, h);
+            lstm_forward(hs, cs, &mut self.gates, &self.packed[l], LstmDims { b: 1, t: 1, h });
             hs.copy_within(h.., 0); // h_t becomes h_{t-1} of the next token
             cs.copy_within(h.., 0);
             self.x.copy_from_slice(&hs[..h]);

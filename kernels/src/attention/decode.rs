@@ -9,9 +9,11 @@
 //! Leaves out: batched prompts of different lengths (all sequences share `pos`), sliding
 //! windows, cache eviction.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
-use super::{axpy, check_shapes, dot, exp_shift_sum};
+use super::{AttnDims, axpy, dot, exp_shift_sum};
 
 /// Panics unless the caches are (B, T_max, C) and `rows` positions from `start` fit.
 #[track_caller]
@@ -40,24 +42,22 @@ fn check_cache(
     );
 }
 
-/// Copies the keys and values of `t` positions of `qkv` (B, T, 3C) into rows
-/// `start .. start + t` of `k_cache` and `v_cache` (B, T_max, C) — e.g. a prompt run through
-/// [`attention_forward`](super::attention_forward), before generation continues with
-/// [`attention_decode`] at `pos = start + t`.
-#[allow(clippy::too_many_arguments)]
+/// Copies the keys and values of the positions of `qkv` (B, T, 3C), T = `rows.len()`, into
+/// rows `rows` of `k_cache` and `v_cache` (B, T_max, C), `cache.t` = T_max — e.g. a prompt run
+/// through [`attention_forward`](super::attention_forward), before generation continues with
+/// [`attention_decode`] at `pos = rows.end`.
 pub fn kv_cache_write(
     k_cache: &mut [f32],
     v_cache: &mut [f32],
     qkv: &[f32],
-    start: usize,
-    b: usize,
-    t: usize,
-    t_max: usize,
-    c: usize,
+    cache: AttnDims,
+    rows: Range<usize>,
 ) {
     let _launch = crate::launch::start(1);
-    let sh = check_shapes(b, t, c, 1);
-    sh.check("qkv", qkv, 3 * c);
+    cache.validate();
+    let AttnDims { b, t: t_max, c, .. } = cache;
+    let (start, t) = (rows.start, rows.len());
+    AttnDims { t, ..cache }.check("qkv", qkv, 3 * c);
     check_cache(k_cache, v_cache, b, t_max, c, start, t);
     for bi in 0..b {
         for ti in 0..t {
@@ -76,27 +76,25 @@ pub fn kv_cache_write(
 /// out[b] = Σ_{j≤pos} softmax_j(q·k_cache[b, j] / √HS) · v_cache[b, j]      (per head)
 /// ```
 ///
-/// `out` is (B, C). Equals row `pos` of [`attention_forward`](super::attention_forward) on the
+/// `out` is (B, C), `cache.t` is T_max. Equals row `pos` of [`attention_forward`](super::attention_forward) on the
 /// whole sequence, up to rounding. Parallel over the batch; the result does not depend on
 /// the thread count.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_decode(
     out: &mut [f32],
     k_cache: &mut [f32],
     v_cache: &mut [f32],
     qkv: &[f32],
+    cache: AttnDims,
     pos: usize,
-    b: usize,
-    t_max: usize,
-    c: usize,
-    nh: usize,
 ) {
     let _launch = crate::launch::start(1);
-    let sh = check_shapes(b, 1, c, nh);
-    sh.check("qkv", qkv, 3 * c);
-    sh.check("out", out, c);
+    cache.validate();
+    let AttnDims { b, t: t_max, c, nh } = cache;
+    let one = AttnDims { t: 1, ..cache };
+    one.check("qkv", qkv, 3 * c);
+    one.check("out", out, c);
     check_cache(k_cache, v_cache, b, t_max, c, pos, 1);
-    let hs = sh.hs;
+    let hs = cache.hs();
     let scale = 1.0 / (hs as f32).sqrt();
     if b == 0 {
         return;

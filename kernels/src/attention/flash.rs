@@ -48,9 +48,9 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use super::dot;
 use super::exp::exp_nonpositive;
 use super::tile::{MR, Operand, Strided, gemm_tile};
+use super::{AttnDims, dot};
 use crate::precision::Precision;
 use crate::simd::{F32s, LANES, U32s, load, store};
 use wide::ShuffleExt;
@@ -79,8 +79,10 @@ pub(super) struct Dims {
 }
 
 impl Dims {
-    pub fn new(b: usize, t: usize, c: usize, nh: usize) -> Self {
-        let hs = c / nh;
+    /// Derives the tiling from checked dimensions ([`AttnDims::validate`]).
+    pub fn new(dims: AttnDims) -> Self {
+        let AttnDims { b, t, c, nh } = dims;
+        let hs = dims.hs();
         let nt = t.div_ceil(TILE);
         Dims {
             t,
@@ -1074,14 +1076,15 @@ mod tests {
         use crate::testutil::{TestRng, assert_close};
         for (b, t, nh, hs) in [(2, 130, 2, 16), (1, 300, 3, 24)] {
             let c = nh * hs;
-            let d = Dims::new(b, t, c, nh);
+            let dims = AttnDims { b, t, c, nh };
+            let d = Dims::new(dims);
             let mut rng = TestRng::new(t as u64);
             let qkv = rng.vec(b * t * 3 * c, 1.0);
             let dout = rng.vec(b * t * c, 1.0);
             let (mut out_ref, mut lse_ref) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
-            attention_forward_ref(&mut out_ref, &mut lse_ref, &qkv, b, t, c, nh);
+            attention_forward_ref(&mut out_ref, &mut lse_ref, &qkv, dims);
             let mut dqkv_ref = vec![0.0; b * t * 3 * c];
-            attention_backward_ref(&mut dqkv_ref, &dout, &qkv, &out_ref, &lse_ref, b, t, c, nh);
+            attention_backward_ref(&mut dqkv_ref, &dout, &qkv, &out_ref, &lse_ref, dims);
 
             let (out, _, dqkv) = run_in::<F32>(f32::NAN, &qkv, &dout, d, b);
             assert_close(&out, &out_ref, 1e-4, 2e-6, "out");
@@ -1109,7 +1112,7 @@ mod tests {
     #[test]
     fn snake_groups_partition_the_tiles_and_balance_work() {
         for nt in 1..40 {
-            let d = Dims::new(1, nt * TILE, 64, 1);
+            let d = Dims::new(AttnDims::new(1, nt * TILE, 64, 1));
             let g = d.groups();
             let mut seen = vec![false; nt];
             let mut work = vec![0usize; g];

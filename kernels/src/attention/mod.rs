@@ -40,21 +40,59 @@ use crate::precision::Precision;
 use crate::simd::{F32s, LANES, load, store};
 use exp::exp_nonpositive;
 
-/// The checked shapes of a call.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Shape {
+/// The shapes of one attention call: B sequences of T positions, C channels split into NH
+/// heads of HS = C / NH. Every attention entry point takes one, so the four sizes cannot be
+/// passed in the wrong order:
+///
+/// ```
+/// use kernels::AttnDims;
+/// let dims = AttnDims { b: 2, t: 64, c: 768, nh: 12 };
+/// assert_eq!(dims.hs(), 64);
+/// assert_eq!(AttnDims::new(2, 64, 768, 12), dims);
+/// ```
+///
+/// For [`attention_decode`] and [`kv_cache_write`], `t` is the capacity T_max of the key/value
+/// cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnDims {
+    /// Batch size B.
     pub b: usize,
+    /// Sequence length T (positions per batch row).
     pub t: usize,
+    /// Channels C = NH · HS.
     pub c: usize,
+    /// Number of heads NH.
     pub nh: usize,
-    pub hs: usize,
 }
 
-impl Shape {
+impl AttnDims {
+    /// The dimensions, checked as every entry point checks them ([`AttnDims::validate`]).
+    #[track_caller]
+    pub fn new(b: usize, t: usize, c: usize, nh: usize) -> Self {
+        let dims = AttnDims { b, t, c, nh };
+        dims.validate();
+        dims
+    }
+
+    /// Panics unless C is a positive multiple of NH (a bug in the caller).
+    #[track_caller]
+    pub fn validate(&self) {
+        let AttnDims { c, nh, .. } = *self;
+        assert!(
+            nh > 0 && c > 0 && c.is_multiple_of(nh),
+            "attention: C = {c} must be a positive multiple of NH = {nh}"
+        );
+    }
+
+    /// Head size HS = C / NH.
+    pub fn hs(&self) -> usize {
+        self.c / self.nh
+    }
+
     /// Panics unless `buf` is (B, T, width).
     #[track_caller]
     fn check(&self, name: &str, buf: &[f32], width: usize) {
-        let Shape { b, t, .. } = *self;
+        let AttnDims { b, t, .. } = *self;
         assert_eq!(
             buf.len(),
             b * t * width,
@@ -67,7 +105,7 @@ impl Shape {
     /// Panics unless `lse` is (B, NH, T).
     #[track_caller]
     fn check_lse(&self, lse: &[f32]) {
-        let Shape { b, t, nh, .. } = *self;
+        let AttnDims { b, t, nh, .. } = *self;
         assert_eq!(
             lse.len(),
             b * nh * t,
@@ -78,60 +116,30 @@ impl Shape {
     }
 }
 
-/// Checks the dimensions shared by every attention entry point.
-#[track_caller]
-fn check_shapes(b: usize, t: usize, c: usize, nh: usize) -> Shape {
-    assert!(
-        nh > 0 && c > 0 && c.is_multiple_of(nh),
-        "attention: C = {c} must be a positive multiple of NH = {nh}"
-    );
-    Shape {
-        b,
-        t,
-        c,
-        nh,
-        hs: c / nh,
-    }
-}
-
 /// Checks the arguments of a forward (fused or reference): qkv (B, T, 3C), out (B, T, C),
 /// lse (B, NH, T).
 #[track_caller]
-fn check_forward(
-    out: &[f32],
-    lse: &[f32],
-    qkv: &[f32],
-    b: usize,
-    t: usize,
-    c: usize,
-    nh: usize,
-) -> Shape {
-    let sh = check_shapes(b, t, c, nh);
-    sh.check("qkv", qkv, 3 * c);
-    sh.check("out", out, c);
-    sh.check_lse(lse);
-    sh
+fn check_forward(out: &[f32], lse: &[f32], qkv: &[f32], dims: AttnDims) {
+    dims.validate();
+    dims.check("qkv", qkv, 3 * dims.c);
+    dims.check("out", out, dims.c);
+    dims.check_lse(lse);
 }
 
 /// Checks the arguments of a backward (fused or reference): the forward's, plus dqkv
 /// (B, T, 3C) and dout (B, T, C).
 #[track_caller]
-#[allow(clippy::too_many_arguments)]
 fn check_backward(
     dqkv: &[f32],
     dout: &[f32],
     qkv: &[f32],
     out: &[f32],
     lse: &[f32],
-    b: usize,
-    t: usize,
-    c: usize,
-    nh: usize,
-) -> Shape {
-    let sh = check_forward(out, lse, qkv, b, t, c, nh);
-    sh.check("dqkv", dqkv, 3 * c);
-    sh.check("dout", dout, c);
-    sh
+    dims: AttnDims,
+) {
+    check_forward(out, lse, qkv, dims);
+    dims.check("dqkv", dqkv, 3 * dims.c);
+    dims.check("dout", dout, dims.c);
 }
 
 /// Causal self-attention forward, fused (FlashAttention-2 tiling, online softmax):
@@ -151,21 +159,17 @@ fn check_backward(
 /// way. With [`Precision::Bf16`] (where the build has it, see [`Precision::effective`]) q, k
 /// and v are rounded to bf16 once, and P is rounded to bf16 before P·V; the softmax (scores,
 /// running max and sum, lse, the normalization) is fp32.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
     out: &mut [f32],
     lse: &mut [f32],
     qkv: &[f32],
-    b: usize,
-    t: usize,
-    c: usize,
-    nh: usize,
+    dims: AttnDims,
     precision: Precision,
 ) {
     let _launch = crate::launch::start(1);
-    check_forward(out, lse, qkv, b, t, c, nh);
-    if b * t > 0 {
-        flash::forward(out, lse, qkv, flash::Dims::new(b, t, c, nh), precision);
+    check_forward(out, lse, qkv, dims);
+    if dims.b * dims.t > 0 {
+        flash::forward(out, lse, qkv, flash::Dims::new(dims), precision);
     }
 }
 
@@ -193,24 +197,13 @@ pub fn attention_backward(
     qkv: &[f32],
     out: &[f32],
     lse: &[f32],
-    b: usize,
-    t: usize,
-    c: usize,
-    nh: usize,
+    dims: AttnDims,
     precision: Precision,
 ) {
     let _launch = crate::launch::start(1);
-    check_backward(dqkv, dout, qkv, out, lse, b, t, c, nh);
-    if b * t > 0 {
-        flash::backward(
-            dqkv,
-            dout,
-            qkv,
-            out,
-            lse,
-            flash::Dims::new(b, t, c, nh),
-            precision,
-        );
+    check_backward(dqkv, dout, qkv, out, lse, dims);
+    if dims.b * dims.t > 0 {
+        flash::backward(dqkv, dout, qkv, out, lse, flash::Dims::new(dims), precision);
     }
 }
 
@@ -233,15 +226,9 @@ pub struct WorkspaceBytes {
 /// materialized attention needs B·NH·T² floats per matrix. One buffer of the largest size
 /// used so far is kept between calls (a training step calls attention with the same shapes in
 /// every layer, and re-faulting fresh pages each time cost a quarter of the backward).
-pub fn attention_workspace(
-    b: usize,
-    t: usize,
-    c: usize,
-    nh: usize,
-    precision: Precision,
-) -> WorkspaceBytes {
-    check_shapes(b, t, c, nh);
-    let d = flash::Dims::new(b, t, c, nh);
+pub fn attention_workspace(dims: AttnDims, precision: Precision) -> WorkspaceBytes {
+    dims.validate();
+    let d = flash::Dims::new(dims);
     let (fwd, bwd, per_thread) = d.workspace_floats(precision);
     let f = std::mem::size_of::<f32>();
     WorkspaceBytes {
@@ -251,33 +238,24 @@ pub fn attention_workspace(
     }
 }
 
-/// Writes the (T, T) causal attention probabilities of head `h` of batch row `bi` into `probs`,
-/// row-major: `probs[i·T + j]` = softmax_j(q_i·k_j/√HS) for j ≤ i, 0 for j > i. For plotting
-/// (`runner score --plot-attention`); computed by the f64 reference, O(T²·HS).
-#[allow(clippy::too_many_arguments)]
-pub fn attention_probs(
-    probs: &mut [f32],
-    qkv: &[f32],
-    bi: usize,
-    h: usize,
-    b: usize,
-    t: usize,
-    c: usize,
-    nh: usize,
-) {
+/// Writes the (T, T) causal attention probabilities of head `head` of batch row `row` into
+/// `probs`, row-major: `probs[i·T + j]` = softmax_j(q_i·k_j/√HS) for j ≤ i, 0 for j > i. For
+/// plotting (`runner score --plot-attention`); computed by the f64 reference, O(T²·HS).
+pub fn attention_probs(probs: &mut [f32], qkv: &[f32], dims: AttnDims, row: usize, head: usize) {
     let _launch = crate::launch::start(1);
-    let sh = check_shapes(b, t, c, nh);
-    sh.check("qkv", qkv, 3 * c);
+    dims.validate();
+    let AttnDims { b, t, c, nh } = dims;
+    dims.check("qkv", qkv, 3 * c);
     assert!(
-        bi < b && h < nh,
-        "attention_probs: batch row {bi} / head {h} out of range (B = {b}, NH = {nh})"
+        row < b && head < nh,
+        "attention_probs: batch row {row} / head {head} out of range (B = {b}, NH = {nh})"
     );
     assert_eq!(
         probs.len(),
         t * t,
         "attention_probs: probs must be (T, T) = ({t}, {t})"
     );
-    reference::probs(probs, qkv, &sh, bi, h);
+    reference::probs(probs, qkv, &dims, row, head);
 }
 
 // Row helpers shared by the decode and naive paths: any length, lanes plus a masked tail.

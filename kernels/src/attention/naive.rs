@@ -10,7 +10,7 @@
 //! overwritten rather than accumulated (the crate's convention for activation gradients).
 //! Leaves out: threads (llm.c's CPU backward is serial; the benches compare single-threaded).
 
-use super::{axpy, check_shapes, dot, exp_shift_sum};
+use super::{AttnDims, axpy, dot, exp_shift_sum};
 
 /// Materialized causal attention forward, llm.c's `attention_forward`:
 ///
@@ -21,24 +21,21 @@ use super::{axpy, check_shapes, dot, exp_shift_sum};
 /// ```
 ///
 /// `preatt` and `att` are (B, NH, T, T); entries above the diagonal of `preatt` are not written.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_forward_naive(
     out: &mut [f32],
     preatt: &mut [f32],
     att: &mut [f32],
     qkv: &[f32],
-    b: usize,
-    t: usize,
-    c: usize,
-    nh: usize,
+    dims: AttnDims,
 ) {
     let _launch = crate::launch::start(1);
-    let sh = check_shapes(b, t, c, nh);
+    dims.validate();
+    let (sh, AttnDims { b, t, c, nh }) = (dims, dims);
     sh.check("qkv", qkv, 3 * c);
     sh.check("out", out, c);
     check_square("preatt", preatt, b, nh, t);
     check_square("att", att, b, nh, t);
-    let hs = sh.hs;
+    let hs = sh.hs();
     let scale = 1.0 / (hs as f32).sqrt();
     for bi in 0..b {
         for ti in 0..t {
@@ -76,7 +73,6 @@ pub fn attention_forward_naive(
 /// dpreatt[t,j] = att[t,j] (datt[t,j] − Σ_i att[t,i] datt[t,i])
 /// dq_t += dpreatt[t,j] k_j / √HS,                    dk_j += dpreatt[t,j] q_t / √HS
 /// ```
-#[allow(clippy::too_many_arguments)]
 pub fn attention_backward_naive(
     dqkv: &mut [f32],
     dpreatt: &mut [f32],
@@ -84,20 +80,18 @@ pub fn attention_backward_naive(
     dout: &[f32],
     qkv: &[f32],
     att: &[f32],
-    b: usize,
-    t: usize,
-    c: usize,
-    nh: usize,
+    dims: AttnDims,
 ) {
     let _launch = crate::launch::start(1);
-    let sh = check_shapes(b, t, c, nh);
+    dims.validate();
+    let (sh, AttnDims { b, t, c, nh }) = (dims, dims);
     sh.check("dqkv", dqkv, 3 * c);
     sh.check("dout", dout, c);
     sh.check("qkv", qkv, 3 * c);
     check_square("dpreatt", dpreatt, b, nh, t);
     check_square("datt", datt, b, nh, t);
     check_square("att", att, b, nh, t);
-    let hs = sh.hs;
+    let hs = sh.hs();
     let scale = 1.0 / (hs as f32).sqrt();
     dqkv.fill(0.0);
     for bi in 0..b {

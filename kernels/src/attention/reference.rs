@@ -3,7 +3,7 @@
 //! against, and the path behind [`attention_probs`](super::attention_probs). Leaves out: speed
 //! (O(T²·HS) scalar work per head, no threads).
 
-use super::{Shape, check_backward, check_forward};
+use super::{AttnDims, check_backward, check_forward};
 
 fn dot(x: &[f32], y: &[f32]) -> f64 {
     x.iter().zip(y).map(|(&u, &v)| u as f64 * v as f64).sum()
@@ -11,8 +11,9 @@ fn dot(x: &[f32], y: &[f32]) -> f64 {
 
 /// Scaled scores `s[j] = q_ti·k_j/√HS` for j ≤ ti of head `h` in batch `bi`, written to
 /// `s[..=ti]`; returns their log-sum-exp.
-fn scores_row(s: &mut [f64], qkv: &[f32], sh: &Shape, bi: usize, h: usize, ti: usize) -> f64 {
-    let Shape { t, c, hs, .. } = *sh;
+fn scores_row(s: &mut [f64], qkv: &[f32], sh: &AttnDims, bi: usize, h: usize, ti: usize) -> f64 {
+    let AttnDims { t, c, .. } = *sh;
+    let hs = sh.hs();
     let scale = 1.0 / (hs as f64).sqrt();
     let q = &qkv[(bi * t + ti) * 3 * c + h * hs..][..hs];
     for (j, sj) in s[..=ti].iter_mut().enumerate() {
@@ -24,17 +25,10 @@ fn scores_row(s: &mut [f64], qkv: &[f32], sh: &Shape, bi: usize, h: usize, ti: u
 
 /// Scalar reference forward (f64 accumulation), one query row at a time; same contract as
 /// [`attention_forward`](super::attention_forward).
-pub fn attention_forward_ref(
-    out: &mut [f32],
-    lse: &mut [f32],
-    qkv: &[f32],
-    b: usize,
-    t: usize,
-    c: usize,
-    nh: usize,
-) {
-    let sh = check_forward(out, lse, qkv, b, t, c, nh);
-    let hs = sh.hs;
+pub fn attention_forward_ref(out: &mut [f32], lse: &mut [f32], qkv: &[f32], dims: AttnDims) {
+    check_forward(out, lse, qkv, dims);
+    let (sh, hs) = (dims, dims.hs());
+    let AttnDims { b, t, c, nh } = dims;
     let mut s = vec![0.0f64; t];
     for bi in 0..b {
         for h in 0..nh {
@@ -59,19 +53,17 @@ pub fn attention_forward_ref(
 
 /// Scalar reference backward (f64 accumulation); same contract as
 /// [`attention_backward`](super::attention_backward).
-#[allow(clippy::too_many_arguments)]
 pub fn attention_backward_ref(
     dqkv: &mut [f32],
     dout: &[f32],
     qkv: &[f32],
     out: &[f32],
     lse: &[f32],
-    b: usize,
-    t: usize,
-    c: usize,
-    nh: usize,
+    dims: AttnDims,
 ) {
-    let hs = check_backward(dqkv, dout, qkv, out, lse, b, t, c, nh).hs;
+    check_backward(dqkv, dout, qkv, out, lse, dims);
+    let AttnDims { b, t, c, nh } = dims;
+    let hs = dims.hs();
     let scale = 1.0 / (hs as f64).sqrt();
     let mut g = vec![0.0f64; dqkv.len()];
     for bi in 0..b {
@@ -104,7 +96,7 @@ pub fn attention_backward_ref(
 
 /// Row-major (T, T) causal probabilities of head `h` in batch row `bi`: row i holds
 /// softmax_j(q_i·k_j/√HS) for j ≤ i and 0 for j > i. See [`attention_probs`](super::attention_probs).
-pub(super) fn probs(probs: &mut [f32], qkv: &[f32], sh: &Shape, bi: usize, h: usize) {
+pub(super) fn probs(probs: &mut [f32], qkv: &[f32], sh: &AttnDims, bi: usize, h: usize) {
     let t = sh.t;
     let mut s = vec![0.0f64; t];
     for (ti, row) in probs.chunks_exact_mut(t).enumerate() {

@@ -34,6 +34,10 @@ impl Case {
         }
     }
 
+    fn dims(&self) -> AttnDims {
+        AttnDims::new(self.b, self.t, self.c, self.nh)
+    }
+
     fn name(&self) -> String {
         format!(
             "B={} T={} NH={} HS={}",
@@ -48,9 +52,7 @@ impl Case {
     fn forward_ref(&self) -> (Vec<f32>, Vec<f32>) {
         let mut out = vec![0.0; self.b * self.t * self.c];
         let mut lse = vec![0.0; self.b * self.nh * self.t];
-        attention_forward_ref(
-            &mut out, &mut lse, &self.qkv, self.b, self.t, self.c, self.nh,
-        );
+        attention_forward_ref(&mut out, &mut lse, &self.qkv, self.dims());
         (out, lse)
     }
 
@@ -58,25 +60,19 @@ impl Case {
     fn forward(&self, p: Precision) -> (Vec<f32>, Vec<f32>) {
         let mut out = vec![f32::NAN; self.b * self.t * self.c];
         let mut lse = vec![f32::NAN; self.b * self.nh * self.t];
-        attention_forward(
-            &mut out, &mut lse, &self.qkv, self.b, self.t, self.c, self.nh, p,
-        );
+        attention_forward(&mut out, &mut lse, &self.qkv, self.dims(), p);
         (out, lse)
     }
 
     fn backward_ref(&self, out: &[f32], lse: &[f32]) -> Vec<f32> {
         let mut dqkv = vec![0.0; self.qkv.len()];
-        attention_backward_ref(
-            &mut dqkv, &self.dout, &self.qkv, out, lse, self.b, self.t, self.c, self.nh,
-        );
+        attention_backward_ref(&mut dqkv, &self.dout, &self.qkv, out, lse, self.dims());
         dqkv
     }
 
     fn backward(&self, out: &[f32], lse: &[f32], p: Precision) -> Vec<f32> {
         let mut dqkv = vec![f32::NAN; self.qkv.len()];
-        attention_backward(
-            &mut dqkv, &self.dout, &self.qkv, out, lse, self.b, self.t, self.c, self.nh, p,
-        );
+        attention_backward(&mut dqkv, &self.dout, &self.qkv, out, lse, self.dims(), p);
         dqkv
     }
 
@@ -168,16 +164,7 @@ fn backward_matches_finite_differences() {
     let loss = |qkv: &[f32]| -> f64 {
         let mut out = vec![0.0; cs.b * cs.t * cs.c];
         let mut lse = vec![0.0; cs.b * cs.nh * cs.t];
-        attention_forward(
-            &mut out,
-            &mut lse,
-            qkv,
-            cs.b,
-            cs.t,
-            cs.c,
-            cs.nh,
-            Precision::F32,
-        );
+        attention_forward(&mut out, &mut lse, qkv, cs.dims(), Precision::F32);
         out.iter()
             .zip(&cs.dout)
             .map(|(&o, &g)| o as f64 * g as f64)
@@ -256,17 +243,18 @@ fn results_do_not_depend_on_thread_count() {
 fn empty_batch_and_sequence_are_no_ops() {
     for (b, t) in [(0, 5), (2, 0)] {
         let (c, nh) = (32, 2);
+        let dims = AttnDims { b, t, c, nh };
         let mut out = vec![0.0; b * t * c];
         let mut lse = vec![0.0; b * nh * t];
         let qkv = vec![0.0; b * t * 3 * c];
         for p in [Precision::F32, Precision::Bf16] {
             let mut dqkv = vec![0.0; b * t * 3 * c];
             let ((), launches) = crate::launch::count(|| {
-                attention_forward(&mut out, &mut lse, &qkv, b, t, c, nh, p);
-                attention_backward(&mut dqkv, &out, &qkv, &out, &lse, b, t, c, nh, p);
+                attention_forward(&mut out, &mut lse, &qkv, dims, p);
+                attention_backward(&mut dqkv, &out, &qkv, &out, &lse, dims, p);
             });
             assert_eq!(launches, 2, "B={b} T={t} {p}");
-            let ws = attention_workspace(b, t, c, nh, p);
+            let ws = attention_workspace(dims, p);
             assert_eq!(
                 (ws.forward_bytes, ws.backward_bytes),
                 (0, 0),
@@ -274,7 +262,7 @@ fn empty_batch_and_sequence_are_no_ops() {
             );
             // The arguments are still checked: one stray float in `out` is refused.
             let refused = std::panic::catch_unwind(|| {
-                attention_forward(&mut [0.0], &mut [], &[], b, t, c, nh, p);
+                attention_forward(&mut [0.0], &mut [], &[], dims, p);
             });
             let msg = refused.expect_err("a 1-float out for an empty batch must panic");
             let msg = msg
@@ -290,19 +278,33 @@ fn empty_batch_and_sequence_are_no_ops() {
 fn wrong_qkv_length_panics_with_its_name() {
     let mut out = vec![0.0; 2 * 8];
     let mut lse = vec![0.0; 2];
-    attention_forward(&mut out, &mut lse, &[0.0; 10], 1, 2, 8, 1, Precision::F32);
+    let dims = AttnDims::new(1, 2, 8, 1);
+    attention_forward(&mut out, &mut lse, &[0.0; 10], dims, Precision::F32);
 }
 
 #[test]
 #[should_panic(expected = "multiple of NH")]
 fn head_count_must_divide_channels() {
-    attention_forward(&mut [], &mut [], &[], 1, 0, 10, 3, Precision::F32);
+    // Built field by field, unchecked: the entry point checks.
+    let dims = AttnDims {
+        b: 1,
+        t: 0,
+        c: 10,
+        nh: 3,
+    };
+    attention_forward(&mut [], &mut [], &[], dims, Precision::F32);
+}
+
+#[test]
+#[should_panic(expected = "attention: C = 8 must be a positive multiple of NH = 0")]
+fn checked_dims_refuse_zero_heads() {
+    AttnDims::new(1, 4, 8, 0);
 }
 
 #[test]
 fn workspace_grows_linearly_in_t() {
-    let w1 = attention_workspace(1, 1024, 256, 4, Precision::F32);
-    let w2 = attention_workspace(1, 2048, 256, 4, Precision::F32);
+    let w1 = attention_workspace(AttnDims::new(1, 1024, 256, 4), Precision::F32);
+    let w2 = attention_workspace(AttnDims::new(1, 2048, 256, 4), Precision::F32);
     assert_eq!(w2.forward_bytes, 2 * w1.forward_bytes);
     // The backward's group count saturates at T = 8 tiles, after which it is linear too.
     assert_eq!(w2.backward_bytes, 2 * w1.backward_bytes);
@@ -324,7 +326,7 @@ fn naive_matches_reference() {
         let mut out = vec![f32::NAN; b * t * c];
         let mut preatt = vec![f32::NAN; b * nh * t * t];
         let mut att = vec![f32::NAN; b * nh * t * t];
-        attention_forward_naive(&mut out, &mut preatt, &mut att, &cs.qkv, b, t, c, nh);
+        attention_forward_naive(&mut out, &mut preatt, &mut att, &cs.qkv, cs.dims());
         assert_close(
             &out,
             &out_ref,
@@ -342,10 +344,7 @@ fn naive_matches_reference() {
             &cs.dout,
             &cs.qkv,
             &att,
-            b,
-            t,
-            c,
-            nh,
+            cs.dims(),
         );
         let want = cs.backward_ref(&out_ref, &lse_ref);
         assert_close(
@@ -357,7 +356,7 @@ fn naive_matches_reference() {
         );
         // att holds the probabilities the plotting path reports.
         let mut probs = vec![f32::NAN; t * t];
-        attention_probs(&mut probs, &cs.qkv, b - 1, nh - 1, b, t, c, nh);
+        attention_probs(&mut probs, &cs.qkv, cs.dims(), b - 1, nh - 1);
         let head = ((b - 1) * nh + nh - 1) * t * t;
         assert_close(
             &probs,
@@ -373,7 +372,7 @@ fn naive_matches_reference() {
 fn probs_are_causal_rows_that_sum_to_one() {
     let cs = Case::new(2, 40, 2, 16, 2.0, 31);
     let mut p = vec![f32::NAN; 40 * 40];
-    attention_probs(&mut p, &cs.qkv, 1, 0, cs.b, cs.t, cs.c, cs.nh);
+    attention_probs(&mut p, &cs.qkv, cs.dims(), 1, 0);
     for (i, row) in p.chunks_exact(40).enumerate() {
         assert!(
             row[i + 1..].iter().all(|&x| x == 0.0),
@@ -404,13 +403,17 @@ fn decode_matches_forward_rows() {
         let head: Vec<f32> = (0..b)
             .flat_map(|bi| cs.qkv[bi * t * 3 * c..][..prompt * 3 * c].to_vec())
             .collect();
-        kv_cache_write(&mut kc, &mut vc, &head, 0, b, prompt, t_max, c);
+        let cache = AttnDims {
+            t: t_max,
+            ..cs.dims()
+        };
+        kv_cache_write(&mut kc, &mut vc, &head, cache, 0..prompt);
         for pos in prompt..t {
             let x: Vec<f32> = (0..b)
                 .flat_map(|bi| cs.qkv[(bi * t + pos) * 3 * c..][..3 * c].to_vec())
                 .collect();
             let mut out = vec![f32::NAN; b * c];
-            attention_decode(&mut out, &mut kc, &mut vc, &x, pos, b, t_max, c, nh);
+            attention_decode(&mut out, &mut kc, &mut vc, &x, cache, pos);
             let want: Vec<f32> = (0..b)
                 .flat_map(|bi| out_ref[(bi * t + pos) * c..][..c].to_vec())
                 .collect();
@@ -432,7 +435,8 @@ fn decode_past_the_cache_panics() {
     let mut kc = vec![0.0; b * t_max * c];
     let mut vc = vec![0.0; b * t_max * c];
     let mut out = vec![0.0; b * c];
-    attention_decode(&mut out, &mut kc, &mut vc, &[0.0; 48], 4, b, t_max, c, 1);
+    let cache = AttnDims::new(b, t_max, c, 1);
+    attention_decode(&mut out, &mut kc, &mut vc, &[0.0; 48], cache, 4);
 }
 
 // bf16. The kernel rounds q, k, v and dout to bf16 (nearest even) once, as it packs them, and
@@ -651,8 +655,9 @@ fn bf16_differs_from_fp32_by_the_rounding() {
 
 #[test]
 fn bf16_workspace_is_smaller() {
-    let w32 = attention_workspace(1, 1024, 256, 4, F32);
-    let w16 = attention_workspace(1, 1024, 256, 4, Bf16);
+    let dims = AttnDims::new(1, 1024, 256, 4);
+    let w32 = attention_workspace(dims, F32);
+    let w16 = attention_workspace(dims, Bf16);
     if crate::precision::HAS_BF16 {
         assert!(w16.forward_bytes < w32.forward_bytes, "{w16:?} vs {w32:?}");
         assert!(

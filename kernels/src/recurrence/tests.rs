@@ -17,6 +17,12 @@ struct Case {
     dhs: Vec<f32>,
 }
 
+impl Case {
+    fn dims(&self) -> LstmDims {
+        LstmDims::new(self.b, self.t, self.h)
+    }
+}
+
 fn case(b: usize, t: usize, h: usize, seed: u64) -> Case {
     let mut rng = TestRng::new(seed);
     let mut hs = vec![f32::NAN; (t + 1) * b * h];
@@ -52,7 +58,7 @@ fn packed_backward(w_hh: &[f32], h: usize, p: Precision) -> PackedWhh<Backward> 
 fn forward(c: &Case, p: Precision) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (mut hs, mut cs, mut gates) = (c.hs.clone(), c.cs.clone(), c.gates.clone());
     let packed = packed_forward(&c.w_hh, c.h, p);
-    lstm_forward(&mut hs, &mut cs, &mut gates, &packed, c.b, c.t, c.h);
+    lstm_forward(&mut hs, &mut cs, &mut gates, &packed, c.dims());
     (hs, cs, gates)
 }
 
@@ -63,9 +69,7 @@ fn forward_ref(c: &Case) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         &mut cs,
         &mut gates,
         &c.w_hh,
-        c.b,
-        c.t,
-        c.h,
+        c.dims(),
         Precision::F32,
     );
     (hs, cs, gates)
@@ -87,7 +91,7 @@ fn backward_from(c: &Case, gates: &[f32], cs: &[f32], p: Precision, from: usize)
         &gates[from * b * G * h..],
         &cs[from * b * h..],
     );
-    lstm_backward(dg, dh0, dc0, dhs, gates, cs, &packed, b, t, h);
+    lstm_backward(dg, dh0, dc0, dhs, gates, cs, &packed, LstmDims { b, t, h });
     out
 }
 
@@ -104,7 +108,7 @@ fn backward_ref(c: &Case, gates: &[f32], cs: &[f32]) -> [Vec<f32>; 3] {
     ];
     let [dg, dh0, dc0] = &mut out;
     let f32 = Precision::F32;
-    lstm_backward_ref(dg, dh0, dc0, &c.dhs, gates, cs, &c.w_hh, b, c.t, h, f32);
+    lstm_backward_ref(dg, dh0, dc0, &c.dhs, gates, cs, &c.w_hh, c.dims(), f32);
     out
 }
 
@@ -261,7 +265,8 @@ fn bf16_forward_matches_reference_on_rounded_operands() {
             let mut hr = hs[s * state..][..2 * state].to_vec();
             let mut cr = cs[s * state..][..2 * state].to_vec();
             let mut gr = c.gates[s * gate..][..gate].to_vec();
-            lstm_forward_ref(&mut hr, &mut cr, &mut gr, &c.w_hh, b, 1, h, p);
+            let step = LstmDims { b, t: 1, h };
+            lstm_forward_ref(&mut hr, &mut cr, &mut gr, &c.w_hh, step, p);
             let what = format!("B={b} T={t} H={h} step {s}");
             let next = (s + 1) * state..(s + 2) * state;
             for (name, got, want) in [
@@ -307,7 +312,7 @@ fn bf16_backward_matches_reference_on_rounded_operands() {
                 cs: &cs[s * b * h..][..2 * b * h],
             };
             let out = [&mut dg_ref[..], &mut dh_in, &mut dc_in];
-            backward_ref_carried(out, saved, &c.w_hh, Dims { b, h }, 1, p);
+            backward_ref_carried(out, saved, &c.w_hh, LstmDims { b, t: 1, h }, p);
             assert_close(&dg[..gate], &dg_ref, 1e-4, 1e-5, &format!("dgates {what}"));
             assert_close(&dc, &dc_in, 1e-4, 1e-5, &format!("dc {what}"));
             let want = dh_rec_of(&dg[..gate], &c.w_hh, h, p);
@@ -331,7 +336,13 @@ fn bf16_walks_round_their_operands() {
     );
     let mut gates = vec![-(h as f32) / 2.0; b * G * h];
     let packed = packed_forward(&w, h, Precision::Bf16);
-    lstm_forward(&mut hs, &mut cs, &mut gates, &packed, b, 1, h);
+    lstm_forward(
+        &mut hs,
+        &mut cs,
+        &mut gates,
+        &packed,
+        LstmDims { b, t: 1, h },
+    );
     let g_gate = gates.chunks_exact(h).skip(2).step_by(G).flatten();
     if HAS_BF16 {
         assert_eq!(packed.precision(), Precision::Bf16);
@@ -353,9 +364,7 @@ fn bf16_walks_round_their_operands() {
             &mut cs,
             &mut gates,
             &packed_forward(&w, h, Precision::F32),
-            b,
-            1,
-            h,
+            LstmDims { b, t: 1, h },
         );
         gates
     };
@@ -479,9 +488,7 @@ fn reference_backward_is_the_gradient_of_reference_forward() {
             &mut cs,
             &mut gates,
             &c.w_hh,
-            b,
-            t,
-            h,
+            LstmDims { b, t, h },
             Precision::F32,
         );
         hs[b * h..]
@@ -513,7 +520,27 @@ fn reference_backward_is_the_gradient_of_reference_forward() {
 fn wrong_lengths_panic_with_the_argument_name() {
     let (mut hs, mut cs) = (vec![0.0; 2], vec![0.0; 2]);
     let packed = packed_forward(&[0.0; 4], 1, Precision::F32);
-    lstm_forward(&mut hs, &mut cs, &mut [0.0; 3], &packed, 1, 1, 1);
+    lstm_forward(
+        &mut hs,
+        &mut cs,
+        &mut [0.0; 3],
+        &packed,
+        LstmDims::new(1, 1, 1),
+    );
+}
+
+#[test]
+#[should_panic(expected = "lstm: (T+1, B, 4H) = (18446744073709551615+1, 1, 4·1) overflows usize")]
+fn dims_whose_buffers_overflow_panic() {
+    let (mut hs, mut cs) = (vec![0.0; 2], vec![0.0; 2]);
+    let packed = packed_forward(&[0.0; 4], 1, Precision::F32);
+    // Unchecked (a literal): the walk checks.
+    let dims = LstmDims {
+        b: 1,
+        t: usize::MAX,
+        h: 1,
+    };
+    lstm_forward(&mut hs, &mut cs, &mut [0.0; 4], &packed, dims);
 }
 
 #[test]
@@ -524,6 +551,13 @@ fn a_packing_for_another_hidden_size_panics() {
     let (mut dg, mut dh0, mut dc0) = (vec![0.0; G * h], vec![0.0; h], vec![0.0; h]);
     let (dhs, gates, cs) = (vec![0.0; h], vec![0.0; G * h], vec![0.0; 2 * h]);
     lstm_backward(
-        &mut dg, &mut dh0, &mut dc0, &dhs, &gates, &cs, &packed, b, t, h,
+        &mut dg,
+        &mut dh0,
+        &mut dc0,
+        &dhs,
+        &gates,
+        &cs,
+        &packed,
+        LstmDims { b, t, h },
     );
 }

@@ -11,7 +11,7 @@
 //! after tokens already fed (those prompts go token by token).
 
 use kernels::Transpose::{No, Yes};
-use kernels::{Precision, gemm_packed, sgemm};
+use kernels::{AttnDims, Precision, gemm_packed, sgemm};
 
 use kernels::attention::{attention_decode, attention_forward, kv_cache_write};
 use kernels::embedding::encoder_forward;
@@ -122,7 +122,7 @@ impl Decoder for GptDecoder<'_> {
             let v_cache = &mut self.v_cache[l * t_max * c..][..t_max * c]; // (maxT, C)
             layernorm_forward(&mut self.ln, mean, rstd, &self.x, w.ln1_w, w.ln1_b, 1, c, EPS);
             matmul_forward(&mut self.qkv, &self.ln, w.qkv_w, w.qkv_b, 1, c, 3 * c, wp.map(|p| &p.qkv));
-            attention_decode(&mut self.atty, k_cache, v_cache, &self.qkv, pos, 1, t_max, c, nh);
+            attention_decode(&mut self.atty, k_cache, v_cache, &self.qkv, AttnDims { b: 1, t: t_max, c, nh }, pos);
             matmul_residual_forward(&mut self.x2, &self.x, &self.atty, w.attproj_w, w.attproj_b, 1, c, c, wp.map(|p| &p.attproj));
             layernorm_forward(&mut self.ln, mean, rstd, &self.x2, w.ln2_w, w.ln2_b, 1, c, EPS);
             matmul_forward(&mut self.fch, &self.ln, w.fc_w, w.fc_b, 1, c, 4 * c, wp.map(|p| &p.fc));
@@ -172,8 +172,8 @@ impl Decoder for GptDecoder<'_> {
             let v_cache = &mut self.v_cache[l * t_max * c..][..t_max * c]; // (maxT, C)
             layernorm_forward(ln, mean, rstd, x, w.ln1_w, w.ln1_b, n, c, EPS);
             matmul_forward(qkv, ln, w.qkv_w, w.qkv_b, n, c, 3 * c, wp.map(|p| &p.qkv));
-            kv_cache_write(k_cache, v_cache, qkv, 0, 1, n, t_max, c);
-            attention_forward(atty, lse, qkv, 1, n, c, nh, Precision::F32); // fp32, as attention_decode: a prefilled cache serves the next token as feeding would
+            kv_cache_write(k_cache, v_cache, qkv, AttnDims { b: 1, t: t_max, c, nh }, 0..n);
+            attention_forward(atty, lse, qkv, AttnDims { b: 1, t: n, c, nh }, Precision::F32); // fp32, as attention_decode: a prefilled cache serves the next token as feeding would
             matmul_residual_forward(x2, x, atty, w.attproj_w, w.attproj_b, n, c, c, wp.map(|p| &p.attproj));
             layernorm_forward(ln, mean, rstd, x2, w.ln2_w, w.ln2_b, n, c, EPS);
             matmul_forward(fch, ln, w.fc_w, w.fc_b, n, c, 4 * c, wp.map(|p| &p.fc));

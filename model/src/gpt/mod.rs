@@ -38,7 +38,7 @@ use kernels::elementwise::{add_assign, bias_backward, bias_forward};
 use kernels::embedding::{encoder_backward, encoder_forward};
 use kernels::gelu::{gelu_backward, gelu_forward};
 use kernels::layernorm::{layernorm_backward, layernorm_forward};
-use kernels::{Precision, gemm, gemm_packed, sgemm};
+use kernels::{AttnDims, Precision, gemm, gemm_packed, sgemm};
 
 use crate::lm::{Decoder, LanguageModel, ModelKind};
 use crate::params::ParamLayout;
@@ -337,7 +337,13 @@ impl Gpt {
             cfg.n_layer
         );
         let qkv = self::layer(&self.acts.qkv, layer, b * t * 3 * c); // (B, T, 3C)
-        kernels::attention::attention_probs(probs, qkv, row, head, b, t, c, cfg.n_head);
+        let dims = AttnDims {
+            b,
+            t,
+            c,
+            nh: cfg.n_head,
+        };
+        kernels::attention::attention_probs(probs, qkv, dims, row, head);
     }
 
     /// Bytes of activation and scratch memory held (grows with the largest B·T seen), and of
@@ -399,7 +405,7 @@ impl Gpt {
 
             layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, w.ln1_w, w.ln1_b, bt, c, EPS);
             matmul_forward(qkv, ln1, w.qkv_w, w.qkv_b, bt, c, 3 * c, wp.map(|p| &p.qkv));
-            attention_forward(atty, att_lse, qkv, b, t, c, nh, prec);
+            attention_forward(atty, att_lse, qkv, AttnDims { b, t, c, nh }, prec);
             matmul_residual_forward(residual2, residual, atty, w.attproj_w, w.attproj_b, bt, c, c, wp.map(|p| &p.attproj));
             layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, w.ln2_w, w.ln2_b, bt, c, EPS);
             matmul_forward(fch, ln2, w.fc_w, w.fc_b, bt, c, 4 * c, wp.map(|p| &p.fc));
@@ -588,7 +594,7 @@ impl LanguageModel for Gpt {
             add_assign(dresidual, dtmp); // now d(residual2)
             // the attention branch, in reverse (dln holds d(atty)):
             matmul_backward(dln, gw.attproj_w, gw.attproj_b, dresidual, atty, w.attproj_w, bt, c, c, wp.map(|p| &p.attproj));
-            attention_backward(dqkv, dln, qkv, atty, att_lse, b, t, c, nh, prec);
+            attention_backward(dqkv, dln, qkv, atty, att_lse, AttnDims { b, t, c, nh }, prec);
             matmul_backward(dln, gw.qkv_w, gw.qkv_b, dqkv, ln1, w.qkv_w, bt, c, 3 * c, wp.map(|p| &p.qkv));
             layernorm_backward(dtmp, gw.ln1_w, gw.ln1_b, dln, residual, w.ln1_w, ln1_mean, ln1_rstd, bt, c);
             add_assign(dresidual, dtmp); // now d(residual) = d(block input)

@@ -118,9 +118,8 @@ impl Overheads {
             kernels::recurrence::lstm_pack_forward(&mut packed, &w_hh, h, fp32);
             pool.install(|| {
                 least_seconds(31, 1, || {
-                    kernels::recurrence::lstm_forward(
-                        &mut hs, &mut cs, &mut gates, &packed, b, t, h,
-                    );
+                    let dims = kernels::LstmDims { b, t, h };
+                    kernels::recurrence::lstm_forward(&mut hs, &mut cs, &mut gates, &packed, dims);
                 })
             }) / t as f64
         };
