@@ -207,14 +207,14 @@ fn gelu(c: &mut Criterion) {
         gelu_forward(&mut y, black_box(&x))
     });
     bench1(&mut g, &one, "backward", || {
-        gelu_backward(&mut dx, black_box(&x), &dy)
+        gelu_backward(&mut dx, &dy, black_box(&x))
     });
     let r = ref_rows(&mut g, 1 << 18, 1);
     bench1(&mut g, &one, "forward scalar ref", || {
         gelu_forward_ref(&mut y[..r], black_box(&x[..r]))
     });
     bench1(&mut g, &one, "backward scalar ref", || {
-        gelu_backward_ref(&mut dx[..r], black_box(&x[..r]), &dy[..r])
+        gelu_backward_ref(&mut dx[..r], &dy[..r], black_box(&x[..r]))
     });
     g.finish();
 }
@@ -353,11 +353,11 @@ fn optimizers(c: &mut Criterion) {
         scratch.copy_from_slice(black_box(&grads))
     });
     bench1(&mut g, &one, "adamw", || {
-        adamw_step(&mut p, black_box(&grads), &mut m, &mut v, &adam, step);
+        adamw_step(&mut p, &mut m, &mut v, black_box(&grads), &adam, step);
         step += 1;
     });
     bench1(&mut g, &one, "sgd momentum", || {
-        sgd_step(&mut p, black_box(&grads), &mut m, &sgd, 2)
+        sgd_step(&mut p, &mut m, black_box(&grads), &sgd, 2)
     });
     bench1(&mut g, &one, "global_norm", || {
         black_box(global_norm(&[black_box(&grads)]));
@@ -365,10 +365,10 @@ fn optimizers(c: &mut Criterion) {
     // Full size: the optimizers are memory-bound, and a cache-resident slice would flatter
     // the reference.
     bench1(&mut g, &one, "adamw scalar ref", || {
-        adamw_step_ref(&mut p, black_box(&grads), &mut m, &mut v, &adam, 3)
+        adamw_step_ref(&mut p, &mut m, &mut v, black_box(&grads), &adam, 3)
     });
     bench1(&mut g, &one, "sgd momentum scalar ref", || {
-        sgd_step_ref(&mut p, black_box(&grads), &mut m, &sgd, 2)
+        sgd_step_ref(&mut p, &mut m, black_box(&grads), &sgd, 2)
     });
     g.finish();
 }

@@ -32,7 +32,7 @@ pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
 }
 
 /// `dinp[i] = gelu'(inp[i]) · dout[i]` (overwritten).
-pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+pub fn gelu_backward(dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
     let _launch = crate::launch::start(1);
     lanes::check_len(
         "gelu_backward",
@@ -79,7 +79,7 @@ pub fn gelu_forward_ref(out: &mut [f32], inp: &[f32]) {
 }
 
 /// Scalar reference for [`gelu_backward`] (f64, differentiating the tanh form).
-pub fn gelu_backward_ref(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+pub fn gelu_backward_ref(dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
     assert!(
         dinp.len() == inp.len() && dout.len() == inp.len(),
         "gelu_backward_ref: lengths"
@@ -114,8 +114,8 @@ mod tests {
                 // x/(1 + e^(−2u)) keeps the tiny true value (~1e-21).
                 assert_close(&y, &y2, 4e-6, 1e-12, &what);
                 let (mut d, mut d2) = (vec![f32::NAN; n], vec![0.0; n]);
-                gelu_backward(&mut d, &x, &dy);
-                gelu_backward_ref(&mut d2, &x, &dy);
+                gelu_backward(&mut d, &dy, &x);
+                gelu_backward_ref(&mut d2, &dy, &x);
                 assert_close(&d, &d2, 2e-5, 1e-7, &format!("{what} backward"));
             }
         }
@@ -140,7 +140,7 @@ mod tests {
         assert_eq!((y[5], y[6]), (0.0, 20.0));
         // Far tails: e^(−2u) overflows (x = −20) or vanishes (x = 20) without NaN.
         let mut d = [1.0; 3];
-        gelu_backward(&mut d, &[0.0, -20.0, 20.0], &[1.0; 3]);
+        gelu_backward(&mut d, &[1.0; 3], &[0.0, -20.0, 20.0]);
         assert_eq!((d[0], d[2]), (0.5, 1.0));
         assert!(d[1].abs() < 1e-30, "gelu'(-20) = {}", d[1]);
     }
@@ -150,7 +150,7 @@ mod tests {
         let x = TestRng::new(42).vec(67, 4.0);
         let dy = TestRng::new(43).vec(67, 1.0);
         let mut d = vec![0.0; 67];
-        gelu_backward(&mut d, &x, &dy);
+        gelu_backward(&mut d, &dy, &x);
         let loss = |x: &[f64]| -> f64 {
             let k = (2.0 / std::f64::consts::PI).sqrt();
             x.iter()

@@ -19,8 +19,11 @@
 //! - [`attention_pool`]: attention pooling against a learned vector (the lecture's first
 //!   attention).
 //! - [`optim`]: AdamW and SGD with momentum (PyTorch semantics), global gradient norm, clipping.
-//! - [`launch`]: kernel launches counted per thread, the critical path of a computation in
-//!   kernels (the LSTM walk counts one launch per time step).
+//! - `launch` (feature `trace`): kernel launches counted per thread, the critical path of a
+//!   computation in kernels (the LSTM walk counts one launch per time step). Without the
+//!   feature the counting is compiled out.
+//! - `testutil` (feature `testutil`): the seeded RNG, `assert_close` and awkward lengths the
+//!   kernels' tests use, for downstream tests and benches.
 //!
 //! ## Which SIMD path a build uses
 //!
@@ -40,8 +43,20 @@
 //! ## Conventions
 //!
 //! - Row-major buffers, shapes in comments as `(B, T, C)`; names from the papers (B, T, C, NH,
-//!   HS, V; H for the LSTM hidden size).
-//! - Outputs first in argument lists (`layernorm_forward(out, mean, rstd, inp, …)`).
+//!   HS, V; H for the LSTM hidden size, never a head).
+//! - One argument order for every kernel: first the buffers it writes (outputs, buffers
+//!   updated in place, accumulated gradients), then the buffers it only reads (in a backward,
+//!   the incoming gradient `dout` first, then what the forward read and saved), then the
+//!   dimensions, then scalars and settings (`eps`, [`Precision`], optimizer configs):
+//!   `layernorm_forward(out, mean, rstd, inp, weight, bias, n, c, eps)`,
+//!   `gelu_backward(dinp, dout, inp)`, `adamw_step(params, m, v, grads, &cfg, t)`. The one
+//!   exception is the GEMM family ([`sgemm`], [`gemm()`], [`gemm_packed`]), which keeps BLAS's
+//!   order (`sgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)`), so that
+//!   it reads like `cblas_sgemm`.
+//! - Attention, the LSTM walk and its cell, and attention pooling take their dimensions as
+//!   one struct ([`AttnDims`], [`LstmDims`], [`PoolDims`]), so sizes cannot be swapped;
+//!   `AttnDims::new` / `LstmDims::new` check them, and every entry point checks them again
+//!   (`validate`), so one built field by field is checked too.
 //! - Activation gradients are overwritten; parameter gradients are accumulated (`+=`), so
 //!   gradients can be summed over micro-batches.
 //! - A broken precondition (a slice of the wrong length) is a bug in the caller and panics

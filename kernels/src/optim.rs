@@ -68,9 +68,9 @@ impl Default for Sgd {
 /// ```
 pub fn adamw_step(
     params: &mut [f32],
-    grads: &[f32],
     m: &mut [f32],
     v: &mut [f32],
+    grads: &[f32],
     cfg: &AdamW,
     t: u64,
 ) {
@@ -126,7 +126,7 @@ pub fn adamw_step(
 /// ```
 ///
 /// With momentum 0 the buffer is not used and may be empty.
-pub fn sgd_step(params: &mut [f32], grads: &[f32], momentum_buf: &mut [f32], cfg: &Sgd, t: u64) {
+pub fn sgd_step(params: &mut [f32], momentum_buf: &mut [f32], grads: &[f32], cfg: &Sgd, t: u64) {
     let _launch = crate::launch::start(1);
     let n = params.len();
     lanes::check_len(
@@ -217,9 +217,9 @@ pub fn clip_grad_norm(grads: &mut [&mut [f32]], max_norm: f32) -> f32 {
 /// Scalar reference for [`adamw_step`], the formula of its doc in f64.
 pub fn adamw_step_ref(
     params: &mut [f32],
-    grads: &[f32],
     m: &mut [f32],
     v: &mut [f32],
+    grads: &[f32],
     cfg: &AdamW,
     t: u64,
 ) {
@@ -239,8 +239,8 @@ pub fn adamw_step_ref(
 /// Scalar reference for [`sgd_step`], the formula of its doc in f64.
 pub fn sgd_step_ref(
     params: &mut [f32],
-    grads: &[f32],
     momentum_buf: &mut [f32],
+    grads: &[f32],
     cfg: &Sgd,
     t: u64,
 ) {
@@ -283,8 +283,8 @@ mod tests {
                 // is only as exact as the larger terms it came from (hence atol ∝ scale).
                 let gs = 10.0f32.powi(t as i32 - 3);
                 let g = rng.vec(n, gs);
-                adamw_step(&mut p, &g, &mut m, &mut v, &cfg, t);
-                adamw_step_ref(&mut p2, &g, &mut m2, &mut v2, &cfg, t);
+                adamw_step(&mut p, &mut m, &mut v, &g, &cfg, t);
+                adamw_step_ref(&mut p2, &mut m2, &mut v2, &g, &cfg, t);
                 let what = format!("adamw n={n} t={t}");
                 assert_close(&m, &m2, 1e-6, 1e-7 * gs, &format!("{what} m"));
                 assert_close(&v, &v2, 1e-6, 1e-7 * gs * gs, &format!("{what} v"));
@@ -305,7 +305,7 @@ mod tests {
             weight_decay: 0.5,
         };
         let (mut p, mut m, mut v) = (vec![1.0, -2.0], vec![0.0; 2], vec![0.0; 2]);
-        adamw_step(&mut p, &[0.5, -4.0], &mut m, &mut v, &cfg, 1);
+        adamw_step(&mut p, &mut m, &mut v, &[0.5, -4.0], &cfg, 1);
         assert_close(&p, &[1.0 * 0.95 - 0.1, -2.0 * 0.95 + 0.1], 1e-6, 0.0, "p");
         assert_close(&m, &[0.05, -0.4], 1e-6, 0.0, "m = (1 − β1)·g");
         assert_close(&v, &[0.0025, 0.16], 1e-6, 0.0, "v = (1 − β2)·g²");
@@ -338,8 +338,8 @@ mod tests {
                 let (mut p2, mut b2) = (p0, vec![f32::NAN; n]);
                 for t in 1..=4 {
                     let g = rng.vec(n, 1.0);
-                    sgd_step(&mut p, &g, &mut b, &cfg, t);
-                    sgd_step_ref(&mut p2, &g, &mut b2, &cfg, t);
+                    sgd_step(&mut p, &mut b, &g, &cfg, t);
+                    sgd_step_ref(&mut p2, &mut b2, &g, &cfg, t);
                     assert_close(&p, &p2, 1e-6, 1e-7, &format!("sgd {cfg:?} n={n} t={t}"));
                 }
             }
@@ -350,8 +350,8 @@ mod tests {
             ..Sgd::default()
         };
         let (mut p, mut b) = ([1.0f32], [0.0f32]);
-        sgd_step(&mut p, &[1.0], &mut b, &cfg, 1);
-        sgd_step(&mut p, &[1.0], &mut b, &cfg, 2);
+        sgd_step(&mut p, &mut b, &[1.0], &cfg, 1);
+        sgd_step(&mut p, &mut b, &[1.0], &cfg, 2);
         assert_close(&p, &[1.0 - 0.1 - 0.19], 1e-6, 0.0, "sgd by hand");
     }
 

@@ -50,7 +50,7 @@ fn main() {
         model.zero_grad();
         model.backward();
         let (params, grads) = model.params_and_grads();
-        adamw_step(params, grads, &mut m, &mut v, &adamw, step);
+        adamw_step(params, &mut m, &mut v, grads, &adamw, step);
     }
     model.save(out).expect("save the checkpoint");
     let loss = model.forward(&inputs, &targets, b, t);

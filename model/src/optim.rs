@@ -160,7 +160,7 @@ impl Optimizer {
                         weight_decay: if *decays { c.weight_decay } else { 0.0 },
                     };
                     let (m, v) = (&mut first[r.clone()], &mut second[r.clone()]);
-                    adamw_step(p, g, m, v, &cfg, self.step);
+                    adamw_step(p, m, v, g, &cfg, self.step);
                 }
                 OptimizerConfig::Sgd(c) => {
                     let cfg = k::Sgd {
@@ -170,7 +170,7 @@ impl Optimizer {
                         weight_decay: if *decays { c.weight_decay } else { 0.0 },
                         nesterov: c.nesterov,
                     };
-                    sgd_step(p, g, &mut first[r.clone()], &cfg, self.step);
+                    sgd_step(p, &mut first[r.clone()], g, &cfg, self.step);
                 }
             }
         }

@@ -380,7 +380,7 @@ fn train(
             model.zero_grad();
             model.backward();
             let (params, grads) = model.params_and_grads();
-            adamw_step(params, grads, &mut m, &mut v, &cfg, step);
+            adamw_step(params, &mut m, &mut v, grads, &cfg, step);
             loss
         })
         .collect()

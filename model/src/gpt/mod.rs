@@ -588,7 +588,7 @@ impl LanguageModel for Gpt {
 
             // dresidual holds d(residual3); the MLP branch, in reverse:
             matmul_backward(dfch_gelu, gw.fcproj_w, gw.fcproj_b, dresidual, fch_gelu, w.fcproj_w, bt, 4 * c, c, wp.map(|p| &p.fcproj));
-            gelu_backward(dfch, fch, dfch_gelu);
+            gelu_backward(dfch, dfch_gelu, fch);
             matmul_backward(dln, gw.fc_w, gw.fc_b, dfch, ln2, w.fc_w, bt, c, 4 * c, wp.map(|p| &p.fc));
             layernorm_backward(dtmp, gw.ln2_w, gw.ln2_b, dln, residual2, w.ln2_w, ln2_mean, ln2_rstd, bt, c);
             add_assign(dresidual, dtmp); // now d(residual2)
