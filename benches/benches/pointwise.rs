@@ -272,6 +272,7 @@ fn encoder(c: &mut Criterion) {
 fn lstm_cell(c: &mut Criterion) {
     let one = pool(1);
     let (b, h) = (64, 1024);
+    let dims = LstmDims { b, t: 1, h };
     let mut rng = TestRng::new(8);
     let pre = rng.vec(b * 4 * h, 2.0);
     let (cp, dh, dc) = (
@@ -292,25 +293,11 @@ fn lstm_cell(c: &mut Criterion) {
     // The forward activates the gates in place, so each iteration restores them first.
     bench1(&mut g, &one, "copy gates + forward", || {
         gates.copy_from_slice(black_box(&pre));
-        lstm_cell_forward(
-            &mut ct,
-            &mut ht,
-            &mut tc,
-            &mut gates,
-            &cp,
-            LstmDims { b, t: 1, h },
-        );
+        lstm_cell_forward(&mut ct, &mut ht, &mut tc, &mut gates, &cp, dims);
     });
     bench1(&mut g, &one, "copy gates + forward scalar ref", || {
         gates.copy_from_slice(black_box(&pre));
-        lstm_cell_forward_ref(
-            &mut ct,
-            &mut ht,
-            &mut tc,
-            &mut gates,
-            &cp,
-            LstmDims { b, t: 1, h },
-        );
+        lstm_cell_forward_ref(&mut ct, &mut ht, &mut tc, &mut gates, &cp, dims);
     });
     bench1(&mut g, &one, "backward", || {
         lstm_cell_backward(
@@ -321,7 +308,7 @@ fn lstm_cell(c: &mut Criterion) {
             &gates,
             &cp,
             &tc,
-            LstmDims { b, t: 1, h },
+            dims,
         )
     });
     bench1(&mut g, &one, "backward scalar ref", || {
@@ -333,7 +320,7 @@ fn lstm_cell(c: &mut Criterion) {
             &gates,
             &cp,
             &tc,
-            LstmDims { b, t: 1, h },
+            dims,
         )
     });
     g.finish();
@@ -376,6 +363,7 @@ fn optimizers(c: &mut Criterion) {
 fn attention_pool(c: &mut Criterion) {
     let one = pool(1);
     let (b, n, d) = (64, 256, 128);
+    let dims = PoolDims { b, n, d };
     let mut rng = TestRng::new(10);
     let (x, w, dy) = (
         rng.vec(b * n * d, 1.0),
@@ -384,35 +372,19 @@ fn attention_pool(c: &mut Criterion) {
     );
     let (mut y, mut a) = (vec![0.0f32; b * d], vec![0.0f32; b * n]);
     let (mut dx, mut dw) = (vec![0.0f32; b * n * d], vec![0.0f32; d]);
-    attention_pool_forward(&mut y, &mut a, &x, &w, PoolDims { b, n, d });
+    attention_pool_forward(&mut y, &mut a, &x, &w, dims);
     let mut g = group(c, &format!("attention_pool B={b} n={n} d={d}"), b * n * d);
     bench1(&mut g, &one, "forward", || {
-        attention_pool_forward(&mut y, &mut a, black_box(&x), &w, PoolDims { b, n, d })
+        attention_pool_forward(&mut y, &mut a, black_box(&x), &w, dims)
     });
     bench1(&mut g, &one, "forward scalar ref", || {
-        attention_pool_forward_ref(&mut y, &mut a, black_box(&x), &w, PoolDims { b, n, d })
+        attention_pool_forward_ref(&mut y, &mut a, black_box(&x), &w, dims)
     });
     bench1(&mut g, &one, "backward", || {
-        attention_pool_backward(
-            &mut dx,
-            &mut dw,
-            black_box(&dy),
-            &x,
-            &w,
-            &a,
-            PoolDims { b, n, d },
-        )
+        attention_pool_backward(&mut dx, &mut dw, black_box(&dy), &x, &w, &a, dims)
     });
     bench1(&mut g, &one, "backward scalar ref", || {
-        attention_pool_backward_ref(
-            &mut dx,
-            &mut dw,
-            black_box(&dy),
-            &x,
-            &w,
-            &a,
-            PoolDims { b, n, d },
-        )
+        attention_pool_backward_ref(&mut dx, &mut dw, black_box(&dy), &x, &w, &a, dims)
     });
     g.finish();
 }
