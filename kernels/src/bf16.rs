@@ -10,6 +10,9 @@
 //! lane `acc[j]`. Rounding is to nearest even (`vcvtne2ps2bf16`), the value
 //! [`crate::precision::round_bf16`] gives.
 
+// A leaf built only with AVX512_BF16: its intrinsics take raw pointers (see lib.rs).
+#![allow(unsafe_code)]
+
 use std::arch::x86_64::*;
 
 use crate::simd::{F32s, LANES};

@@ -7,10 +7,10 @@
 //! ([`rows_per_task`], [`ELEMS_PER_TASK`]), and partial sums are combined in chunk order
 //! ([`accumulate_chunks`]), so results are bitwise the same on any rayon pool size.
 //!
-//! Leaves out: run-time ISA dispatch (see `simd.rs`). The AVX-512 intrinsics here (masked tail
-//! loads and stores, one horizontal maximum) are the pointwise kernels' only `unsafe`, each
-//! with its `SAFETY` line; other builds take the plain-array fallbacks.
+//! Leaves out: run-time ISA dispatch (see `simd.rs`) and the intrinsics behind the masked
+//! tails and the horizontal maximum (`raw::vector`, re-exported here).
 
+pub(crate) use crate::raw::vector::{load_tail, reduce_max, store_tail};
 use crate::simd::{F32s, LANES, load, store};
 use rayon::prelude::*;
 
@@ -21,46 +21,6 @@ pub(crate) const ELEMS_PER_TASK: usize = 1 << 15;
 /// Rows of length `row_len` per rayon task (at least one), from [`ELEMS_PER_TASK`].
 pub(crate) fn rows_per_task(row_len: usize) -> usize {
     (ELEMS_PER_TASK / row_len.max(1)).max(1)
-}
-
-/// Loads `s` (shorter than `LANES`) into the low lanes; the other lanes hold `fill`.
-#[inline(always)]
-pub(crate) fn load_tail(s: &[f32], fill: f32) -> F32s {
-    debug_assert!(s.len() < LANES);
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    {
-        use std::arch::x86_64::{_mm512_mask_loadu_ps, _mm512_set1_ps};
-        let mask = ((1u32 << s.len()) - 1) as u16;
-        // SAFETY: only the first `s.len()` lanes are read (masked-off lanes neither load nor
-        // fault), and those are in bounds of `s`.
-        let v = unsafe { _mm512_mask_loadu_ps(_mm512_set1_ps(fill), mask, s.as_ptr()) };
-        bytemuck::cast(v)
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
-    {
-        let mut a = [fill; LANES];
-        a[..s.len()].copy_from_slice(s);
-        F32s::from(a)
-    }
-}
-
-/// Stores the low `s.len()` (< `LANES`) lanes of `v` into `s`.
-#[inline(always)]
-pub(crate) fn store_tail(s: &mut [f32], v: F32s) {
-    debug_assert!(s.len() < LANES);
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    {
-        use std::arch::x86_64::_mm512_mask_storeu_ps;
-        let mask = ((1u32 << s.len()) - 1) as u16;
-        // SAFETY: only the first `s.len()` lanes are written (masked-off lanes neither store
-        // nor fault), and those are in bounds of `s`.
-        unsafe { _mm512_mask_storeu_ps(s.as_mut_ptr(), mask, bytemuck::cast(v)) }
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
-    {
-        let n = s.len();
-        s.copy_from_slice(&v.to_array()[..n]);
-    }
 }
 
 /// Panics unless `got == want`, naming the kernel and the argument.
@@ -293,21 +253,6 @@ pub(crate) fn max(a: &[f32]) -> f32 {
         |m, v| m.fast_max(v),
     );
     reduce_max(m)
-}
-
-/// The largest lane of `v` (a NaN lane may be skipped, as in [`max`]), by a log-depth tree
-/// rather than a chain of 16 scalar maxima — it runs once per row, where a 16-deep chain
-/// would be a visible share of a 257-wide row's time.
-#[inline(always)]
-pub(crate) fn reduce_max(v: F32s) -> f32 {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    {
-        // SAFETY: compiled only when the build enables AVX-512F (see `simd.rs`), which
-        // `cpu::check` confirms at start-up; the intrinsic only computes on registers.
-        unsafe { std::arch::x86_64::_mm512_reduce_max_ps(bytemuck::cast(v)) }
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
-    v.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// `Σ a[i]·b[i]` in lanes, then across lanes.

@@ -63,6 +63,18 @@
 //!   with a message naming the argument.
 //! - Results do not depend on the number of rayon threads: work is split so that every
 //!   output element is computed by the same sequence of operations on any pool size.
+//!
+//! ## Where `unsafe` lives
+//!
+//! The crate denies `unsafe_code` except in its unsafe core, `raw/` (pointer loads and
+//! stores, the fp32 intrinsics, the shared micro-kernel, the disjoint-write views and the LSTM
+//! walk's thread team), and in the leaves built only with AVX512_BF16 (`bf16.rs`,
+//! `gemm/bf16/kernel.rs`, `recurrence/bf16.rs`), plus the LSTM step code (`recurrence.rs`),
+//! which reads and writes the walk's shared buffers through `raw::team`'s `unsafe` getters.
+//! Every `unsafe` block carries a `SAFETY` comment (`clippy::undocumented_unsafe_blocks` is
+//! denied).
+
+#![deny(unsafe_code)]
 
 pub mod attention;
 pub mod attention_pool;
@@ -84,6 +96,7 @@ pub mod lstm_cell;
 pub mod math;
 pub mod optim;
 pub mod precision;
+mod raw;
 pub mod recurrence;
 pub mod simd;
 pub mod softmax;

@@ -40,10 +40,7 @@ fn ldexp(x: F32s, n: F32s) -> F32s {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     {
         // vscalefps: x · 2^floor(n) with IEEE overflow, underflow and NaN handling.
-        use std::arch::x86_64::_mm512_scalef_ps;
-        // SAFETY: this branch is compiled only when the whole build enables AVX-512F, and
-        // `cpu::check` refuses to run such a build on a CPU without it.
-        bytemuck::cast(unsafe { _mm512_scalef_ps(bytemuck::cast(x), bytemuck::cast(n)) })
+        crate::raw::vector::scalef(x, n)
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
     {

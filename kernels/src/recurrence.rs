@@ -55,14 +55,18 @@
 //! respect to W_hh and the input, which the model computes after the walk with a GEMM each
 //! over the saved states.
 
+// The step code reads and writes the walk's shared buffers through `raw::team::Shared`'s
+// `unsafe` getters: which ranges are race-free in a phase is this file's algorithm (see lib.rs).
+#![allow(unsafe_code)]
+
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
 use crate::lanes::{Block, check_len};
 use crate::math::{sigmoid, tanh};
 use crate::precision::{Precision, round_bf16};
+use crate::raw::team::{Seat, Shared, on_team};
 use crate::simd::{F32s, LANES, load};
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
@@ -70,12 +74,6 @@ mod bf16;
 
 /// Gates per hidden unit (i, f, g, o).
 const G: usize = 4;
-
-/// Spins before a waiting thread starts yielding its core (a partner thread that was
-/// descheduled on a busy machine should not be starved by our spinning). A spin is a `pause`,
-/// about 24 ns on Zen 5, so this waits ~25 µs: far longer than the partner's lag on a quiet
-/// machine (about a microsecond), far shorter than a scheduler time slice.
-const SPIN_LIMIT: u32 = 1 << 10;
 
 /// The shapes of an LSTM layer's walk: B sequences, T time steps, hidden size H (`h` is
 /// always the hidden size in these kernels, never a head). [`lstm_forward`], [`lstm_backward`],
@@ -396,21 +394,12 @@ fn forward_walk<P: Product>(
     dims: Dims,
     t: usize,
 ) {
-    on_team(dims.h.div_ceil(LANES), |units, barrier| {
+    on_team(dims.h.div_ceil(LANES), |seat| {
         let mut operand = Vec::new();
         for step in 0..t {
-            forward_step::<P>(
-                hs,
-                cs,
-                gates,
-                packed,
-                dims,
-                step,
-                units.clone(),
-                &mut operand,
-            );
+            forward_step::<P>(hs, cs, gates, packed, dims, step, seat, &mut operand);
             // h_t is complete before anyone reads it as h_{t-1}.
-            barrier.wait();
+            seat.wait();
         }
     });
 }
@@ -502,14 +491,13 @@ fn backward_walk<P: Product>(
     dims: Dims,
     t: usize,
 ) {
-    on_team(dims.h.div_ceil(LANES), |units, barrier| {
+    on_team(dims.h.div_ceil(LANES), |seat| {
         let mut operand = Vec::new();
         for step in (0..t).rev() {
-            cell_backward_step(dgates, dh, dc, saved, dims, step, units.clone());
+            cell_backward_step(dgates, dh, dc, saved, dims, step, seat);
             // dgates_t is complete before anyone multiplies it by W_hh.
-            barrier.wait();
-            let own = units.clone();
-            recurrent_backward_step::<P>(dh, dgates, packed, dims, step, own, &mut operand);
+            seat.wait();
+            recurrent_backward_step::<P>(dh, dgates, packed, dims, step, seat, &mut operand);
         }
     });
 }
@@ -527,110 +515,6 @@ struct Saved<'a> {
     dhs: &'a [f32],
     gates: &'a [f32],
     cs: &'a [f32],
-}
-
-/// Runs `walk(own panel range, barrier)` on `min(pool size, panels)` threads of the current
-/// rayon pool: thread p owns panels `p·n/P .. (p+1)·n/P` for the whole walk.
-fn on_team(panels: usize, walk: impl Fn(std::ops::Range<usize>, &SpinBarrier) + Sync) {
-    crate::launch::ways(panels);
-    let parties = rayon::current_num_threads().min(panels).max(1);
-    let barrier = SpinBarrier::new(parties);
-    let own = |p: usize| p * panels / parties..(p + 1) * panels / parties;
-    if parties == 1 {
-        walk(own(0), &barrier);
-    } else {
-        rayon::broadcast(|ctx| {
-            if ctx.index() < parties {
-                walk(own(ctx.index()), &barrier);
-            }
-        });
-    }
-}
-
-/// A sense-counting spin barrier for the threads of one walk. Arrival is a release and
-/// departure an acquire, so everything written before `wait` is visible after it.
-struct SpinBarrier {
-    arrived: AtomicUsize,
-    generation: AtomicUsize,
-    parties: usize,
-}
-
-impl SpinBarrier {
-    fn new(parties: usize) -> Self {
-        SpinBarrier {
-            arrived: AtomicUsize::new(0),
-            generation: AtomicUsize::new(0),
-            parties,
-        }
-    }
-
-    fn wait(&self) {
-        if self.parties == 1 {
-            return;
-        }
-        let generation = self.generation.load(Ordering::Acquire);
-        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.parties {
-            // Last to arrive: reset for the next round, then release the others.
-            self.arrived.store(0, Ordering::Relaxed);
-            self.generation
-                .store(generation.wrapping_add(1), Ordering::Release);
-        } else {
-            let mut spins = 0;
-            while self.generation.load(Ordering::Acquire) == generation {
-                if spins < SPIN_LIMIT {
-                    std::hint::spin_loop();
-                    spins += 1;
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-        }
-    }
-}
-
-/// A buffer the threads of a walk write in disjoint parts (their own hidden units) and read
-/// in full only after a barrier. It hands out slices by range; the caller promises, per
-/// call, that no other thread writes (for [`Shared::get`]) or touches (for
-/// [`Shared::get_mut`]) that range while the slice lives.
-struct Shared<'a> {
-    ptr: *mut f32,
-    len: usize,
-    _buf: PhantomData<&'a mut [f32]>,
-}
-
-// SAFETY: `Shared` is a `&mut [f32]` split between threads; every access goes through the
-// `unsafe` getters below, whose callers guarantee the ranges they use are race-free.
-unsafe impl Send for Shared<'_> {}
-// SAFETY: as above.
-unsafe impl Sync for Shared<'_> {}
-
-impl<'a> Shared<'a> {
-    fn new(buf: &'a mut [f32]) -> Self {
-        Shared {
-            ptr: buf.as_mut_ptr(),
-            len: buf.len(),
-            _buf: PhantomData,
-        }
-    }
-
-    /// # Safety
-    /// No thread may write `start..start + len` while the returned slice is alive.
-    unsafe fn get(&self, start: usize, len: usize) -> &'a [f32] {
-        assert!(start + len <= self.len, "Shared::get out of bounds");
-        // SAFETY: in bounds (checked above) of a live `&'a mut [f32]`; the caller rules out
-        // concurrent writes.
-        unsafe { std::slice::from_raw_parts(self.ptr.add(start), len) }
-    }
-
-    /// # Safety
-    /// No other thread may read or write `start..start + len` while the returned slice is
-    /// alive.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn get_mut(&self, start: usize, len: usize) -> &'a mut [f32] {
-        assert!(start + len <= self.len, "Shared::get_mut out of bounds");
-        // SAFETY: in bounds (checked above); the caller guarantees exclusive access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
-    }
 }
 
 /// A block's accumulators: R rows × U panels × the four gates, LANES units each.
@@ -817,14 +701,15 @@ fn forward_step<P: Product>(
     packed: &[P::Elem],
     Dims { b, h }: Dims,
     step: usize,
-    units: std::ops::Range<usize>,
+    seat: &Seat,
     operand: &mut Vec<P::Elem>,
 ) {
+    let units = seat.own();
     let (j0, j1) = (units.start * LANES, (units.end * LANES).min(h));
     let depth = P::depth(h);
     // SAFETY: row `step` of hs (all B rows) was completed before the last barrier and is only
     // read during this step.
-    let hprev = P::operand(operand, unsafe { hs.get(step * b * h, b * h) }, h);
+    let hprev = P::operand(operand, unsafe { hs.get(seat, step * b * h, b * h) }, h);
     let row = |bi: usize| {
         let (prev, next) = (step * b * h + bi * h, (step + 1) * b * h + bi * h);
         let g0 = (step * b + bi) * G * h;
@@ -833,10 +718,10 @@ fn forward_step<P: Product>(
         // thread in its own units `j0..j1` only, and no thread reads them before the barrier.
         unsafe {
             FwdRow {
-                gates: std::array::from_fn(|g| gates.get_mut(g0 + g * h + j0, j1 - j0)),
-                c: cs.get_mut(next + j0, j1 - j0),
-                h: hs.get_mut(next + j0, j1 - j0),
-                cprev: cs.get(prev + j0, j1 - j0),
+                gates: std::array::from_fn(|g| gates.get_mut(seat, g0 + g * h + j0, j1 - j0)),
+                c: cs.get_mut(seat, next + j0, j1 - j0),
+                h: hs.get_mut(seat, next + j0, j1 - j0),
+                cprev: cs.get(seat, prev + j0, j1 - j0),
                 hprev: &hprev[bi * depth..][..depth],
             }
         }
@@ -910,8 +795,9 @@ fn cell_backward_step(
     Saved { dhs, gates, cs }: Saved,
     Dims { b, h }: Dims,
     step: usize,
-    units: std::ops::Range<usize>,
+    seat: &Seat,
 ) {
+    let units = seat.own();
     let (j0, j1) = (units.start * LANES, (units.end * LANES).min(h));
     let own = j1 - j0;
     for bi in 0..b {
@@ -921,12 +807,12 @@ fn cell_backward_step(
         // dgates[step] is read by the others only after the barrier that follows this phase.
         let (dgi, dgf, dgg, dgo, dh, dc) = unsafe {
             (
-                dgates.get_mut(g0 + j0, own),
-                dgates.get_mut(g0 + h + j0, own),
-                dgates.get_mut(g0 + 2 * h + j0, own),
-                dgates.get_mut(g0 + 3 * h + j0, own),
-                dh.get_mut(bi * h + j0, own),
-                dc.get_mut(bi * h + j0, own),
+                dgates.get_mut(seat, g0 + j0, own),
+                dgates.get_mut(seat, g0 + h + j0, own),
+                dgates.get_mut(seat, g0 + 2 * h + j0, own),
+                dgates.get_mut(seat, g0 + 3 * h + j0, own),
+                dh.get_mut(seat, bi * h + j0, own),
+                dc.get_mut(seat, bi * h + j0, own),
             )
         };
         let sg = &gates[g0..][..G * h];
@@ -965,22 +851,23 @@ fn recurrent_backward_step<P: Product>(
     packed: &[P::Elem],
     Dims { b, h }: Dims,
     step: usize,
-    units: std::ops::Range<usize>,
+    seat: &Seat,
     operand: &mut Vec<P::Elem>,
 ) {
+    let units = seat.own();
     let (j0, j1) = (units.start * LANES, (units.end * LANES).min(h));
     let own = j1 - j0;
     let depth = P::depth(h);
     // SAFETY: dgates[step] is complete (barrier) and nobody writes it any more.
     let dg = P::operand(
         operand,
-        unsafe { dgates.get(step * b * G * h, b * G * h) },
+        unsafe { dgates.get(seat, step * b * G * h, b * G * h) },
         h,
     );
     let row = |bi: usize| BwdRow {
         dgates: &dg[bi * G * depth..][..G * depth],
         // SAFETY: dh is written only in the thread's own units.
-        dh: unsafe { dh.get_mut(bi * h + j0, own) },
+        dh: unsafe { dh.get_mut(seat, bi * h + j0, own) },
     };
     let panel = depth * G * LANES;
     let packed = &packed[units.start * panel..units.end * panel];

@@ -608,10 +608,7 @@ fn product<T: Operand>(
             }
             continue;
         }
-        let a_s = Strided {
-            data: &a.data[r0 * a.rs + p0 * a.cs..],
-            ..a
-        };
+        let a_s = a.at(r0, p0);
         gemm_tile(
             accumulate,
             end - r0,

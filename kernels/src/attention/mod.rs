@@ -9,7 +9,7 @@
 //! What is here:
 //! - [`attention_forward`] / [`attention_backward`]: the fused, tiled (flash) kernels used for
 //!   training, O(T) extra memory, parallel over heads and tiles (`flash.rs`, on the
-//!   micro-kernel in `tile.rs`).
+//!   micro-kernel in `raw/tile.rs`).
 //! - [`attention_decode`] and [`kv_cache_write`]: one new position per sequence against a
 //!   key/value cache, for token-by-token generation.
 //! - [`attention_probs`]: one head's T×T probabilities, for plots.
@@ -27,7 +27,7 @@ mod exp;
 mod flash;
 mod naive;
 mod reference;
-mod tile;
+use crate::raw::tile;
 
 #[cfg(test)]
 mod tests;

@@ -35,9 +35,8 @@
 
 mod bf16;
 mod blocked;
-mod dot;
-mod gemv;
-mod kernel;
+use crate::raw::{dot, gemv};
+pub(crate) mod kernel;
 mod pack;
 mod reference;
 mod small;

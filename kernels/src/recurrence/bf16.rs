@@ -20,6 +20,9 @@
 //! from the fp32 sum of the same rounded products only by the order and rounding of the fp32
 //! additions, which is fixed: results do not depend on blocking or threads.
 
+// A leaf built only with AVX512_BF16: its intrinsics take raw pointers (see lib.rs).
+#![allow(unsafe_code)]
+
 use std::arch::x86_64::*;
 
 use rayon::prelude::*;

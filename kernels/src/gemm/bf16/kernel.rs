@@ -22,6 +22,9 @@
 //! - Columns past `n_eff` are computed but neither read nor written (masked loads and stores),
 //!   so every element's arithmetic is the same wherever the edge of `C` falls.
 
+// A leaf built only with AVX512_BF16: its intrinsics take raw pointers (see lib.rs).
+#![allow(unsafe_code)]
+
 use std::arch::x86_64::*;
 
 use crate::bf16::{bits_bh, mask16, splat, zero};

@@ -15,6 +15,7 @@
 //! summed in `wide`'s fixed order. (`k < LANES` runs scalar.) The order depends only on `k`,
 //! never on where a block starts.
 
+use super::vector::load;
 use crate::simd::{F32s, LANES};
 
 /// Rows of A per block: `DR·DS` accumulators plus `DS` loads must fit the register file.
@@ -96,10 +97,9 @@ unsafe fn dot<const R: usize, const S: usize>(
     }
     // SAFETY: callers of `step` pass p + LANES ≤ k, so every load is inside its row.
     let step = |acc: &mut [[F32s; S]; R], p: usize, mask: F32s| unsafe {
-        let bv: [F32s; S] =
-            std::array::from_fn(|s| b.add(s * ldb + p).cast::<F32s>().read_unaligned());
+        let bv: [F32s; S] = std::array::from_fn(|s| load(b.add(s * ldb + p)));
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let av = a.add(r * lda + p).cast::<F32s>().read_unaligned() & mask;
+            let av = load(a.add(r * lda + p)) & mask;
             for s in 0..S {
                 acc_r[s] = av.mul_add(bv[s], acc_r[s]);
             }

@@ -1,4 +1,5 @@
-//! The register-blocked micro-kernel behind every product inside an attention tile.
+//! Attention's tile products: the shared micro-kernel (`micro.rs`) over every block of a
+//! small dense product inside an attention tile.
 //!
 //! Flash attention does six small dense products per pair of tiles (S = Q·Kᵀ and O += P·V
 //! forward; S, dP = dO·Vᵀ, dV += Pᵀ·dO, dK += dSᵀ·Q, dQ += dS·K backward). All of them have the
@@ -7,17 +8,17 @@
 //!
 //! ```text
 //! C (m × n)  =  [C +]  A (m × k) · B (k × n)
-//! A[r, p] = a[r·a_rs + p·a_cs]   (any strides: A or Aᵀ stored row-major)
+//! A[r, p] = a[r·lda + p]  or  a[p·lda + r]   (A or Aᵀ stored row-major, see [`Strided`])
 //! B[p, :] = b[p·ldb ..][..n]     (rows of n contiguous elements, n a multiple of LANES)
 //! C[r, :] = c[r·ldc ..][..n]     (fp32)
 //! ```
 //!
 //! The operands are elements of an [`Operand`] type: fp32 values (`f32`), or, where the build
 //! has AVX512_BF16, bf16 pairs (`u32`, see `crate::bf16`), each holding two consecutive
-//! elements of the depth, multiplied and summed into fp32 by `vdpbf16ps`. Then `k`, `a_cs`
-//! (for A stored row-major) and the rows of B count pairs, and a step p covers depth 2p, 2p + 1.
+//! elements of the depth, multiplied and summed into fp32 by `vdpbf16ps`. Then `k`, `lda`
+//! (for A stored transposed) and the rows of B count pairs, and a step p covers depth 2p, 2p + 1.
 //!
-//! Micro-kernel contract (BLIS style): a register block is `R ≤ MR` rows of C by `V ≤ NV`
+//! Register blocks (the micro-kernel's contract, BLIS style): a block is `R ≤ MR` rows of C by `V ≤ NV`
 //! vectors of `LANES` columns, held in `R·V` accumulators for the whole k loop. Each step p
 //! loads the V vectors of B's row p once and, for each of the R rows, broadcasts A[r, p] and
 //! does V fused multiply-adds (fp32) or dot products of pairs (bf16). With MR = 6 and NV = 4
@@ -29,76 +30,23 @@
 //! Leaves out: packing (the callers keep their operands packed: tiles of Kᵀ, V, … in the
 //! `flash` module) and cache blocking over k (k ≤ a tile, all operands are L1/L2 resident).
 
+pub(crate) use super::micro::Operand;
+use super::micro::micro_kernel;
+use super::vector::{load, store};
 use crate::simd::{F32s, LANES};
 
-/// An element type of A and B: how the micro-kernel broadcasts it, loads a vector of it and
-/// multiplies and adds into the fp32 accumulators.
-pub(super) trait Operand: Copy + bytemuck::Pod + Send + Sync {
-    /// An element broadcast to every lane.
-    type Splat: Copy;
-    /// `LANES` consecutive elements.
-    type Vector: Copy;
-    /// Elements of the depth one operand element holds: 1 (fp32) or 2 (a bf16 pair).
-    const DEPTH: usize;
-    fn splat(x: Self) -> Self::Splat;
-    /// # Safety
-    /// `p .. p + LANES` must be readable.
-    unsafe fn load(p: *const Self) -> Self::Vector;
-    /// `acc + a·b` lane by lane, summed over the `DEPTH` elements each lane holds.
-    fn madd(acc: F32s, a: Self::Splat, b: Self::Vector) -> F32s;
-}
-
-impl Operand for f32 {
-    type Splat = F32s;
-    type Vector = F32s;
-    const DEPTH: usize = 1;
-    #[inline(always)]
-    fn splat(x: f32) -> F32s {
-        F32s::splat(x)
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> F32s {
-        // SAFETY: the caller's contract.
-        unsafe { loadu(p) }
-    }
-    #[inline(always)]
-    fn madd(acc: F32s, a: F32s, b: F32s) -> F32s {
-        a.mul_add(b, acc)
-    }
-}
-
-/// A bf16 pair: low half depth element 2p, high half 2p + 1 (`crate::bf16`).
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
-impl Operand for u32 {
-    type Splat = std::arch::x86_64::__m512bh;
-    type Vector = std::arch::x86_64::__m512bh;
-    const DEPTH: usize = 2;
-    #[inline(always)]
-    fn splat(x: u32) -> Self::Splat {
-        crate::bf16::broadcast_pair(x)
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const u32) -> Self::Vector {
-        // SAFETY: the caller's contract (16 = LANES pairs readable).
-        unsafe { crate::bf16::load_pairs(p) }
-    }
-    #[inline(always)]
-    fn madd(acc: F32s, a: Self::Splat, b: Self::Vector) -> F32s {
-        crate::bf16::dot_pairs(acc, a, b)
-    }
-}
-
 /// Rows of C per register block.
-pub(super) const MR: usize = 6;
+pub(crate) const MR: usize = 6;
 /// Vectors (of `LANES` columns) of C per register block.
-pub(super) const NV: usize = 4;
+pub(crate) const NV: usize = 4;
 
-/// An operand `A` seen through strides: element (r, p) is `data[r·rs + p·cs]`.
+/// An operand `A` stored row-major (`A[r, p] = data[r·ld + p]`) or transposed
+/// (`A[r, p] = data[p·ld + r]`, A = Xᵀ for an X stored row-major).
 #[derive(Clone, Copy)]
-pub(super) struct Strided<'a, T = f32> {
+pub(crate) struct Strided<'a, T = f32> {
     pub data: &'a [T],
-    pub rs: usize,
-    pub cs: usize,
+    pub ld: usize,
+    pub transposed: bool,
 }
 
 impl<'a, T> Strided<'a, T> {
@@ -106,8 +54,8 @@ impl<'a, T> Strided<'a, T> {
     pub fn rows(data: &'a [T], ld: usize) -> Self {
         Strided {
             data,
-            rs: ld,
-            cs: 1,
+            ld,
+            transposed: false,
         }
     }
 
@@ -115,8 +63,26 @@ impl<'a, T> Strided<'a, T> {
     pub fn transposed(data: &'a [T], ld: usize) -> Self {
         Strided {
             data,
-            rs: 1,
-            cs: ld,
+            ld,
+            transposed: true,
+        }
+    }
+
+    /// The distances in `data` between consecutive rows and consecutive columns of A.
+    pub fn strides(&self) -> (usize, usize) {
+        if self.transposed {
+            (1, self.ld)
+        } else {
+            (self.ld, 1)
+        }
+    }
+
+    /// The same operand from element `(r, p)` on.
+    pub fn at(self, r: usize, p: usize) -> Self {
+        let (rs, cs) = self.strides();
+        Strided {
+            data: &self.data[r * rs + p * cs..],
+            ..self
         }
     }
 }
@@ -125,7 +91,7 @@ impl<'a, T> Strided<'a, T> {
 /// the layouts of the module doc. Panics if `n` is not a multiple of `LANES` or a slice is too
 /// short for the shapes and strides it is given.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemm_tile<T: Operand>(
+pub(crate) fn gemm_tile<T: Operand>(
     accumulate: bool,
     m: usize,
     n: usize,
@@ -154,8 +120,9 @@ pub(super) fn gemm_tile<T: Operand>(
             ldb >= n && b.len() >= (k - 1) * ldb + n,
             "gemm_tile: B too short"
         );
+        let (rs, cs) = a.strides();
         assert!(
-            a.data.len() > (m - 1) * a.rs + (k - 1) * a.cs,
+            a.data.len() > (m - 1) * rs + (k - 1) * cs,
             "gemm_tile: A too short"
         );
     }
@@ -169,11 +136,21 @@ pub(super) fn gemm_tile<T: Operand>(
             // SAFETY: rows r0..r0+rows < m and columns v0·LANES..(v0+vecs)·LANES ≤ n, so every
             // access of the block lies within the bounds asserted above.
             unsafe {
-                let a_ptr = a.data.as_ptr().add(r0 * a.rs);
+                let a_ptr = a.data.as_ptr().add(r0 * a.strides().0);
                 let b_ptr = b.as_ptr().add(v0 * LANES);
                 let c_ptr = c.as_mut_ptr().add(r0 * ldc + v0 * LANES);
                 dispatch(
-                    accumulate, rows, vecs, k, a_ptr, a.rs, a.cs, b_ptr, ldb, c_ptr, ldc,
+                    accumulate,
+                    rows,
+                    vecs,
+                    k,
+                    a_ptr,
+                    a.ld,
+                    a.transposed,
+                    b_ptr,
+                    ldb,
+                    c_ptr,
+                    ldc,
                 );
             }
             v0 += vecs;
@@ -194,8 +171,8 @@ unsafe fn dispatch<T: Operand>(
     vecs: usize,
     k: usize,
     a: *const T,
-    a_rs: usize,
-    a_cs: usize,
+    lda: usize,
+    transposed: bool,
     b: *const T,
     ldb: usize,
     c: *mut f32,
@@ -205,10 +182,11 @@ unsafe fn dispatch<T: Operand>(
         ($r:literal, $v:literal) => {
             // SAFETY: forwarded from this function's contract.
             unsafe {
-                if accumulate {
-                    block::<T, $r, $v, true>(k, a, a_rs, a_cs, b, ldb, c, ldc)
-                } else {
-                    block::<T, $r, $v, false>(k, a, a_rs, a_cs, b, ldb, c, ldc)
+                match (accumulate, transposed) {
+                    (false, false) => block::<T, $r, $v, false, false>(k, a, lda, b, ldb, c, ldc),
+                    (false, true) => block::<T, $r, $v, false, true>(k, a, lda, b, ldb, c, ldc),
+                    (true, false) => block::<T, $r, $v, true, false>(k, a, lda, b, ldb, c, ldc),
+                    (true, true) => block::<T, $r, $v, true, true>(k, a, lda, b, ldb, c, ldc),
                 }
             }
         };
@@ -233,18 +211,19 @@ unsafe fn dispatch<T: Operand>(
     }
 }
 
-/// One `R × V`-vector register block: `C[r, v] (+)= Σ_p A[r, p]·B[p, v]`.
+/// One `R × V`-vector register block: `C[r, v] (+)= Σ_p A[r, p]·B[p, v]`, the micro-kernel
+/// started from `C` (`ACC`) or zero; `COLS`: A stored transposed.
 ///
 /// # Safety
-/// For r < R, p < k, v < V: `a + r·a_rs + p·a_cs`, `b + p·ldb + v·LANES .. + LANES` and
-/// `c + r·ldc + v·LANES .. + LANES` must be valid (C for writes; read too when `ACC`).
+/// For r < R, p < k, v < V: `A[r, p]` (at `a + r·lda + p`, or `a + p·lda + r` when `COLS`),
+/// `b + p·ldb + v·LANES .. + LANES` and `c + r·ldc + v·LANES .. + LANES` must be valid (C for
+/// writes; read too when `ACC`).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn block<T: Operand, const R: usize, const V: usize, const ACC: bool>(
+unsafe fn block<T: Operand, const R: usize, const V: usize, const ACC: bool, const COLS: bool>(
     k: usize,
     a: *const T,
-    a_rs: usize,
-    a_cs: usize,
+    lda: usize,
     b: *const T,
     ldb: usize,
     c: *mut f32,
@@ -256,49 +235,17 @@ unsafe fn block<T: Operand, const R: usize, const V: usize, const ACC: bool>(
         if ACC {
             for (r, row) in acc.iter_mut().enumerate() {
                 for (v, x) in row.iter_mut().enumerate() {
-                    *x = loadu(c.add(r * ldc + v * LANES));
+                    *x = load(c.add(r * ldc + v * LANES));
                 }
             }
         }
-        let mut ap = a;
-        let mut bp = b;
-        for _ in 0..k {
-            let bv: [T::Vector; V] = std::array::from_fn(|v| T::load(bp.add(v * LANES)));
-            for (r, row) in acc.iter_mut().enumerate() {
-                let ar = T::splat(*ap.add(r * a_rs));
-                for (x, &bvv) in row.iter_mut().zip(&bv) {
-                    *x = T::madd(*x, ar, bvv);
-                }
-            }
-            ap = ap.add(a_cs);
-            bp = bp.add(ldb);
-        }
+        micro_kernel::<T, R, V, COLS>(&mut acc, k, a, lda, b, ldb);
         for (r, row) in acc.iter().enumerate() {
             for (v, &x) in row.iter().enumerate() {
-                storeu(c.add(r * ldc + v * LANES), x);
+                store(c.add(r * ldc + v * LANES), x);
             }
         }
     }
-}
-
-/// Unaligned load of one vector.
-///
-/// # Safety
-/// `p .. p + LANES` must be readable.
-#[inline(always)]
-unsafe fn loadu(p: *const f32) -> F32s {
-    // SAFETY: caller's contract; F32s is plain old data, so any bits are a valid value.
-    unsafe { p.cast::<F32s>().read_unaligned() }
-}
-
-/// Unaligned store of one vector.
-///
-/// # Safety
-/// `p .. p + LANES` must be writable.
-#[inline(always)]
-unsafe fn storeu(p: *mut f32, x: F32s) {
-    // SAFETY: caller's contract.
-    unsafe { p.cast::<F32s>().write_unaligned(x) }
 }
 
 #[cfg(test)]
@@ -311,7 +258,10 @@ mod tests {
         for r in 0..m {
             for col in 0..n {
                 let s: f64 = (0..k)
-                    .map(|p| a.data[r * a.rs + p * a.cs] as f64 * b[p * ldb + col] as f64)
+                    .map(|p| {
+                        a.data[r * a.strides().0 + p * a.strides().1] as f64
+                            * b[p * ldb + col] as f64
+                    })
                     .sum();
                 c[r * n + col] = s as f32;
             }

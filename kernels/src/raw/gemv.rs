@@ -14,6 +14,7 @@
 //! `ldb` per row; with `ldb = 2048` that aliases in L1/L2 and ran at less than half the speed.)
 //! Columns past the last whole vector are summed in scalar, in the same ascending order.
 
+use super::vector::{load, store};
 use crate::simd::{F32s, LANES};
 
 /// Columns per call: an 8 KiB accumulator row.
@@ -39,7 +40,7 @@ unsafe fn gemv_rows(k: usize, x: *const f32, b: *const f32, ldb: usize, y: *mut 
     // SAFETY: (whole body) every access is y[j] or b[p·ldb + j] with p < k and j < w.
     unsafe {
         for j in (0..wv).step_by(LANES) {
-            y.add(j).cast::<F32s>().write_unaligned(F32s::ZERO);
+            store(y.add(j), F32s::ZERO);
         }
         for j in wv..w {
             *y.add(j) = 0.0;
@@ -49,11 +50,11 @@ unsafe fn gemv_rows(k: usize, x: *const f32, b: *const f32, ldb: usize, y: *mut 
             let xs: [F32s; 8] = std::array::from_fn(|q| F32s::splat(*x.add(p + q)));
             let rows: [*const f32; 8] = std::array::from_fn(|q| b.add((p + q) * ldb));
             for j in (0..wv).step_by(LANES) {
-                let mut acc = y.add(j).cast::<F32s>().read_unaligned();
+                let mut acc = load(y.add(j));
                 for q in 0..8 {
-                    acc = xs[q].mul_add(rows[q].add(j).cast::<F32s>().read_unaligned(), acc);
+                    acc = xs[q].mul_add(load(rows[q].add(j)), acc);
                 }
-                y.add(j).cast::<F32s>().write_unaligned(acc);
+                store(y.add(j), acc);
             }
             for j in wv..w {
                 let mut acc = *y.add(j);
@@ -68,9 +69,9 @@ unsafe fn gemv_rows(k: usize, x: *const f32, b: *const f32, ldb: usize, y: *mut 
             let xp = F32s::splat(*x.add(p));
             let row = b.add(p * ldb);
             for j in (0..wv).step_by(LANES) {
-                let acc = y.add(j).cast::<F32s>().read_unaligned();
-                let bv = row.add(j).cast::<F32s>().read_unaligned();
-                y.add(j).cast::<F32s>().write_unaligned(xp.mul_add(bv, acc));
+                let acc = load(y.add(j));
+                let bv = load(row.add(j));
+                store(y.add(j), xp.mul_add(bv, acc));
             }
             for j in wv..w {
                 *y.add(j) = (*x.add(p)).mul_add(*row.add(j), *y.add(j));
