@@ -6,7 +6,7 @@
 //!    are copied out of the strided (B, T, 3C) layout into contiguous, zero-padded tiles of
 //!    `TILE` rows by HSp = HS rounded up to the lane width, in the forms the products take
 //!    ([`Packing`]): as an `A` operand (depth along HS), as a `B` operand with depth along HS
-//!    (transposed, HSp × TILE) or along positions (TILE × HSp); see `tile.rs`: B's rows must
+//!    (transposed, HSp × TILE) or along positions (TILE × HSp); see `raw/tile.rs`: B's rows must
 //!    be contiguous vectors.
 //! 2. **Tiles** (parallel, see below): products of TILE × TILE × HSp on L1/L2-resident tiles
 //!    through the one micro-kernel `gemm_tile`, with the softmax work between them. Tiles on

@@ -9,21 +9,22 @@
 //!
 //! The shape alone picks one of four paths (never the thread count):
 //!
-//! | shape                              | path                                                   |
-//! |------------------------------------|--------------------------------------------------------|
-//! | `m = 1`, B row-major               | GEMV sweeping B row by row (`gemv.rs`)                 |
-//! | `m ≤ 64`, B row-major              | register tiles reading B in place (`small.rs`)         |
-//! | `m ≤ 24`, B transposed, `k ≥ LANES`| dot products along the rows of A and B (`dot.rs`)      |
-//! | everything else                    | GotoBLAS/BLIS blocking, B packed (`blocked.rs`)        |
+//! | shape                              | path                                                       |
+//! |------------------------------------|------------------------------------------------------------|
+//! | `m = 1`, B row-major               | GEMV sweeping B row by row (`raw/gemv.rs`)                 |
+//! | `m ≤ 64`, B row-major              | register tiles reading B in place (`small.rs`)             |
+//! | `m ≤ 24`, B transposed, `k ≥ LANES`| dot products along the rows of A and B (`raw/dot.rs`)      |
+//! | everything else                    | GotoBLAS/BLIS blocking, B packed (`blocked.rs`)            |
 //!
 //! A tiny depth (`k` of 1–16) needs no path of its own: packing costs `O(k·n)` against the
 //! `O(m·n)` of writing C, and writing C bounds the product (4096 × 1 × 1024 writes 16 MiB at
 //! ~55 GB/s).
 //!
-//! All but the dot path run the same register-tiled micro-kernel (`kernel.rs`): an
-//! [`MR`] × [`NR`] tile of C in registers (12 × 32 with AVX-512: 24 accumulators), fed by
-//! `NR`-wide rows of B and broadcasts of A read in place. Only B is packed (`pack.rs`), and
-//! only when enough rows of A reuse it.
+//! All but the dot path run the same register-tiled micro-kernel (`raw/micro.rs`, wrapped in
+//! `raw/gemm_tile.rs`; contract in `kernel.rs`, shared with attention): an [`MR`] × [`NR`]
+//! tile of C in registers (12 × 32 with AVX-512: 24 accumulators), fed by `NR`-wide rows of B
+//! and broadcasts of A read in place. Only B is packed (`pack.rs`), and only when enough rows
+//! of A reuse it.
 //!
 //! # Threads
 //!

@@ -2,7 +2,7 @@
 //! per-step recurrent products), where packing `B` would cost as much as the product itself.
 //! Leaves out: the large shapes, which amortize packing (`blocked.rs`).
 //!
-//! - One row, `op(B)` row-major: the GEMV kernel sweeps `B` row by row (`gemv.rs`).
+//! - One row, `op(B)` row-major: the GEMV kernel sweeps `B` row by row (`raw/gemv.rs`).
 //! - `op(B)` row-major (`transb = No`): the register-tile micro-kernel reads `B` in place, one
 //!   `NR`-wide column strip at a time with the whole depth `k` (rows `ldb` apart); only a
 //!   ragged last strip is copied, zero-padded, so the kernel never reads past `B`.
