@@ -110,9 +110,10 @@ unsafe fn tile<const R: usize, const V: usize, const COLS: bool>(
     n_eff: usize,
     up: Update,
 ) {
+    let (rsa, csa) = if COLS { (1, lda) } else { (lda, 1) };
     let mut acc = [[F32s::ZERO; V]; R];
     // SAFETY: forwarded from this function's contract (A's R × kc slice, kc rows of b).
-    unsafe { micro_kernel::<f32, R, V, COLS>(&mut acc, kc, a, lda, b, rsb) };
+    unsafe { micro_kernel::<f32, R, V>(&mut acc, kc, a, rsa, csa, b, rsb) };
     if n_eff == V * LANES {
         // SAFETY: the R × V·LANES block at c is in bounds (n_eff = V·LANES).
         unsafe { update::<R, V>(&acc, c, ldc, up) };

@@ -4,10 +4,12 @@
 //!
 //! ```text
 //! acc[r][v] += Σ_{p < k} A[r, p] · B[p, v·LANES .. (v+1)·LANES]     (p ascending, one FMA each)
-//! A[r, p] = a[r·lda + p]   (COLS = false: A stored row-major)
-//! A[r, p] = a[p·lda + r]   (COLS = true:  A stored transposed)
-//! B[p, ..] = b[p·ldb ..]   (rows of NV·LANES contiguous elements)
+//! A[r, p] = a[r·rsa + p·csa]   ((lda, 1): A stored row-major; (1, lda): A stored transposed)
+//! B[p, ..] = b[p·ldb ..]       (rows of NV·LANES contiguous elements)
 //! ```
+//!
+//! It is always inlined: the GEMM tile passes A's strides as constants of its monomorphized
+//! layout, so one of them is a literal 1 there; attention's tile passes them at run time.
 //!
 //! Each step `p` loads the `NV` vectors of B's row once and, for each of the `MR` rows,
 //! broadcasts `A[r, p]` and does `NV` fused multiply-adds (fp32) or pair dot products (bf16)
@@ -79,24 +81,19 @@ impl Operand for u32 {
 /// `acc[r][v] += Σ_{p < k} A[r, p]·B[p, v]` per the module contract.
 ///
 /// # Safety
-/// For `r < MR`, `p < k`, `v < NV`: `A[r, p]` (at `a + r·lda + p` or `a + p·lda + r`, by
-/// `COLS`) and `b + p·ldb + v·LANES .. + LANES` must be readable.
+/// For `r < MR`, `p < k`, `v < NV`: `a + r·rsa + p·csa` and `b + p·ldb + v·LANES .. + LANES`
+/// must be readable.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(crate) unsafe fn micro_kernel<
-    T: Operand,
-    const MR: usize,
-    const NV: usize,
-    const COLS: bool,
->(
+pub(crate) unsafe fn micro_kernel<T: Operand, const MR: usize, const NV: usize>(
     acc: &mut [[F32s; NV]; MR],
     k: usize,
     a: *const T,
-    lda: usize,
+    rsa: usize,
+    csa: usize,
     b: *const T,
     ldb: usize,
 ) {
-    let (rsa, csa) = if COLS { (1, lda) } else { (lda, 1) };
     let (mut a, mut b) = (a, b);
     for _ in 0..k {
         // SAFETY: p < k, so row p of B (NV vectors) and column p of A (r < MR) are inside the

@@ -18,8 +18,8 @@
 //! elements of the depth, multiplied and summed into fp32 by `vdpbf16ps`. Then `k`, `lda`
 //! (for A stored transposed) and the rows of B count pairs, and a step p covers depth 2p, 2p + 1.
 //!
-//! Register blocks (the micro-kernel's contract, BLIS style): a block is `R ≤ MR` rows of C by `V ≤ NV`
-//! vectors of `LANES` columns, held in `R·V` accumulators for the whole k loop. Each step p
+//! Register blocks (the micro-kernel's contract, BLIS style): a block is `R ≤ MR` rows of C by
+//! `V ≤ NV` vectors of `LANES` columns, held in `R·V` accumulators for the whole k loop. Each step p
 //! loads the V vectors of B's row p once and, for each of the R rows, broadcasts A[r, p] and
 //! does V fused multiply-adds (fp32) or dot products of pairs (bf16). With MR = 6 and NV = 4
 //! that is 24 accumulators, 4 B vectors and 1 broadcast of AVX-512's 32 registers, and 10
@@ -136,21 +136,12 @@ pub(crate) fn gemm_tile<T: Operand>(
             // SAFETY: rows r0..r0+rows < m and columns v0·LANES..(v0+vecs)·LANES ≤ n, so every
             // access of the block lies within the bounds asserted above.
             unsafe {
-                let a_ptr = a.data.as_ptr().add(r0 * a.strides().0);
+                let (rs, cs) = a.strides();
+                let a_ptr = a.data.as_ptr().add(r0 * rs);
                 let b_ptr = b.as_ptr().add(v0 * LANES);
                 let c_ptr = c.as_mut_ptr().add(r0 * ldc + v0 * LANES);
                 dispatch(
-                    accumulate,
-                    rows,
-                    vecs,
-                    k,
-                    a_ptr,
-                    a.ld,
-                    a.transposed,
-                    b_ptr,
-                    ldb,
-                    c_ptr,
-                    ldc,
+                    accumulate, rows, vecs, k, a_ptr, rs, cs, b_ptr, ldb, c_ptr, ldc,
                 );
             }
             v0 += vecs;
@@ -171,8 +162,8 @@ unsafe fn dispatch<T: Operand>(
     vecs: usize,
     k: usize,
     a: *const T,
-    lda: usize,
-    transposed: bool,
+    rsa: usize,
+    csa: usize,
     b: *const T,
     ldb: usize,
     c: *mut f32,
@@ -182,11 +173,10 @@ unsafe fn dispatch<T: Operand>(
         ($r:literal, $v:literal) => {
             // SAFETY: forwarded from this function's contract.
             unsafe {
-                match (accumulate, transposed) {
-                    (false, false) => block::<T, $r, $v, false, false>(k, a, lda, b, ldb, c, ldc),
-                    (false, true) => block::<T, $r, $v, false, true>(k, a, lda, b, ldb, c, ldc),
-                    (true, false) => block::<T, $r, $v, true, false>(k, a, lda, b, ldb, c, ldc),
-                    (true, true) => block::<T, $r, $v, true, true>(k, a, lda, b, ldb, c, ldc),
+                if accumulate {
+                    block::<T, $r, $v, true>(k, a, rsa, csa, b, ldb, c, ldc)
+                } else {
+                    block::<T, $r, $v, false>(k, a, rsa, csa, b, ldb, c, ldc)
                 }
             }
         };
@@ -212,18 +202,18 @@ unsafe fn dispatch<T: Operand>(
 }
 
 /// One `R × V`-vector register block: `C[r, v] (+)= Σ_p A[r, p]·B[p, v]`, the micro-kernel
-/// started from `C` (`ACC`) or zero; `COLS`: A stored transposed.
+/// started from `C` (`ACC`) or zero.
 ///
 /// # Safety
-/// For r < R, p < k, v < V: `A[r, p]` (at `a + r·lda + p`, or `a + p·lda + r` when `COLS`),
-/// `b + p·ldb + v·LANES .. + LANES` and `c + r·ldc + v·LANES .. + LANES` must be valid (C for
-/// writes; read too when `ACC`).
+/// For r < R, p < k, v < V: `a + r·rsa + p·csa`, `b + p·ldb + v·LANES .. + LANES` and
+/// `c + r·ldc + v·LANES .. + LANES` must be valid (C for writes; read too when `ACC`).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn block<T: Operand, const R: usize, const V: usize, const ACC: bool, const COLS: bool>(
+unsafe fn block<T: Operand, const R: usize, const V: usize, const ACC: bool>(
     k: usize,
     a: *const T,
-    lda: usize,
+    rsa: usize,
+    csa: usize,
     b: *const T,
     ldb: usize,
     c: *mut f32,
@@ -239,7 +229,7 @@ unsafe fn block<T: Operand, const R: usize, const V: usize, const ACC: bool, con
                 }
             }
         }
-        micro_kernel::<T, R, V, COLS>(&mut acc, k, a, lda, b, ldb);
+        micro_kernel::<T, R, V>(&mut acc, k, a, rsa, csa, b, ldb);
         for (r, row) in acc.iter().enumerate() {
             for (v, &x) in row.iter().enumerate() {
                 store(c.add(r * ldc + v * LANES), x);
