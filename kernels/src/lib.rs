@@ -69,7 +69,7 @@
 //! The crate denies `unsafe_code` except in its unsafe core, `raw/` (pointer loads and
 //! stores, the fp32 intrinsics, the shared micro-kernel, the disjoint-write views and the LSTM
 //! walk's thread team), and in the leaves built only with AVX512_BF16 (`bf16.rs`,
-//! `gemm/bf16/kernel.rs`, `recurrence/bf16.rs`), plus the LSTM step code (`recurrence.rs`),
+//! `gemm/bf16/kernel.rs`, `recurrence/bf16.rs`), plus the LSTM step code (`recurrence/step.rs`),
 //! which reads and writes the walk's shared buffers through `raw::team`'s `unsafe` getters.
 //! Every `unsafe` block carries a `SAFETY` comment (`clippy::undocumented_unsafe_blocks` is
 //! denied).

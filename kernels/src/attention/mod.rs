@@ -8,7 +8,7 @@
 //!
 //! What is here:
 //! - [`attention_forward`] / [`attention_backward`]: the fused, tiled (flash) kernels used for
-//!   training, O(T) extra memory, parallel over heads and tiles (`flash.rs`, on the
+//!   training, O(T) extra memory, parallel over heads and tiles (`flash/`, on the
 //!   micro-kernel in `raw/tile.rs`).
 //! - [`attention_decode`] and [`kv_cache_write`]: one new position per sequence against a
 //!   key/value cache, for token-by-token generation.

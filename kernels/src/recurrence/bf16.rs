@@ -1,7 +1,7 @@
 //! The recurrence's bf16 leaf: W_hh packed as bfloat16 pairs, and the recurrent product's
 //! depth loops with `vdpbf16ps` (bf16 operands, fp32 sums). The only file of the recurrence
 //! with intrinsics and raw pointers; compiled only when the build enables `avx512bf16` (see
-//! `crate::precision`). Leaves out: the walk, the threads and the cell (`recurrence.rs`), and
+//! `crate::precision`). Leaves out: the walk, the threads and the cell (`mod.rs`, `step.rs`), and
 //! the rounding to pairs itself (`crate::bf16`).
 //!
 //! # Layouts and contract
