@@ -2,7 +2,7 @@
 //! update `C = alpha·acc + beta·C` on an `R × V·LANES` block of `C`, with the ragged right
 //! edge through a scratch tile. The contract is `crate::gemm::kernel`'s module doc; [`Tile`]
 //! is its checked entry point, so the blocked driver and the small-shape paths stay in safe
-//! code.
+//! code. Leaves out: packing B and the choice of blocking (`crate::gemm`).
 
 use super::matmut::MatMut;
 use super::micro::micro_kernel;

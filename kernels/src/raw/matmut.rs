@@ -4,7 +4,7 @@
 //! borrow of the whole buffer (`'a`) bounds every window, and windows are created only by
 //! splitting one (`sub` borrows its parent, `blocks` consumes it), so two live windows never
 //! overlap. Micro-kernels write through [`MatMut::block_ptr`] after checking their block
-//! lies inside.
+//! lies inside. Leaves out: what is computed in a window (the GEMM paths).
 
 use std::marker::PhantomData;
 

@@ -17,7 +17,8 @@
 //! chain in ascending `p`, so the result does not depend on how the callers block the
 //! product. Its two callers add their own prologue and epilogue: the GEMM tile
 //! (`gemm_tile.rs`: zero start, `alpha`/`beta` update, ragged right edge) and attention's tile
-//! products (`tile.rs`: start from `C` or zero, plain store).
+//! products (`tile.rs`: start from `C` or zero, plain store). Leaves out: bounds checks (the
+//! callers' entry points) and the bf16 GEMM's own kernel (`gemm/bf16/kernel.rs`).
 
 use crate::simd::{F32s, LANES};
 

@@ -13,6 +13,8 @@
 //! - `matmut`: disjoint writable windows of one matrix handed to threads.
 //! - `team`: the LSTM walk's thread team, its spin barrier and the buffer its threads write in
 //!   disjoint parts, with slices that cannot outlive a phase.
+//!
+//! Leaves out: the intrinsics built only with AVX512_BF16 (`crate::bf16` and its leaves).
 
 #![allow(unsafe_code)]
 

@@ -7,6 +7,7 @@
 //! barrier into the next: the borrow checker enforces the "complete before the barrier,
 //! read after it" half of the protocol. The other half — within one phase, a range one
 //! thread writes is touched by no other — is the caller's promise at each `unsafe` getter.
+//! Leaves out: what the walk computes (`crate::recurrence`).
 
 use std::marker::PhantomData;
 use std::ops::Range;

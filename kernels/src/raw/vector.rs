@@ -1,6 +1,7 @@
 //! Vector loads and stores through pointers (full and masked), and the few AVX-512 intrinsics
 //! the fp32 kernels call directly (`wide` has no masked tail, horizontal maximum or
 //! `vscalefps`). Builds without AVX-512F take plain-array fallbacks with the same results.
+//! Leaves out: slice-checked loads and stores (`crate::simd::load`/`store`) and bf16.
 
 use crate::simd::{F32s, LANES};
 
