@@ -380,7 +380,7 @@ impl Lstm {
         for t in model.layout.tensors() {
             let p = &mut model.params[t.range()];
             if Span::from(t.range()) == emb {
-                p.iter_mut().for_each(|x| *x = normal(&mut rng) as f32);
+                p.iter_mut().for_each(|x| *x = rng.next_normal() as f32);
             } else {
                 p.iter_mut()
                     .for_each(|x| *x = (bound * (2.0 * rng.next_f64() - 1.0)) as f32);
@@ -807,13 +807,6 @@ impl Decoder for LstmDecoder<'_> {
         self.cs.fill(0.0);
         self.position = 0;
     }
-}
-
-/// A standard normal draw from two uniforms (Box–Muller, one of the pair kept).
-fn normal(rng: &mut SplitMix64) -> f64 {
-    let u1 = 1.0 - rng.next_f64(); // (0, 1]: ln is finite
-    let u2 = rng.next_f64();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 #[cfg(test)]
