@@ -20,7 +20,7 @@ use benches::{Trainer, pool};
 use criterion::{
     BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
-use model::{Gpt, GptConfig, LanguageModel, Lstm, LstmConfig};
+use model::{Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, TokenizerKind};
 
 /// (B, T): the fixed-tokens sweep, then the batch of one.
 const SHAPES: [(usize, usize); 5] = [(64, 64), (16, 256), (4, 1024), (1, 256), (1, 1024)];
@@ -37,7 +37,10 @@ fn model(name: &str, t: usize) -> Box<dyn LanguageModel> {
             };
             Box::new(Gpt::new(cfg, 0).unwrap())
         }
-        _ => Box::new(Lstm::new(LstmConfig::small(257), 0)),
+        _ => Box::new(Lstm::new(
+            LstmConfig::preset("small", TokenizerKind::Byte).unwrap(),
+            0,
+        )),
     }
 }
 

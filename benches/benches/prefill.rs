@@ -25,7 +25,8 @@ fn prefill(c: &mut Criterion) {
         ..GptConfig::preset("small").unwrap()
     };
     let gpt = Gpt::new(cfg, 0).unwrap();
-    let prompt: Vec<u32> = (0..PROMPT as u32).map(|i| (i * 7 + 3) % 257).collect();
+    let v = gpt.config().vocab_size as u32;
+    let prompt: Vec<u32> = (0..PROMPT as u32).map(|i| (i * 7 + 3) % v).collect();
     let mut group = c.benchmark_group("prefill/small_P1000");
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);

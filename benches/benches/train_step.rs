@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use benches::Trainer;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use model::{Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, Precision};
+use model::{Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, Precision, TokenizerKind};
 
 /// The transformer: `small` at B=16, T=256 and at B=1, T=1024 (tokens/s), and the 124M `gpt2`
 /// preset at B=4, T=64 (time per step), each on 1 and 2 threads.
@@ -45,7 +45,10 @@ fn gpt(c: &mut Criterion) {
 /// The LSTM: `small` (3 × 360, 3.3M parameters, the byte vocabulary) at B=16, T=256 and at
 /// B=1, T=1024, on 1 and 2 threads.
 fn lstm(c: &mut Criterion) {
-    let small = || -> Box<dyn LanguageModel> { Box::new(Lstm::new(LstmConfig::small(257), 0)) };
+    let small = || -> Box<dyn LanguageModel> {
+        let config = LstmConfig::preset("small", TokenizerKind::Byte).unwrap();
+        Box::new(Lstm::new(config, 0))
+    };
     bench_steps(c, "lstm_small", small, 16, 256, 8);
     bench_steps(c, "lstm_small", small, 1, 1024, 8);
 }

@@ -23,14 +23,18 @@
 //!   decoding.
 //! - [`lstm`]: the multi-layer LSTM ([`Lstm`]) as PyTorch's `nn.LSTM`, PyTorch checkpoints,
 //!   (h, c) decoding, hidden state carried or reset between windows.
-//! - [`lm`]: the [`LanguageModel`] and [`Decoder`] interface both implement.
+//! - [`lm`]: the [`LanguageModel`] and [`Decoder`] interface both implement, and the
+//!   [`ConfigError`] both configs return.
+//! - [`load`]: one API over both: [`NetConfig::preset`]`(kind, name, tokenizer)`,
+//!   [`Net::new`], [`Net::load`], [`Net::save`].
 //!
 //! ## Training and checkpoints
 //!
 //! - [`optim`]: AdamW and SGD over the flat parameters, clipping, warmup + cosine schedule, and
 //!   their saved state.
-//! - [`load`]: whole checkpoint directories for any model ([`load_checkpoint`] dispatches on
-//!   `model_type`; [`save_checkpoint`] and [`load_resume`] add the optimizer and trainer state).
+//! - [`load`]: whole checkpoint directories for any model ([`Net::load`] and
+//!   [`load_checkpoint`] dispatch on `model_type`; [`save_checkpoint`] and [`load_resume`] add
+//!   the optimizer and trainer state).
 //! - [`train`]: the training loop ([`Trainer`]): batches, steps, evaluation, checkpoints, and
 //!   the [`Collective`] hook where data-parallel ranks reduce gradients.
 //! - [`checkpoint`] and [`params`]: the generic safetensors/JSON I/O and flat parameter layout.
@@ -54,8 +58,8 @@ pub mod train;
 pub use data::{DataError, Dataset, Split};
 pub use gpt::{Gpt, GptConfig};
 pub use kernels::Precision;
-pub use lm::{Decoder, InputError, LanguageModel, ModelKind};
-pub use load::{Net, load_checkpoint, load_net, load_resume, save_checkpoint};
+pub use lm::{ConfigError, Decoder, InputError, LanguageModel, ModelKind};
+pub use load::{Net, NetConfig, load_checkpoint, load_resume, save_checkpoint};
 pub use lstm::{InputProjection, Lstm, LstmConfig};
 pub use optim::{AdamWConfig, Optimizer, OptimizerConfig, Schedule, SgdConfig};
 pub use params::{ParamLayout, TensorSpec};

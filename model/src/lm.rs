@@ -14,6 +14,7 @@
 //! Leaves out: mixed precision, gradient checkpointing, multi-sequence decoding.
 
 use crate::params::ParamLayout;
+use crate::tokenizer::TokenizerKind;
 use kernels::Precision;
 
 /// Which architecture a model is.
@@ -31,6 +32,56 @@ impl ModelKind {
             ModelKind::Gpt => "gpt",
             ModelKind::Lstm => "lstm",
         }
+    }
+
+    /// The architecture's name in prose and messages: `GPT`, `LSTM`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ModelKind::Gpt => "GPT",
+            ModelKind::Lstm => "LSTM",
+        }
+    }
+
+    /// The architecture's preset names, in `--help` order.
+    pub fn presets(self) -> &'static [&'static str] {
+        match self {
+            ModelKind::Gpt => &crate::gpt::GptConfig::PRESETS,
+            ModelKind::Lstm => &crate::lstm::LstmConfig::PRESETS,
+        }
+    }
+}
+
+/// What is wrong with a model's configuration (either architecture), the field named.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config field `{field}` is missing")]
+    Missing { field: &'static str },
+    #[error("config field `{field}` = {value}: {reason}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "there is no {} preset `{name}` (expected one of: {})",
+        kind.label(),
+        kind.presets().join(", ")
+    )]
+    UnknownPreset { kind: ModelKind, name: String },
+    #[error("{sizes} give {params} parameters, more than a process can address")]
+    TooLarge { sizes: String, params: u128 },
+}
+
+/// [`ConfigError::Invalid`] from anything printable.
+pub(crate) fn invalid(
+    field: &'static str,
+    value: impl ToString,
+    reason: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        value: value.to_string(),
+        reason: reason.into(),
     }
 }
 
@@ -117,6 +168,37 @@ pub trait LanguageModel: Send {
 
     /// A fresh incremental decoder (batch of one): each fed token costs one position.
     fn decoder(&self) -> Box<dyn Decoder + '_>;
+}
+
+/// Checks that a config's `vocab_size` is its tokenizer's, when it names one.
+pub(crate) fn check_tokenizer(
+    tokenizer: Option<TokenizerKind>,
+    vocab_size: usize,
+) -> Result<(), ConfigError> {
+    match tokenizer {
+        Some(k) if k.vocab_size() as usize != vocab_size => Err(invalid(
+            "vocab_size",
+            vocab_size,
+            format!("the {k} tokenizer has {} tokens", k.vocab_size()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A config.json's `tokenizer` field (absent or null: [`TokenizerKind::infer`] from the
+/// vocabulary), for a model of vocabulary `vocab_size`. The name must be a Lanes tokenizer.
+pub(crate) fn tokenizer_field(
+    field: Option<&serde_json::Value>,
+    vocab_size: usize,
+) -> Result<Option<TokenizerKind>, ConfigError> {
+    match field.filter(|x| !x.is_null()) {
+        None => Ok(TokenizerKind::infer(vocab_size)),
+        Some(x) => x
+            .as_str()
+            .and_then(|name| TokenizerKind::from_name(name).ok())
+            .map(Some)
+            .ok_or_else(|| invalid("tokenizer", x, "expected \"byte\" or \"gpt2\"")),
+    }
 }
 
 /// What is wrong with tokens a caller handed a model or a decoder. Nothing is computed (and

@@ -42,10 +42,14 @@ use kernels::{LstmDims, Precision, gemm};
 use serde_json::json;
 
 use crate::checkpoint::{self, CheckpointError};
-use crate::lm::{Decoder, InputError, LanguageModel, ModelKind, check_vocab};
+use crate::lm::{
+    ConfigError, Decoder, InputError, LanguageModel, ModelKind, check_tokenizer, check_vocab,
+    invalid, tokenizer_field,
+};
 use crate::memory::Sat;
 use crate::params::ParamLayout;
 use crate::rng::SplitMix64;
+use crate::tokenizer::TokenizerKind;
 
 /// `model_type` in an LSTM checkpoint's config.json.
 pub const MODEL_TYPE: &str = "lanes-lstm";
@@ -62,18 +66,23 @@ pub struct LstmConfig {
     pub hidden_size: usize,
     /// L: stacked LSTM layers.
     pub num_layers: usize,
-    /// Tokenizer the model was trained with (`byte` or `gpt2`).
-    pub tokenizer: String,
+    /// Tokenizer the model was trained with (`byte` or `gpt2`); `None` when not known (see
+    /// [`TokenizerKind::infer`]).
+    pub tokenizer: Option<TokenizerKind>,
 }
 
 impl LstmConfig {
+    /// The preset names, in `--help` order.
+    pub const PRESETS: [&'static str; 2] = ["tiny", "small"];
+
+    /// A model of vocabulary `vocab_size`, its tokenizer [`TokenizerKind::infer`]red (known
+    /// only for GPT-2's vocabulary; set the field, or use [`Self::preset`], for another).
     pub fn new(vocab_size: usize, hidden_size: usize, num_layers: usize) -> Self {
-        let tokenizer = if vocab_size == 257 { "byte" } else { "gpt2" };
         LstmConfig {
             vocab_size,
             hidden_size,
             num_layers,
-            tokenizer: tokenizer.into(),
+            tokenizer: TokenizerKind::infer(vocab_size),
         }
     }
 
@@ -88,13 +97,51 @@ impl LstmConfig {
         Self::new(vocab_size, 360, 3)
     }
 
-    /// A preset by name (`tiny`, `small`).
-    pub fn preset(name: &str, vocab_size: usize) -> Option<Self> {
-        match name {
-            "tiny" => Some(Self::tiny(vocab_size)),
-            "small" => Some(Self::small(vocab_size)),
-            _ => None,
+    /// A preset by name ([`Self::PRESETS`]) for `tokenizer`'s vocabulary.
+    pub fn preset(name: &str, tokenizer: TokenizerKind) -> Result<Self, ConfigError> {
+        let v = tokenizer.vocab_size() as usize;
+        let config = match name {
+            "tiny" => Self::tiny(v),
+            "small" => Self::small(v),
+            _ => {
+                return Err(ConfigError::UnknownPreset {
+                    kind: ModelKind::Lstm,
+                    name: name.to_string(),
+                });
+            }
+        };
+        Ok(LstmConfig {
+            tokenizer: Some(tokenizer),
+            ..config
+        })
+    }
+
+    /// Checks the invariants the model relies on: every size at least 1, parameters a
+    /// process can address, token ids that fit `u32`, the tokenizer's vocabulary.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_layers", self.num_layers),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, value, "must be at least 1"));
+            }
         }
+        let params = self.num_params_u128();
+        if params > (isize::MAX as u128) / 8 {
+            return Err(ConfigError::TooLarge {
+                sizes: format!(
+                    "hidden_size {} and num_layers {}",
+                    self.hidden_size, self.num_layers
+                ),
+                params,
+            });
+        }
+        if self.vocab_size > u32::MAX as usize {
+            return Err(invalid("vocab_size", self.vocab_size, "token ids are u32"));
+        }
+        check_tokenizer(self.tokenizer, self.vocab_size)
     }
 
     /// Parameter count: V·H + L·(2·4H·H + 2·4H) + V·H + V.
@@ -135,7 +182,7 @@ impl LstmConfig {
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,
-            "tokenizer": self.tokenizer,
+            "tokenizer": self.tokenizer.map(TokenizerKind::name),
         })
     }
 
@@ -165,19 +212,15 @@ impl LstmConfig {
             size("hidden_size")?,
             size("num_layers")?,
         );
-        let params = config.num_params_u128();
-        if params > (isize::MAX as u128) / 8 {
-            return Err(err(format!(
-                "hidden_size {} and num_layers {} give {params} parameters, more than a process can address",
-                config.hidden_size, config.num_layers
-            )));
+        let field = value.get("tokenizer");
+        // Lanes once wrote `gpt2` for every vocabulary but 257: such a name says nothing.
+        let legacy = field.and_then(|t| t.as_str()) == Some(TokenizerKind::Gpt2.name())
+            && config.vocab_size != TokenizerKind::Gpt2.vocab_size() as usize;
+        if !legacy {
+            config.tokenizer =
+                tokenizer_field(field, config.vocab_size).map_err(|e| err(e.to_string()))?;
         }
-        if let Some(t) = value.get("tokenizer") {
-            config.tokenizer = t
-                .as_str()
-                .ok_or_else(|| err(format!("field `tokenizer` must be a string, got {t}")))?
-                .to_string();
-        }
+        config.validate().map_err(|e| err(e.to_string()))?;
         Ok(config)
     }
 }
@@ -834,6 +877,66 @@ mod tests {
         bad["model_type"] = json!("gpt2");
         let e = LstmConfig::from_json(&bad, p).unwrap_err().to_string();
         assert!(e.contains("model_type"), "{e}");
+    }
+
+    #[test]
+    fn the_tokenizer_is_typed_and_inferred_by_the_one_rule() {
+        let p = Path::new("config.json");
+        // V = 1000 is no Lanes tokenizer's vocabulary (it was once called gpt2).
+        let odd = LstmConfig::new(1000, 8, 1);
+        assert_eq!(odd.tokenizer, None);
+        assert!(odd.to_json()["tokenizer"].is_null());
+        assert_eq!(LstmConfig::from_json(&odd.to_json(), p).unwrap(), odd);
+        let mut legacy = odd.to_json();
+        legacy["tokenizer"] = json!("gpt2"); // as checkpoints before the type were written
+        assert_eq!(LstmConfig::from_json(&legacy, p).unwrap(), odd);
+        legacy["tokenizer"] = json!("byte"); // a real contradiction is refused
+        let e = LstmConfig::from_json(&legacy, p).unwrap_err().to_string();
+        assert!(
+            e.contains("byte tokenizer has 257") && e.contains("config.json"),
+            "{e}"
+        );
+        legacy["tokenizer"] = json!("bpe");
+        let e = LstmConfig::from_json(&legacy, p).unwrap_err().to_string();
+        assert!(e.contains("`tokenizer`"), "{e}");
+        assert_eq!(
+            LstmConfig::new(50257, 8, 1).tokenizer,
+            Some(TokenizerKind::Gpt2)
+        );
+        // 257 alone does not say `byte`; the preset for the byte tokenizer does, on disk too.
+        assert_eq!(LstmConfig::new(257, 8, 1).tokenizer, None);
+        let byte = LstmConfig::preset("tiny", TokenizerKind::Byte).unwrap();
+        assert_eq!(
+            (byte.vocab_size, byte.tokenizer),
+            (257, Some(TokenizerKind::Byte))
+        );
+        assert_eq!(byte.to_json()["tokenizer"], "byte");
+        assert_eq!(LstmConfig::from_json(&byte.to_json(), p).unwrap(), byte);
+        let bad = LstmConfig {
+            vocab_size: 300,
+            ..byte
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("257"));
+    }
+
+    #[test]
+    fn presets_share_the_transformers_error_type() {
+        let gpt2 = LstmConfig::preset("small", TokenizerKind::Gpt2).unwrap();
+        assert_eq!((gpt2.vocab_size, gpt2.hidden_size), (50257, 360));
+        let e: ConfigError = LstmConfig::preset("gpt2", TokenizerKind::Byte).unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::UnknownPreset {
+                kind: ModelKind::Lstm,
+                name: "gpt2".into()
+            }
+        );
+        assert!(
+            e.to_string().contains("no LSTM preset `gpt2`")
+                && e.to_string().contains("tiny, small")
+        );
+        let e: ConfigError = crate::GptConfig::preset("huge").unwrap_err();
+        assert!(e.to_string().contains("no GPT preset `huge`"), "{e}");
     }
 
     #[test]

@@ -59,6 +59,16 @@ impl TokenizerKind {
         }
     }
 
+    /// The tokenizer a model of vocabulary `vocab_size` was trained with, when its config
+    /// does not say: `gpt2` for GPT-2's 50257 tokens (Hugging Face's GPT-2 checkpoints have no
+    /// `tokenizer` field), else unknown. Vocabulary 257 is not taken to mean `byte`: a model
+    /// from elsewhere with 257 tokens may use any scheme, so the caller must be told. The one
+    /// inference rule of Lanes: both models' configs and `runner`'s checkpoint loading use it.
+    pub fn infer(vocab_size: usize) -> Option<TokenizerKind> {
+        let gpt2 = TokenizerKind::Gpt2;
+        (vocab_size == gpt2.vocab_size() as usize).then_some(gpt2)
+    }
+
     /// The end-of-sequence id, appended after every document. Always `vocab_size() - 1`.
     pub fn eos_id(self) -> u32 {
         self.vocab_size() - 1
@@ -361,6 +371,16 @@ mod tests {
 
     fn both() -> [Tokenizer; 2] {
         TokenizerKind::ALL.map(Tokenizer::new)
+    }
+
+    #[test]
+    fn only_gpt2s_vocabulary_names_its_tokenizer() {
+        assert_eq!(TokenizerKind::infer(50257), Some(TokenizerKind::Gpt2));
+        // 257 could be any byte-level scheme; 1000 is no Lanes tokenizer (an LSTM of V = 1000
+        // was once called gpt2).
+        for v in [257, 1000, 50256, 0] {
+            assert_eq!(TokenizerKind::infer(v), None, "V = {v}");
+        }
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! a checkpoint folder itself (`config.json` + `model.safetensors`, e.g. a Hugging Face GPT-2
 //! download). The architecture comes from config.json's `model_type` (`gpt2` or
 //! `lanes-lstm`). The tokenizer comes from its `tokenizer` field, which Lanes writes; a
-//! GPT-2 checkpoint from elsewhere has none, and vocabulary 50257 then means `gpt2`; anything
-//! else needs `--tokenizer`. Leaves out: checkpoints in other formats (pickles, GGUF).
+//! GPT-2 checkpoint from elsewhere has none, and vocabulary 50257 then means `gpt2`
+//! (`model::TokenizerKind::infer`, the rule the models' configs follow); anything else needs
+//! `--tokenizer`. Leaves out: checkpoints in other formats (pickles, GGUF).
 
 use std::path::{Path, PathBuf};
 
@@ -41,8 +42,8 @@ pub fn checkpoint_dir(path: &Path) -> PathBuf {
 }
 
 /// Loads the model at `path` (a run or checkpoint folder) and picks its tokenizer: the
-/// config's `tokenizer` field, else `gpt2` for vocabulary 50257, else `flag`
-/// (`--tokenizer`), which must agree with the field when both are given.
+/// config's (its `tokenizer` field, else `gpt2` for vocabulary 50257), else `flag`
+/// (`--tokenizer`), which must agree with the config's when both are given.
 pub fn open(path: &Path, flag: Option<TokenizerKind>) -> Result<Loaded> {
     let hint = || {
         format!(
@@ -52,25 +53,12 @@ pub fn open(path: &Path, flag: Option<TokenizerKind>) -> Result<Loaded> {
     };
     let dir = checkpoint::resolve(&checkpoint_dir(path)).with_context(hint)?;
     let config_path = dir.join(CONFIG_FILE);
-    let config = checkpoint::read_json(&config_path).with_context(hint)?;
+    checkpoint::read_json(&config_path).with_context(hint)?;
     let corrupt =
         "hint: the checkpoint is damaged or from another program; retrain or re-download it";
-    let net = model::load_net(&dir).context(corrupt)?;
+    let net = Net::load(&dir).context(corrupt)?;
     let v = net.lm().vocab_size();
-    let field = match config.get("tokenizer") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(t) => Some(
-            t.as_str()
-                .and_then(|name| TokenizerKind::from_name(name).ok())
-                .with_context(|| {
-                    format!(
-                        "{}: unknown tokenizer {t}; {corrupt}",
-                        config_path.display()
-                    )
-                })?,
-        ),
-    };
-    let kind = match (field, flag) {
+    let kind = match (net.tokenizer(), flag) {
         (Some(f), Some(g)) if f != g => bail!(
             "--tokenizer {g} disagrees with the checkpoint's tokenizer {f}; hint: drop --tokenizer"
         ),

@@ -51,8 +51,8 @@ use model::data::TokenStream;
 use model::sampling::{Rule, Sampler};
 use model::train::{Collective, TrainConfig, Trainer};
 use model::{
-    AdamWConfig, Dataset, Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, Optimizer,
-    OptimizerConfig, Precision, Schedule, SgdConfig, Split, Tokenizer, TokenizerKind,
+    AdamWConfig, Dataset, LanguageModel, ModelKind, NetConfig, Optimizer, OptimizerConfig,
+    Precision, Schedule, SgdConfig, Split, Tokenizer, TokenizerKind,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -251,93 +251,61 @@ fn fp32_name() -> String {
     Precision::F32.name().to_string()
 }
 
-/// An architecture and its size, before any weight exists.
-enum ModelConfig {
-    Gpt(GptConfig),
-    Lstm(LstmConfig),
+/// The configuration the flags describe, with the data's tokenizer, and the window T
+/// (`seq_len`, else the preset's).
+fn config_from_args(
+    args: &Args,
+    tokenizer: TokenizerKind,
+    seq_len: Option<u64>,
+) -> Result<(NetConfig, usize)> {
+    let size = |x: Option<u64>| x.map(|n| n as usize);
+    let kind = match args.model {
+        ModelArg::Gpt => ModelKind::Gpt,
+        ModelArg::Lstm => ModelKind::Lstm,
+    };
+    let preset = NetConfig::preset(kind, &args.preset, tokenizer).map_err(|e| {
+        anyhow::anyhow!("{e}; hint: --preset tiny or small, or size it with --layers and --hidden")
+    })?;
+    let t = size(seq_len).unwrap_or(default_window(&args.preset));
+    let config = match preset {
+        NetConfig::Gpt(mut c) => {
+            if args.hidden.is_some() {
+                bail!(
+                    "--hidden sizes the LSTM; hint: the GPT's width is --d-model (its MLP is 4 × d-model)"
+                );
+            }
+            c.n_layer = size(args.layers).unwrap_or(c.n_layer);
+            c.n_embd = size(args.d_model).unwrap_or(c.n_embd);
+            c.n_head = size(args.heads).unwrap_or(c.n_head);
+            c.n_positions = t;
+            NetConfig::Gpt(c)
+        }
+        NetConfig::Lstm(mut c) => {
+            if args.d_model.is_some() || args.heads.is_some() {
+                bail!("--d-model and --heads size the GPT; hint: the LSTM's width is --hidden");
+            }
+            c.hidden_size = size(args.hidden).unwrap_or(c.hidden_size);
+            c.num_layers = size(args.layers).unwrap_or(c.num_layers);
+            NetConfig::Lstm(c)
+        }
+    };
+    config.validate().map_err(|e| {
+        anyhow::anyhow!("{e}; hint: --d-model must be a multiple of --heads, every size at least 1")
+    })?;
+    Ok((config, t))
 }
 
-impl ModelConfig {
-    /// The configuration the flags describe, with the data's vocabulary, and the window T
-    /// (`seq_len`, else the preset's).
-    fn from_args(
-        args: &Args,
-        tokenizer: TokenizerKind,
-        seq_len: Option<u64>,
-    ) -> Result<(ModelConfig, usize)> {
-        let v = tokenizer.vocab_size() as usize;
-        let size = |x: Option<u64>| x.map(|n| n as usize);
-        match args.model {
-            ModelArg::Gpt => {
-                if args.hidden.is_some() {
-                    bail!(
-                        "--hidden sizes the LSTM; hint: the GPT's width is --d-model (its MLP is 4 × d-model)"
-                    );
-                }
-                let mut c = GptConfig::preset(&args.preset).expect("clap checks the preset");
-                c.n_layer = size(args.layers).unwrap_or(c.n_layer);
-                c.n_embd = size(args.d_model).unwrap_or(c.n_embd);
-                c.n_head = size(args.heads).unwrap_or(c.n_head);
-                c.n_positions = size(seq_len).unwrap_or(default_window(&args.preset));
-                c.vocab_size = v;
-                c.tokenizer = tokenizer;
-                c.validate().map_err(|e| {
-                    anyhow::anyhow!("{e}; hint: --d-model must be a multiple of --heads")
-                })?;
-                let t = c.n_positions;
-                Ok((ModelConfig::Gpt(c), t))
-            }
-            ModelArg::Lstm => {
-                if args.d_model.is_some() || args.heads.is_some() {
-                    bail!("--d-model and --heads size the GPT; hint: the LSTM's width is --hidden");
-                }
-                let Some(mut c) = LstmConfig::preset(&args.preset, v) else {
-                    bail!(
-                        "there is no LSTM preset {:?}; hint: --preset tiny or small, or size it with --layers and --hidden",
-                        args.preset
-                    );
-                };
-                c.hidden_size = size(args.hidden).unwrap_or(c.hidden_size);
-                c.num_layers = size(args.layers).unwrap_or(c.num_layers);
-                c.tokenizer = tokenizer.name().to_string();
-                Ok((
-                    ModelConfig::Lstm(c),
-                    size(seq_len).unwrap_or(default_window(&args.preset)),
-                ))
-            }
-        }
-    }
-
-    fn to_json(&self) -> serde_json::Value {
-        match self {
-            ModelConfig::Gpt(c) => c.to_json(),
-            ModelConfig::Lstm(c) => c.to_json(),
-        }
-    }
-
-    /// Refuses sizes whose training would not fit in memory: weights, gradients, the two
-    /// AdamW moments and the activations of a (B, T) batch, estimated before any exists.
-    fn check_memory(&self, b: usize, t: usize) -> Result<()> {
-        use model::memory::{Sat, ensure_fits, f32_bytes};
-        let (params, acts) = match self {
-            ModelConfig::Gpt(c) => (c.num_params_u128(), c.activation_floats(b * t)),
-            ModelConfig::Lstm(c) => (c.num_params_u128(), c.activation_floats(b, t)),
-        };
-        let what = format!(
-            "training {} parameters at B={b} × T={t} (weights, gradients, optimizer moments, activations)",
-            params
-        );
-        ensure_fits(what, f32_bytes((Sat(4) * Sat(params) + Sat(acts)).0))
-            .context("hint: use a smaller --batch, --seq-len, --layers, --d-model or --hidden")
-    }
-
-    /// Fresh weights drawn from `seed`.
-    fn build(self, seed: u64) -> Net {
-        match self {
-            ModelConfig::Gpt(c) => Net::Gpt(Gpt::new(c, seed).expect("validated config")),
-            ModelConfig::Lstm(c) => Net::Lstm(Lstm::new(c, seed)),
-        }
-    }
+/// Refuses sizes whose training would not fit in memory: weights, gradients, the two AdamW
+/// moments and the activations of a (B, T) batch, estimated before any exists.
+fn check_memory(config: &NetConfig, b: usize, t: usize) -> Result<()> {
+    use model::memory::{Sat, ensure_fits, f32_bytes};
+    let (params, acts) = (config.num_params_u128(), config.activation_floats(b, t));
+    let what = format!(
+        "training {} parameters at B={b} × T={t} (weights, gradients, optimizer moments, activations)",
+        params
+    );
+    ensure_fits(what, f32_bytes((Sat(4) * Sat(params) + Sat(acts)).0))
+        .context("hint: use a smaller --batch, --seq-len, --layers, --d-model or --hidden")
 }
 
 /// Why the loop ended.
@@ -476,9 +444,9 @@ impl Run {
         };
         let data = open_agreed(collective.as_mut(), &data_dir)?;
         let tokenizer = data.tokenizer();
-        let (config, t) = ModelConfig::from_args(args, tokenizer, args.seq_len)?;
-        config.check_memory(args.batch as usize, t)?;
-        let mut net = config.build(args.seed);
+        let (config, t) = config_from_args(args, tokenizer, args.seq_len)?;
+        check_memory(&config, args.batch as usize, t)?;
+        let mut net = Net::new(config, args.seed).expect("validated config");
         let precision = PrecisionArg::apply(args.precision.or(Precision::fastest()), net.lm_mut());
         check_data(&data, &data_dir, net.lm(), t, root)?;
         let opt_config = match args.optimizer {
@@ -1271,7 +1239,7 @@ fn check_resume_flags(
         .any(given)
     {
         let t = args.seq_len.unwrap_or(config.seq_len as u64);
-        let (model, _) = ModelConfig::from_args(args, tokenizer, Some(t))?;
+        let (model, _) = config_from_args(args, tokenizer, Some(t))?;
         if model.to_json() != lm.config_json() {
             bail!(
                 "the size flags describe another model than the run's ({description}); hint: drop --preset, --layers, --d-model, --heads and --hidden when resuming"

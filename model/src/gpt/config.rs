@@ -10,6 +10,8 @@
 
 use serde_json::{Value, json};
 
+pub use crate::lm::ConfigError;
+use crate::lm::{ModelKind, check_tokenizer, invalid, tokenizer_field};
 use crate::memory::Sat;
 use crate::tokenizer::TokenizerKind;
 
@@ -29,40 +31,9 @@ pub struct GptConfig {
     pub n_positions: usize,
     /// V: vocabulary size.
     pub vocab_size: usize,
-    /// Tokenizer the vocabulary comes from: `byte` (V = 257) or `gpt2` (V = 50257).
-    pub tokenizer: TokenizerKind,
-}
-
-/// A config field Lanes cannot use, named.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config field `{field}` is missing")]
-    Missing { field: &'static str },
-    #[error("config field `{field}` = {value}: {reason}")]
-    Invalid {
-        field: &'static str,
-        value: String,
-        reason: String,
-    },
-    #[error("unknown GPT preset `{name}` (expected one of: tiny, small, gpt2)")]
-    UnknownPreset { name: String },
-    #[error(
-        "n_layer {n_layer}, n_embd {n_embd}, n_positions {n_positions} give {params} parameters, more than a process can address"
-    )]
-    TooLarge {
-        n_layer: usize,
-        n_embd: usize,
-        n_positions: usize,
-        params: u128,
-    },
-}
-
-fn invalid(field: &'static str, value: impl ToString, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        value: value.to_string(),
-        reason: reason.into(),
-    }
+    /// Tokenizer the vocabulary comes from: `byte` (V = 257) or `gpt2` (V = 50257); `None`
+    /// for a checkpoint from elsewhere that does not say (see [`TokenizerKind::infer`]).
+    pub tokenizer: Option<TokenizerKind>,
 }
 
 impl GptConfig {
@@ -79,6 +50,7 @@ impl GptConfig {
             "gpt2" => (12, 768, 12, 1024, TokenizerKind::Gpt2),
             _ => {
                 return Err(ConfigError::UnknownPreset {
+                    kind: ModelKind::Gpt,
                     name: name.to_string(),
                 });
             }
@@ -89,7 +61,7 @@ impl GptConfig {
             n_head,
             n_positions,
             vocab_size: tokenizer.vocab_size() as usize,
-            tokenizer,
+            tokenizer: Some(tokenizer),
         })
     }
 
@@ -142,29 +114,22 @@ impl GptConfig {
         let params = self.num_params_u128();
         if params > (isize::MAX as u128) / 8 {
             return Err(ConfigError::TooLarge {
-                n_layer: self.n_layer,
-                n_embd: self.n_embd,
-                n_positions: self.n_positions,
+                sizes: format!(
+                    "n_layer {}, n_embd {}, n_positions {}",
+                    self.n_layer, self.n_embd, self.n_positions
+                ),
                 params,
             });
         }
         if self.vocab_size > u32::MAX as usize {
             return Err(invalid("vocab_size", self.vocab_size, "token ids are u32"));
         }
-        let v = self.tokenizer.vocab_size() as usize;
-        if v != self.vocab_size {
-            return Err(invalid(
-                "vocab_size",
-                self.vocab_size,
-                format!("the {} tokenizer has {v} tokens", self.tokenizer),
-            ));
-        }
-        Ok(())
+        check_tokenizer(self.tokenizer, self.vocab_size)
     }
 
-    /// The end-of-sequence (and beginning-of-sequence) id of the tokenizer.
-    pub fn eos_token_id(&self) -> u32 {
-        self.tokenizer.eos_id()
+    /// The end-of-sequence (and beginning-of-sequence) id of the tokenizer, if known.
+    pub fn eos_token_id(&self) -> Option<u32> {
+        self.tokenizer.map(TokenizerKind::eos_id)
     }
 
     /// `config.json` as `transformers.GPT2Config` writes it, plus Lanes' `tokenizer`.
@@ -193,14 +158,14 @@ impl GptConfig {
             "eos_token_id": self.eos_token_id(),
             "use_cache": true,
             "dtype": "float32",
-            "tokenizer": self.tokenizer.name(),
+            "tokenizer": self.tokenizer.map(TokenizerKind::name),
         })
     }
 
     /// Reads a GPT-2 `config.json` (Lanes' or Hugging Face's). Fields that only matter to
     /// training in PyTorch (dropout, initializer range, summary heads) are ignored; every
     /// field that changes the forward pass must have the value Lanes implements. A missing
-    /// `tokenizer` is inferred from the vocabulary size.
+    /// `tokenizer` is inferred by [`TokenizerKind::infer`] (Hugging Face's GPT-2 → `gpt2`).
     pub fn from_json(v: &Value) -> Result<GptConfig, ConfigError> {
         let obj = v
             .as_object()
@@ -266,22 +231,7 @@ impl GptConfig {
                 return Err(invalid(field, x, format!("must be {want}: {reason}")));
             }
         }
-        let tokenizer = match get("tokenizer") {
-            Some(x) => x
-                .as_str()
-                .and_then(|name| TokenizerKind::from_name(name).ok())
-                .ok_or_else(|| invalid("tokenizer", x, "expected \"byte\" or \"gpt2\""))?,
-            None => TokenizerKind::ALL
-                .into_iter()
-                .find(|k| k.vocab_size() as usize == vocab_size)
-                .ok_or_else(|| {
-                    invalid(
-                        "vocab_size",
-                        vocab_size,
-                        "no `tokenizer` field, and no Lanes tokenizer has this many tokens",
-                    )
-                })?,
-        };
+        let tokenizer = tokenizer_field(get("tokenizer"), vocab_size)?;
         for field in ["bos_token_id", "eos_token_id"] {
             if let Some(x) = get(field)
                 && x.as_u64().is_none_or(|id| id as usize >= vocab_size)
@@ -353,7 +303,7 @@ mod tests {
         j.as_object_mut().unwrap().remove("tokenizer");
         assert_eq!(
             GptConfig::from_json(&j).unwrap().tokenizer,
-            TokenizerKind::Gpt2
+            Some(TokenizerKind::Gpt2)
         );
     }
 }

@@ -28,7 +28,7 @@ use clap::Args as ClapArgs;
 
 use crate::{fmt, plot};
 use measure::{Machine, Run, WATCH, measure, other_work};
-use model::{Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, ModelKind, Precision};
+use model::{Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, ModelKind, Precision, TokenizerKind};
 
 use crate::precision::PrecisionArg;
 use project::{Overheads, Profile, Projection};
@@ -174,10 +174,15 @@ pub(super) fn build(kind: ModelKind, t: usize, precision: Precision) -> Box<dyn 
             };
             Box::new(Gpt::new(cfg, 0).expect("a valid config"))
         }
-        ModelKind::Lstm => Box::new(Lstm::new(LstmConfig::small(257), 0)),
+        ModelKind::Lstm => Box::new(Lstm::new(lstm_small(), 0)),
     };
     lm.set_precision(precision);
     lm
+}
+
+/// The `small` LSTM of the matched pair, over the byte vocabulary.
+pub(super) fn lstm_small() -> LstmConfig {
+    LstmConfig::preset("small", TokenizerKind::Byte).expect("the small preset exists")
 }
 
 pub(super) const KINDS: [ModelKind; 2] = [ModelKind::Gpt, ModelKind::Lstm];
@@ -386,7 +391,7 @@ mod tests {
         // layer and position, whatever the batch.
         let gpt = path(ModelKind::Gpt, 1, 8);
         assert_eq!(path(ModelKind::Gpt, 4, 32), gpt);
-        let layers = LstmConfig::small(257).num_layers as u64;
+        let layers = lstm_small().num_layers as u64;
         let (short, long) = (path(ModelKind::Lstm, 4, 8), path(ModelKind::Lstm, 1, 32));
         assert_eq!(long - short, layers * 24);
         assert!(long > layers * 32 && gpt < 100, "gpt {gpt}, lstm {long}");
@@ -394,7 +399,7 @@ mod tests {
 
     #[test]
     fn every_launch_of_a_training_step_says_how_it_splits() {
-        let h = LstmConfig::small(257).hidden_size;
+        let h = lstm_small().hidden_size;
         for kind in KINDS {
             let run = measure(kind, Shape { b: 2, t: 16 }, 1, 1, 2, true, Precision::F32).unwrap();
             assert_eq!(run.traces.len(), 2);

@@ -3,7 +3,7 @@
 //! Leaves out: the chart (see `chart.rs`).
 
 use crate::fmt;
-use model::{LstmConfig, ModelKind};
+use model::ModelKind;
 use serde_json::json;
 
 use super::measure::{Machine, Run};
@@ -236,7 +236,7 @@ impl Report {
                 thousands(long.1 as f64),
                 long.0,
                 slope,
-                LstmConfig::small(257).num_layers,
+                super::lstm_small().num_layers,
                 times(long.1 as f64 / g_hi as f64),
             );
         } else {
@@ -356,7 +356,7 @@ impl Report {
                 spread(gpt),
                 spread(lstm),
             );
-            let h = LstmConfig::small(257).hidden_size;
+            let h = super::lstm_small().hidden_size;
             if x(lstm, &least(lstm)) + 0.1 < x(gpt, &least(gpt)) {
                 sentence += ": the LSTM can split only its batch and its hidden units within \
                              each time step, and its threads meet at a barrier once per step.";
