@@ -145,6 +145,12 @@ pub trait LanguageModel: Send {
     /// Per-position losses −ln p(target | prefix), (B, T), of the last forward.
     fn token_losses(&self) -> &[f32];
 
+    /// The logits (V) the last forward computed for batch row `row` at position `position`.
+    /// A forward keeps them (evaluating never destroys them, in either model); [`Self::backward`]
+    /// turns them into their gradient in place, after which this panics, as it does for a
+    /// (row, position) outside the last forward's (B, T).
+    fn position_logits(&self, row: usize, position: usize) -> &[f32];
+
     /// Accumulates the gradient of the last forward's mean loss into [`Self::grads`].
     fn backward(&mut self);
 

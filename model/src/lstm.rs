@@ -31,7 +31,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use kernels::Transpose::{No, Yes};
-use kernels::cross_entropy::cross_entropy_fused_inplace;
+use kernels::cross_entropy::{cross_entropy_forward, cross_entropy_fused_inplace};
 use kernels::elementwise::{bias_backward, bias_forward};
 use kernels::embedding::{embedding_backward, embedding_forward};
 use kernels::recurrence::{
@@ -324,12 +324,15 @@ impl InputProjection {
     }
 }
 
-/// Everything forward keeps for backward, sized for one (B, T); reallocated only when the
-/// shape changes.
+/// Everything forward keeps for backward, allocated for the largest B·T (and B) seen and
+/// reused for any smaller shape (no allocation per step, as the transformer's), each buffer
+/// used through its first (B, T)-sized part. Shapes are (T, B, ·) for the current (B, T).
 #[derive(Default)]
 struct Activations {
-    b: usize,
-    t: usize,
+    b: usize,               // current batch
+    t: usize,               // current window
+    n_cap: usize,           // B·T the buffers hold
+    b_cap: usize,           // B the buffers hold
     inputs: Vec<u32>,       // (T, B) time-major token ids
     targets: Vec<u32>,      // (T, B)
     x0: Vec<f32>,           // (T, B, H) embedded inputs (direct input projection)
@@ -337,7 +340,7 @@ struct Activations {
     gates: Vec<f32>,        // (L, T, B, 4H) input projections, then activated gates
     hs: Vec<f32>,           // (L, T+1, B, H) h_0 (initial state) .. h_T
     cs: Vec<f32>,           // (L, T+1, B, H) c_0 .. c_T
-    logits: Vec<f32>,       // (T·B, V) logits, then dlogits (the loss writes over them)
+    logits: Vec<f32>,       // (T·B, V) logits; backward turns them into dlogits in place
     losses: Vec<f32>,       // (T, B) per-token loss
     token_losses: Vec<f32>, // (B, T) the same, batch-major for callers
     dgates: Vec<f32>,       // (T, B, 4H) one layer's gate gradients
@@ -357,32 +360,65 @@ struct PackedPair {
 }
 
 impl Activations {
-    fn resize(&mut self, c: &LstmConfig, b: usize, t: usize) {
+    /// Makes room for a (B, T) forward; reallocates only when B·T or B exceeds what is there
+    /// (every per-layer slab is laid out for the current (B, T), and L·(T+1)·B·H ≤
+    /// L·(B·T + B)·H of the largest seen).
+    fn reserve(&mut self, c: &LstmConfig, b: usize, t: usize) {
         let (v, h, l) = (c.vocab_size, c.hidden_size, c.num_layers);
         let n = b * t;
-        if (self.b, self.t) != (b, t) || self.bias.len() != G * h {
-            *self = Activations {
-                b,
-                t,
-                inputs: vec![0; n],
-                targets: vec![0; n],
-                x0: vec![0.0; n * h],
-                table: vec![0.0; v * G * h],
-                gates: vec![0.0; l * n * G * h],
-                hs: vec![0.0; l * (t + 1) * b * h],
-                cs: vec![0.0; l * (t + 1) * b * h],
-                logits: vec![0.0; n * v],
-                losses: vec![0.0; n],
-                token_losses: vec![0.0; n],
-                dgates: vec![0.0; n * G * h],
-                dh: vec![0.0; n * h],
-                dh0: vec![0.0; b * h],
-                dc0: vec![0.0; b * h],
-                dbias: vec![0.0; G * h],
-                packed: PackedPair::default(),
-                bias: vec![0.0; G * h],
-            };
+        (self.b, self.t) = (b, t);
+        if n <= self.n_cap && b <= self.b_cap && self.bias.len() == G * h {
+            return;
         }
+        let (n, b) = (n.max(self.n_cap), b.max(self.b_cap));
+        *self = Activations {
+            b: self.b,
+            t: self.t,
+            n_cap: n,
+            b_cap: b,
+            inputs: vec![0; n],
+            targets: vec![0; n],
+            x0: vec![0.0; n * h],
+            table: vec![0.0; v * G * h],
+            gates: vec![0.0; l * n * G * h],
+            hs: vec![0.0; l * (n + b) * h],
+            cs: vec![0.0; l * (n + b) * h],
+            logits: vec![0.0; n * v],
+            losses: vec![0.0; n],
+            token_losses: vec![0.0; n],
+            dgates: vec![0.0; n * G * h],
+            dh: vec![0.0; n * h],
+            dh0: vec![0.0; b * h],
+            dc0: vec![0.0; b * h],
+            dbias: vec![0.0; G * h],
+            packed: std::mem::take(&mut self.packed),
+            bias: vec![0.0; G * h],
+        };
+    }
+
+    /// Bytes held.
+    fn bytes(&self) -> usize {
+        let ids = self.inputs.len() + self.targets.len();
+        let floats = [
+            &self.x0,
+            &self.table,
+            &self.gates,
+            &self.hs,
+            &self.cs,
+            &self.logits,
+            &self.losses,
+            &self.token_losses,
+            &self.dgates,
+            &self.dh,
+            &self.dh0,
+            &self.dc0,
+            &self.dbias,
+            &self.bias,
+        ]
+        .iter()
+        .map(|v| v.len())
+        .sum::<usize>();
+        (ids + floats) * std::mem::size_of::<f32>() // u32 ids are as wide
     }
 }
 
@@ -492,6 +528,12 @@ impl Lstm {
         self.carry_state
     }
 
+    /// Bytes of activation and scratch memory held: grows with the largest B·T (and B) seen,
+    /// never shrinks.
+    pub fn activation_bytes(&self) -> usize {
+        self.acts.bytes()
+    }
+
     /// How layer 0 projects its input ([`InputProjection::Auto`] unless set). Both ways give
     /// the same results up to rounding; this exists to test and measure them.
     pub fn set_input_projection(&mut self, how: InputProjection) {
@@ -562,37 +604,45 @@ impl LanguageModel for Lstm {
         if let Some(bad) = inputs.iter().chain(targets).find(|&&x| x as usize >= v) {
             panic!("Lstm::forward: token id {bad} is out of range for V = {v}");
         }
-        self.acts.resize(&self.config, b, t);
+        self.acts.reserve(&self.config, b, t);
         let carried = self.carried.as_ref().filter(|c| self.carry_state && c.b == b);
         let table = self.input_projection.uses_table(v, n);
         let (a, p, at, prec) = (&mut self.acts, &self.params, &self.at, self.precision);
-        transpose(&mut a.inputs, inputs, b, t); // (B, T) -> (T, B)
-        transpose(&mut a.targets, targets, b, t);
         let state = (t + 1) * b * h; // one layer's hs or cs
+        let ids = &mut a.inputs[..n]; // (T, B)
+        let tgt = &mut a.targets[..n]; // (T, B)
+        let x0 = &mut a.x0[..n * h]; // (T, B, H)
+        let all_gates = &mut a.gates[..nl * n * G * h]; // (L, T, B, 4H)
+        let all_hs = &mut a.hs[..nl * state]; // (L, T+1, B, H)
+        let all_cs = &mut a.cs[..nl * state]; // (L, T+1, B, H)
+        let logits = &mut a.logits[..n * v]; // (T·B, V)
+        let losses = &mut a.losses[..n]; // (T, B)
+        transpose(ids, inputs, b, t); // (B, T) -> (T, B)
+        transpose(tgt, targets, b, t);
 
         if !table {
-            embedding_forward(&mut a.x0, &a.inputs, at.emb.of(p), h);
+            embedding_forward(x0, ids, at.emb.of(p), h);
         }
         for (l, lp) in at.layers.iter().enumerate() {
-            let (below, here) = a.hs.split_at_mut(l * state);
-            let (hs, cs) = (&mut here[..state], &mut a.cs[l * state..][..state]);
-            let gates = &mut a.gates[l * n * G * h..][..n * G * h];
+            let (below, here) = all_hs.split_at_mut(l * state);
+            let (hs, cs) = (&mut here[..state], &mut all_cs[l * state..][..state]);
+            let gates = &mut all_gates[l * n * G * h..][..n * G * h];
             sum_into(&mut a.bias, lp.b_ih.of(p), lp.b_hh.of(p));
             if l == 0 && table {
                 linear_forward(&mut a.table, at.emb.of(p), lp.w_ih.of(p), &a.bias, v, h, G * h, prec); // emb·W_ihᵀ + b
-                embedding_forward(gates, &a.inputs, &a.table, G * h); // ... looked up per token
+                embedding_forward(gates, ids, &a.table, G * h); // ... looked up per token
             } else {
-                let x = if l == 0 { &a.x0[..] } else { &below[(l - 1) * state + b * h..] };
+                let x = if l == 0 { &x0[..] } else { &below[(l - 1) * state + b * h..] };
                 linear_forward(gates, x, lp.w_ih.of(p), &a.bias, n, h, G * h, prec); // all T steps at once
             }
             initial_state(&mut hs[..b * h], &mut cs[..b * h], carried.map(|c| (&c.h[l * b * h..][..b * h], &c.c[l * b * h..][..b * h])));
             lstm_pack_forward(&mut a.packed.fwd, lp.w_hh.of(p), h, prec);
             lstm_forward(hs, cs, gates, &a.packed.fwd, LstmDims { b, t, h }); // the walk through time
         }
-        let x_top = &a.hs[(nl - 1) * state + b * h..][..n * h]; // (T, B, H)
-        linear_forward(&mut a.logits, x_top, at.head_w.of(p), at.head_b.of(p), n, h, v, prec);
-        let loss = cross_entropy_fused_inplace(&mut a.logits, &mut a.losses, &a.targets, n, v, None);
-        transpose(&mut a.token_losses, &a.losses, t, b); // (T, B) -> (B, T)
+        let x_top = &all_hs[(nl - 1) * state + b * h..][..n * h]; // (T, B, H)
+        linear_forward(logits, x_top, at.head_w.of(p), at.head_b.of(p), n, h, v, prec);
+        let loss = cross_entropy_forward(losses, logits, tgt, n, v, None); // the logits stay
+        transpose(&mut a.token_losses[..n], losses, t, b); // (T, B) -> (B, T)
 
         if self.carry_state {
             let c = self.carried.get_or_insert_with(Carried::default);
@@ -601,8 +651,8 @@ impl LanguageModel for Lstm {
             c.c.resize(nl * b * h, 0.0);
             for l in 0..nl {
                 let last = l * state + t * b * h;
-                c.h[l * b * h..][..b * h].copy_from_slice(&a.hs[last..][..b * h]);
-                c.c[l * b * h..][..b * h].copy_from_slice(&a.cs[last..][..b * h]);
+                c.h[l * b * h..][..b * h].copy_from_slice(&all_hs[last..][..b * h]);
+                c.c[l * b * h..][..b * h].copy_from_slice(&all_cs[last..][..b * h]);
             }
         }
         self.ready_for_backward = true;
@@ -610,7 +660,20 @@ impl LanguageModel for Lstm {
     }
 
     fn token_losses(&self) -> &[f32] {
-        &self.acts.token_losses
+        &self.acts.token_losses[..self.acts.b * self.acts.t]
+    }
+
+    fn position_logits(&self, row: usize, position: usize) -> &[f32] {
+        let (b, t, v) = (self.acts.b, self.acts.t, self.config.vocab_size);
+        assert!(
+            row < b && position < t,
+            "Lstm::position_logits: ({row}, {position}) is outside the last forward's (B, T) = ({b}, {t})"
+        );
+        assert!(
+            self.ready_for_backward,
+            "Lstm::position_logits: backward has overwritten the logits with their gradient"
+        );
+        &self.acts.logits[(position * b + row) * v..][..v] // (T·B, V): time-major
     }
 
     #[rustfmt::skip] // one kernel call per line: forward read in reverse
@@ -623,36 +686,46 @@ impl LanguageModel for Lstm {
         let table = self.input_projection.uses_table(v, n);
         let (a, p, at, d) = (&mut self.acts, &self.params, &self.at, &mut self.grads);
         let prec = self.precision;
+        let ids = &a.inputs[..n]; // (T, B)
+        let x0 = &a.x0[..n * h]; // (T, B, H)
+        let all_gates = &a.gates[..nl * n * G * h]; // (L, T, B, 4H)
+        let all_hs = &a.hs[..nl * state]; // (L, T+1, B, H)
+        let all_cs = &a.cs[..nl * state]; // (L, T+1, B, H)
+        let dgates = &mut a.dgates[..n * G * h]; // (T, B, 4H)
+        let dh = &mut a.dh[..n * h]; // (T, B, H)
+        let (dh0, dc0) = (&mut a.dh0[..b * h], &mut a.dc0[..b * h]); // (B, H)
 
-        // The loss already wrote dlogits over the logits.
-        let x_top = &a.hs[(nl - 1) * state + b * h..][..n * h];
+        // loss = mean NLL: dlogits = (softmax − onehot) / (B·T), in place of the logits.
+        let dlogits = &mut a.logits[..n * v]; // (T·B, V)
+        cross_entropy_fused_inplace(dlogits, &mut a.losses[..n], &a.targets[..n], n, v, None);
+        let x_top = &all_hs[(nl - 1) * state + b * h..][..n * h];
         let (dw_head, db_head) = two_mut(d, at.head_w, at.head_b);
-        linear_backward(&mut a.dh, dw_head, db_head, &a.logits, x_top, at.head_w.of(p), n, h, v, prec);
+        linear_backward(dh, dw_head, db_head, dlogits, x_top, at.head_w.of(p), n, h, v, prec);
         for (l, lp) in at.layers.iter().enumerate().rev() {
-            let hs = &a.hs[l * state..][..state];
-            let cs = &a.cs[l * state..][..state];
-            let gates = &a.gates[l * n * G * h..][..n * G * h];
+            let hs = &all_hs[l * state..][..state];
+            let cs = &all_cs[l * state..][..state];
+            let gates = &all_gates[l * n * G * h..][..n * G * h];
             lstm_pack_backward(&mut a.packed.bwd, lp.w_hh.of(p), h, prec);
-            lstm_backward(&mut a.dgates, &mut a.dh0, &mut a.dc0, &a.dh, gates, cs, &a.packed.bwd, LstmDims { b, t, h }); // back through time
-            linear_weight_backward(lp.w_hh.of_mut(d), &a.dgates, &hs[..n * h], n, h, G * h, prec); // h_{t-1}, all steps
+            lstm_backward(dgates, dh0, dc0, dh, gates, cs, &a.packed.bwd, LstmDims { b, t, h }); // back through time
+            linear_weight_backward(lp.w_hh.of_mut(d), dgates, &hs[..n * h], n, h, G * h, prec); // h_{t-1}, all steps
             a.dbias.fill(0.0);
             if l == 0 && table {
                 // S = dgates summed per token (V, 4H); then dW_ih += Sᵀ·emb and demb += S·W_ih.
                 a.table.fill(0.0);
-                embedding_backward(&mut a.table, &a.dgates, &a.inputs, G * h);
+                embedding_backward(&mut a.table, dgates, ids, G * h);
                 let (demb, dw_ih) = two_mut(d, at.emb, lp.w_ih);
                 linear_weight_backward(dw_ih, &a.table, at.emb.of(p), v, h, G * h, prec);
                 bias_backward(&mut a.dbias, &a.table, v, G * h);
                 gemm(prec, No, No, v, h, G * h, 1.0, &a.table, G * h, lp.w_ih.of(p), h, 1.0, demb, h);
             } else {
-                let x = if l == 0 { &a.x0[..] } else { &a.hs[(l - 1) * state + b * h..][..n * h] };
-                linear_backward(&mut a.dh, lp.w_ih.of_mut(d), &mut a.dbias, &a.dgates, x, lp.w_ih.of(p), n, h, G * h, prec);
+                let x = if l == 0 { x0 } else { &all_hs[(l - 1) * state + b * h..][..n * h] };
+                linear_backward(dh, lp.w_ih.of_mut(d), &mut a.dbias, dgates, x, lp.w_ih.of(p), n, h, G * h, prec);
             }
             add_into(lp.b_ih.of_mut(d), &a.dbias); // both biases get the gate gradient
             add_into(lp.b_hh.of_mut(d), &a.dbias);
         }
         if !table {
-            embedding_backward(at.emb.of_mut(d), &a.dh, &a.inputs, h);
+            embedding_backward(at.emb.of_mut(d), dh, ids, h);
         }
     }
 

@@ -81,6 +81,21 @@ fn golden_matches_pytorch(how: InputProjection) {
         ((loss - want) / want).abs() < 1e-4,
         "{how:?}: loss {loss} vs PyTorch {want}"
     );
+    // The forward keeps the logits (B, T, V): reading them costs nothing.
+    let logits = &g["logits"].1;
+    for bi in 0..b {
+        for ti in 0..t {
+            let want = &logits[(bi * t + ti) * v..][..v];
+            let got = m.position_logits(bi, ti);
+            assert_close(
+                got,
+                want,
+                1e-4,
+                1e-5,
+                &format!("{how:?}: forward's logits[{bi}, {ti}]"),
+            );
+        }
+    }
     m.zero_grad();
     m.backward();
     for spec in m.layout().tensors() {
@@ -96,9 +111,7 @@ fn golden_matches_pytorch(how: InputProjection) {
         );
     }
 
-    // Logits come from the decoder, position by position (forward keeps only the loss and
-    // its gradient).
-    let logits = &g["logits"].1;
+    // And from the decoder, position by position.
     for bi in 0..b {
         let mut dec = m.decoder();
         for ti in 0..t {
@@ -106,6 +119,59 @@ fn golden_matches_pytorch(how: InputProjection) {
             let want = &logits[(bi * t + ti) * v..][..v];
             assert_close(got, want, 1e-4, 1e-5, &format!("logits[{bi}, {ti}]"));
         }
+    }
+}
+
+/// The activations are allocated for the largest (B, T) seen, as the transformer's: a smaller
+/// batch reuses them (no reallocation), and what it computes is what a fresh model computes
+/// for it (nothing left from the larger batch leaks in), its gradient included.
+#[test]
+fn activations_only_grow_and_smaller_shapes_compute_as_on_a_fresh_model() {
+    for how in PROJECTIONS {
+        let config = LstmConfig::new(13, 5, 2);
+        let mut m = perturbed(config.clone(), 4);
+        m.set_input_projection(how);
+        let mut rng = TestRng::new(9);
+        let (big, small, wide) = ((4, 6), (2, 3), (6, 2)); // B·T = 24, 6, 12 (B = 6 > 4)
+        let step = |m: &mut Lstm, (b, t): (usize, usize), data: &(Vec<u32>, Vec<u32>)| {
+            let loss = m.forward(&data.0, &data.1, b, t);
+            let losses = m.token_losses().to_vec();
+            m.zero_grad();
+            m.backward();
+            (loss, losses, m.grads().to_vec(), m.activation_bytes())
+        };
+        let big_data = batch(&mut rng, big.0, big.1, 13);
+        let small_data = batch(&mut rng, small.0, small.1, 13);
+        let wide_data = batch(&mut rng, wide.0, wide.1, 13);
+        let first = step(&mut m, big, &big_data);
+        let shrunk = step(&mut m, small, &small_data);
+        assert_eq!(shrunk.3, first.3, "{how:?}: a smaller (B, T) reallocated");
+        let mut fresh = perturbed(config.clone(), 4);
+        fresh.set_input_projection(how);
+        let want = step(&mut fresh, small, &small_data);
+        assert!(
+            want.3 < first.3,
+            "{how:?}: the fresh model is sized for the small batch"
+        );
+        assert_eq!(shrunk.0, want.0, "{how:?}: loss after shrinking");
+        assert_eq!(shrunk.1, want.1, "{how:?}: token losses after shrinking");
+        assert_eq!(shrunk.2, want.2, "{how:?}: gradient after shrinking");
+        let again = step(&mut m, big, &big_data);
+        assert_eq!(again.3, first.3, "{how:?}: growing back reallocated");
+        assert_eq!(
+            (again.0, &again.1, &again.2),
+            (first.0, &first.1, &first.2),
+            "{how:?}"
+        );
+        // A wider batch with fewer positions still fits B·T but not B: it grows, once.
+        let wide_out = step(&mut m, wide, &wide_data);
+        assert!(
+            wide_out.3 > first.3,
+            "{how:?}: B = 6 needs more initial-state rows"
+        );
+        let mut fresh = perturbed(config, 4);
+        fresh.set_input_projection(how);
+        assert_eq!(wide_out.2, step(&mut fresh, wide, &wide_data).2, "{how:?}");
     }
 }
 

@@ -174,3 +174,40 @@ fn every_model_resumes_from_a_checkpoint_exactly() {
         );
     }
 }
+
+/// Evaluating (a forward with no backward) never destroys the logits, in either model: each
+/// position's logits read after the forward equal a forward-only run of the model's decoder
+/// over the row's prefix, and give the forward's per-token losses. A backward turns them
+/// into their gradient, after which reading them panics instead of returning the gradient.
+#[test]
+fn evaluation_keeps_the_logits() {
+    let (b, t) = (2, 5);
+    for (name, make) in models() {
+        let mut m = make();
+        let (inputs, targets) = batch(3, b, t);
+        m.forward(&inputs, &targets, b, t);
+        let losses = m.token_losses().to_vec();
+        for row in 0..b {
+            let mut dec = m.decoder();
+            for pos in 0..t {
+                let want = dec.feed(inputs[row * t + pos]).unwrap().to_vec();
+                let got = m.position_logits(row, pos);
+                let what = format!("{name}: logits[{row}, {pos}]");
+                kernels::testutil::assert_close(got, &want, 1e-4, 1e-5, &what);
+                let max = got.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                let lse = max + got.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+                let nll = lse - got[targets[row * t + pos] as usize];
+                let loss = losses[row * t + pos];
+                assert!(
+                    (nll - loss).abs() < 1e-5,
+                    "{what}: −ln p {nll} vs loss {loss}"
+                );
+            }
+        }
+        m.backward();
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            m.position_logits(0, 0).to_vec()
+        }));
+        assert!(read.is_err(), "{name}: logits read after backward");
+    }
+}

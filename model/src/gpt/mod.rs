@@ -516,6 +516,15 @@ impl LanguageModel for Gpt {
         &self.acts.losses[..self.b * self.t]
     }
 
+    fn position_logits(&self, row: usize, position: usize) -> &[f32] {
+        let (b, t, v) = (self.b, self.t, self.config.vocab_size);
+        assert!(
+            row < b && position < t,
+            "Gpt::position_logits: ({row}, {position}) is outside the last forward's (B, T) = ({b}, {t})"
+        );
+        &self.logits()[(row * t + position) * v..][..v] // (B, T, V)
+    }
+
     fn backward(&mut self) {
         self.backward_ready(&mut |_, _| {});
     }
