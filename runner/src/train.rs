@@ -36,6 +36,7 @@
 //!
 //! Leaves out: gradient accumulation, mixed precision, early stopping.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -67,8 +68,18 @@ use crate::precision::PrecisionArg;
 
 /// The budget of a run given neither --steps nor --time: the README's first command.
 const DEFAULT_TIME: Duration = Duration::from_secs(60);
-/// Steps timed (after the first) to fit a run into its --time budget.
+/// Steps timed (after the first) before a --time run's length is first planned.
 const TIMED_STEPS: u64 = 10;
+/// A --time run re-plans its length every this share of the budget...
+const REPLAN_EVERY: f64 = 0.02;
+/// ...from the mean seconds of the steps of the latest this share of the budget.
+const RATE_WINDOW: f64 = 0.1;
+/// Share of the budget a --time run's plan keeps back for the speed's wobble.
+const KEEP_BACK: f64 = 0.02;
+/// The most training steps a validation batch is counted as in a --time run's plan: it is a
+/// forward alone (about a third of a step's forward, backward and update), so an evaluation
+/// that took longer was slowed by something that need not last.
+const EVAL_BATCH_STEPS: f64 = 0.5;
 /// Characters per line of the sample printed at the end of a run.
 const SAMPLE_WIDTH: usize = 100;
 /// Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
@@ -148,9 +159,9 @@ pub struct Args {
     pub steps: Option<u64>,
 
     /// Wall-clock budget, e.g. 90s, 10m, 1h30m [default: 1m when --steps is not given].
-    /// Without --steps, the step count is set from the measured speed of the first steps
-    /// (the schedule decays over those); with --steps, the run stops at whichever comes
-    /// first.
+    /// Without --steps, the step count is planned from the measured speed of the latest
+    /// steps, again every 2% of the budget (the schedule decays over them); with --steps,
+    /// the run stops at whichever comes first.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub time: Option<Duration>,
 
@@ -308,6 +319,107 @@ fn check_memory(config: &NetConfig, b: usize, t: usize) -> Result<()> {
         .context("hint: use a smaller --batch, --seq-len, --layers, --d-model or --hidden")
 }
 
+/// Where a run reads the time: the wall clock, or in tests a simulated machine whose speed
+/// changes mid-run.
+trait Clock {
+    /// Seconds since this session's training loop began.
+    fn now(&self) -> f64;
+    /// Seconds a training step took, given the trainer's measurement of it: the wall clock
+    /// takes the measurement; a simulated machine advances its own time instead.
+    fn step_took(&self, measured: f64) -> f64;
+}
+
+/// The wall clock, from the start of the loop.
+struct Wall(Instant);
+
+impl Clock for Wall {
+    fn now(&self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
+
+    fn step_took(&self, measured: f64) -> f64 {
+        measured
+    }
+}
+
+/// How long a --time run (without --steps) plans to be: as many steps as fit in the rest of
+/// the budget at the speed of the latest steps. Planned after the first [`TIMED_STEPS`]
+/// timed steps and again every [`REPLAN_EVERY`] of the budget, so that a machine whose speed
+/// changes (other work starting or ending on it) still ends the run, and the schedule, with
+/// the clock. Rank 0's plan is broadcast (`Run::train_on`).
+struct Planner {
+    budget: f64,
+    /// (elapsed seconds at its end, seconds) of the latest timed steps, oldest first: those
+    /// of the last [`RATE_WINDOW`] of the budget, and at least [`TIMED_STEPS`] of them.
+    recent: VecDeque<(f64, f64)>,
+    /// Seconds of the latest evaluation, until the next plan turns them into `eval_steps`.
+    eval_s: Option<f64>,
+    /// The latest evaluation's cost in steps of the speed at the time (so an evaluation timed
+    /// under load is not counted at that price once the load is gone), at most
+    /// [`EVAL_BATCH_STEPS`] a validation batch.
+    eval_steps: f64,
+    /// Its bound: --eval-batches × [`EVAL_BATCH_STEPS`].
+    eval_steps_max: f64,
+    /// Seconds of the latest checkpoint.
+    save_s: f64,
+    /// Mean seconds per step of the latest plan.
+    step_s: f64,
+    /// When the next plan is due (None before the first).
+    next: Option<f64>,
+    /// The first plan's step count (the one announced).
+    first: Option<u64>,
+}
+
+impl Planner {
+    fn new(budget: f64, eval_batches: u64) -> Planner {
+        Planner {
+            budget,
+            recent: VecDeque::new(),
+            eval_s: None,
+            eval_steps: 0.0,
+            eval_steps_max: eval_batches as f64 * EVAL_BATCH_STEPS,
+            save_s: 0.0,
+            step_s: 0.0,
+            next: None,
+            first: None,
+        }
+    }
+
+    /// A training step of `seconds` ended at `now` (the run's elapsed seconds).
+    fn timed(&mut self, now: f64, seconds: f64) {
+        self.recent.push_back((now, seconds));
+        let since = now - RATE_WINDOW * self.budget;
+        while self.recent.len() > TIMED_STEPS as usize && self.recent[0].0 < since {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Whether a plan is due at `now`.
+    fn due(&self, now: f64) -> bool {
+        match self.next {
+            None => self.recent.len() >= TIMED_STEPS as usize,
+            Some(next) => now >= next,
+        }
+    }
+
+    /// The run's length, planned at `now` after `done` steps: the steps that fit in the rest
+    /// of the budget, less [`KEEP_BACK`] of it for the speed's wobble, the final evaluation
+    /// and checkpoint, and the share of the evaluations and checkpoints on the way (an
+    /// evaluation costs what it did in steps, at today's step time). At least one more step.
+    fn plan(&mut self, now: f64, done: u64, eval_every: u64, save_every: u64) -> u64 {
+        self.step_s =
+            self.recent.iter().map(|r| r.1).sum::<f64>() / self.recent.len().max(1) as f64;
+        if let Some(seconds) = self.eval_s.take() {
+            self.eval_steps = (seconds / self.step_s.max(1e-9)).min(self.eval_steps_max);
+        }
+        let eval = self.eval_steps * self.step_s;
+        let per_step = self.step_s + eval / eval_every as f64 + self.save_s / save_every as f64;
+        let left = ((1.0 - KEEP_BACK) * self.budget - now - eval - self.save_s).max(0.0);
+        self.next = Some(now + REPLAN_EVERY * self.budget);
+        done + ((left / per_step.max(1e-9)) as u64).max(1)
+    }
+}
+
 /// Why the loop ended.
 #[derive(PartialEq)]
 enum Stop {
@@ -341,7 +453,7 @@ struct Run {
     val_curve: Vec<(u64, f64)>,
     /// Seconds the run took before this process resumed it.
     elapsed_before: f64,
-    /// Whether the schedule's length waits for the first steps' timing (--time alone).
+    /// Whether the run's length is planned from its speed (--time alone, see [`Planner`]).
     estimate_steps: bool,
 }
 
@@ -462,7 +574,7 @@ impl Run {
             }),
         };
         let opt = Optimizer::new(opt_config, net.lm().layout());
-        // Without --steps the length is set once the first steps are timed (see `train`).
+        // Without --steps the length is planned from the steps' speed (see `Planner`).
         let time = args.time.or(args.steps.is_none().then_some(DEFAULT_TIME));
         let estimate_steps = args.steps.is_none();
         let target = args.steps.unwrap_or(u64::MAX);
@@ -584,13 +696,14 @@ impl Run {
         // `--steps N` on resume sets where the run ends, and the cosine ends there too: a
         // finished run extended with --steps follows, from its step on, the schedule of a run
         // of N steps (rather than the old schedule's floor). N equal to the run's own length
-        // (an interrupted run) changes nothing, so that resume stays bit-exact.
+        // (an interrupted run, whose schedule may end a step before: a --time run's plan)
+        // changes nothing, so that resume stays bit-exact.
         let mut trainer = trainer;
         let mut restretched = None;
         if let Some(steps) = args.steps {
-            state.target_steps = steps;
+            let length = std::mem::replace(&mut state.target_steps, steps);
             let mut schedule = trainer.config().schedule;
-            if steps != schedule.total && steps > trainer.steps_done() {
+            if steps != length && steps > trainer.steps_done() {
                 restretched = Some(schedule.total);
                 schedule.total = steps;
                 trainer.set_schedule(schedule);
@@ -727,13 +840,17 @@ impl Run {
     }
 
     /// Seconds the run has taken, earlier sessions included.
-    fn elapsed(&self, since: Instant) -> f64 {
-        self.elapsed_before + since.elapsed().as_secs_f64()
+    fn elapsed(&self, clock: &dyn Clock) -> f64 {
+        self.elapsed_before + clock.now()
     }
 
     fn train(&mut self) -> Result<()> {
+        self.train_on(&Wall(Instant::now()))
+    }
+
+    /// The training loop, reading the time from `clock` (the wall clock but in tests).
+    fn train_on(&mut self, clock: &dyn Clock) -> Result<()> {
         let interrupted = install_sigint()?;
-        let since = Instant::now();
         self.print_header();
 
         let bar = if self.root() {
@@ -741,11 +858,16 @@ impl Run {
         } else {
             ProgressBar::hidden()
         };
-        let mut eval_seconds = 0.0; // of the latest evaluation
+        let mut planner = self.estimate_steps.then(|| {
+            let budget = self.state.time_budget_s.expect("--time given");
+            Planner::new(budget, self.state.eval_batches)
+        });
         if self.trainer.steps_done() == 0 && self.val_curve.is_empty() {
-            let started = Instant::now();
-            self.evaluate(&bar, since)?;
-            eval_seconds = started.elapsed().as_secs_f64();
+            let started = clock.now();
+            self.evaluate(&bar, clock)?;
+            if let Some(p) = &mut planner {
+                p.eval_s = Some(clock.now() - started);
+            }
         }
         let floats = self.trainer.model().params().len();
         if let Some(seconds) = comm::probe_allreduce(self.trainer.collective().as_mut(), floats) {
@@ -762,28 +884,39 @@ impl Run {
             }))?;
         }
         let (mut train_seconds, mut train_tokens) = (0.0f64, 0u64);
-        let mut recent = Vec::new(); // seconds of the steps since the last evaluation
         let mut last_saved = self.trainer.steps_done();
         let ranks = self.trainer.ranks();
         let stop = loop {
             if self.trainer.steps_done() >= self.state.target_steps {
                 break Stop::Done;
             }
-            // Rank 0's clock and Ctrl-C decide for every rank, so all stop at the same step.
-            let time_up = self
-                .state
-                .time_budget_s
-                .is_some_and(|budget| self.elapsed(since) >= budget);
-            let mut stop = [
+            // Rank 0's clock and Ctrl-C decide for every rank, and so does its plan of the
+            // run's length: one broadcast a step carries all three, so every rank stops, and
+            // re-plans, at the same step.
+            let now = self.elapsed(clock);
+            let time_up = self.state.time_budget_s.is_some_and(|budget| now >= budget);
+            let done = self.trainer.steps_done();
+            let plan = match &mut planner {
+                Some(p) if self.root() && p.due(now) => {
+                    let (eval_every, save_every) = (self.state.eval_every, self.state.save_every);
+                    p.plan(now, done, eval_every, save_every) as f64
+                }
+                _ => 0.0,
+            };
+            let mut decided = [
                 f64::from(u8::from(time_up)),
                 f64::from(u8::from(interrupted.load(Ordering::SeqCst))),
+                plan,
             ];
-            self.trainer.collective().broadcast(&mut stop);
-            if stop[0] != 0.0 {
+            self.trainer.collective().broadcast(&mut decided);
+            if decided[0] != 0.0 {
                 break Stop::TimeUp;
             }
-            if stop[1] != 0.0 {
+            if decided[1] != 0.0 {
                 break Stop::Interrupted;
+            }
+            if decided[2] != 0.0 {
+                self.set_length(decided[2] as u64, &bar, planner.as_mut(), now)?;
             }
             let step = self.trainer.steps_done();
             let stats = match self.trainer.step() {
@@ -793,7 +926,8 @@ impl Run {
                 }
                 Err(e) => return Err(e.into()),
             };
-            train_seconds += stats.seconds;
+            let seconds = clock.step_took(stats.seconds);
+            train_seconds += seconds;
             train_tokens += stats.tokens;
             self.state.tokens_seen += stats.tokens;
             self.state.train_loss = Some(stats.loss);
@@ -802,7 +936,7 @@ impl Run {
             let mut line = json!({
                 "step": stats.step, "train_loss": stats.loss, "lr": stats.lr,
                 "grad_norm": stats.grad_norm, "tokens_per_s": tokens_per_s,
-                "elapsed_s": self.elapsed(since),
+                "elapsed_s": self.elapsed(clock),
             });
             if ranks > 1 {
                 line["ranks"] = ranks.into();
@@ -816,26 +950,25 @@ impl Run {
             ));
             bar.set_position(stats.step);
 
-            if step > 0 {
-                recent.push(stats.seconds); // step 0 pays for first-touch allocation
-            }
-            if self.estimate_steps && step == TIMED_STEPS {
-                self.fit_length(&bar, since, &recent, eval_seconds, true);
+            if let Some(p) = &mut planner
+                && step > 0
+            {
+                p.timed(self.elapsed_before + clock.now(), seconds); // step 0 pays for first-touch allocation
             }
             let s = stats.step;
             if s.is_multiple_of(self.state.eval_every) || s == self.state.target_steps {
-                let started = Instant::now();
-                self.evaluate(&bar, since)?;
-                eval_seconds = started.elapsed().as_secs_f64();
-                // The machine's speed may have changed (other work on it): refit, so the
-                // schedule still ends with the clock.
-                if self.estimate_steps && step > TIMED_STEPS && s < self.state.target_steps {
-                    self.fit_length(&bar, since, &recent, eval_seconds, false);
+                let started = clock.now();
+                self.evaluate(&bar, clock)?;
+                if let Some(p) = &mut planner {
+                    p.eval_s = Some(clock.now() - started);
                 }
-                recent.clear();
             }
             if s.is_multiple_of(self.state.save_every) && s < self.state.target_steps {
-                self.save(since)?;
+                let started = clock.now();
+                self.save(clock)?;
+                if let Some(p) = &mut planner {
+                    p.save_s = clock.now() - started;
+                }
                 last_saved = s;
             }
         };
@@ -843,9 +976,9 @@ impl Run {
 
         let step = self.trainer.steps_done();
         if stop != Stop::Interrupted && self.val_curve.last().map(|v| v.0) != Some(step) {
-            self.evaluate(&bar, since)?;
+            self.evaluate(&bar, clock)?;
         }
-        self.save(since)?;
+        self.save(clock)?;
         if !self.root() {
             return Ok(());
         }
@@ -867,45 +1000,63 @@ impl Run {
             ),
             Stop::Done => {}
         }
+        if let Some(p) = &planner
+            && let Some(first) = p.first
+            && first != self.state.target_steps
+        {
+            println!(
+                "--time {}: re-planned as the speed changed, from {} to {}",
+                format_duration(p.budget),
+                fmt::counted(first, "step"),
+                fmt::counted(self.state.target_steps, "step"),
+            );
+        }
         self.print_summary(rate);
         Ok(())
     }
 
-    /// Sets the run's length (and the schedule's) from the measured seconds of recent steps
-    /// and of an evaluation, when --time alone bounds the run: the steps that fit the rest of
-    /// the budget, the evaluations' share and the final one included. Called after the first
-    /// steps (announced) and again at every evaluation. Rank 0's timing decides for all.
-    fn fit_length(
+    /// Sets the run's length to `target` steps (a --time run's plan, `Planner::plan`, which
+    /// rank 0 broadcast): the run ends after step `target`, whose update runs at --min-lr.
+    /// The schedule is a function of step / length, so a new length re-draws the rest of the
+    /// cosine: from this step on the learning rate follows the curve that ends at --min-lr at
+    /// the new last step. It jumps only by the two curves' difference at this step, small as
+    /// the plans of a steady machine differ little and a changed speed enters the rate
+    /// window a step at a time. The first plan is announced; every plan is logged to
+    /// metrics.jsonl (`planned_steps`).
+    fn set_length(
         &mut self,
+        target: u64,
         bar: &ProgressBar,
-        since: Instant,
-        steps: &[f64],
-        eval: f64,
-        announce: bool,
-    ) {
-        let budget = self.state.time_budget_s.expect("--time given");
-        let step_s = steps.iter().sum::<f64>() / steps.len().max(1) as f64;
-        let per_step = step_s + eval / self.state.eval_every as f64;
-        // Keep back the final evaluation and 3% for the speed's wobble.
-        let left = (0.97 * budget - self.elapsed(since) - eval).max(0.0);
-        let done = self.trainer.steps_done();
-        let mut total = [(done + (left / per_step) as u64).max(done + 1) as f64];
-        self.trainer.collective().broadcast(&mut total);
-        self.state.target_steps = total[0] as u64;
+        planner: Option<&mut Planner>,
+        now: f64,
+    ) -> Result<()> {
+        self.state.target_steps = target;
         let mut schedule = self.trainer.config().schedule;
-        schedule.total = self.state.target_steps;
+        schedule.total = target - 1; // `Schedule::at(total)` is min_lr: the last update's
         self.trainer.set_schedule(schedule);
-        bar.set_length(self.state.target_steps);
-        if announce && self.root() {
-            bar.suspend(|| {
-                println!(
-                    "--time {}: {} fit at {:.0} ms per step; the learning rate decays over them",
-                    format_duration(budget),
-                    fmt::counted(self.state.target_steps, "step"),
-                    step_s * 1e3
-                )
-            });
+        bar.set_length(target);
+        let Some(p) = planner else {
+            return Ok(()); // only a --time run plans (on every rank alike)
+        };
+        self.log(json!({
+            "step": self.trainer.steps_done(), "planned_steps": target,
+            "step_s": p.step_s, "elapsed_s": now,
+        }))?;
+        if p.first.is_none() {
+            p.first = Some(target);
+            if self.root() {
+                bar.suspend(|| {
+                    println!(
+                        "--time {}: {} fit at {:.0} ms per step; the learning rate decays over them (re-planned every {:.1} s from the latest steps' speed)",
+                        format_duration(p.budget),
+                        fmt::counted(target, "step"),
+                        p.step_s * 1e3,
+                        p.budget * REPLAN_EVERY,
+                    )
+                });
+            }
         }
+        Ok(())
     }
 
     fn print_header(&self) {
@@ -982,7 +1133,7 @@ impl Run {
 
     /// Mean validation loss over the first --eval-batches batches (split over the ranks);
     /// logs and plots it.
-    fn evaluate(&mut self, bar: &ProgressBar, since: Instant) -> Result<()> {
+    fn evaluate(&mut self, bar: &ProgressBar, clock: &dyn Clock) -> Result<()> {
         let Some(eval) = self.trainer.evaluate(self.state.eval_batches) else {
             return Ok(()); // no validation text: check_data said so once
         };
@@ -994,7 +1145,7 @@ impl Run {
         self.val_curve.push((step, loss));
         self.log(json!({
             "step": step, "val_loss": loss, "val_bits_per_byte": bpb,
-            "val_perplexity": loss.exp(), "val_tokens": eval.tokens, "elapsed_s": self.elapsed(since),
+            "val_perplexity": loss.exp(), "val_tokens": eval.tokens, "elapsed_s": self.elapsed(clock),
         }))?;
         if !self.root() {
             return Ok(());
@@ -1007,7 +1158,7 @@ impl Run {
             "step {:>6} | {train}val {loss:.4} nats/token, {bpb:.4} bits/byte, perplexity {:.3} | {:.1} s",
             step,
             loss.exp(),
-            self.elapsed(since)
+            self.elapsed(clock)
         );
         bar.suspend(|| println!("{line}"));
         self.plot()
@@ -1047,8 +1198,8 @@ impl Run {
             .with_context(|| format!("cannot write {}/metrics.jsonl", self.out.display()))
     }
 
-    fn save(&mut self, since: Instant) -> Result<()> {
-        self.state.elapsed_s = self.elapsed(since);
+    fn save(&mut self, clock: &dyn Clock) -> Result<()> {
+        self.state.elapsed_s = self.elapsed(clock);
         let extra = serde_json::to_value(&self.state).expect("RunState serializes");
         self.trainer
             .save(&self.out.join(CHECKPOINT_DIR), &extra)
@@ -1541,6 +1692,174 @@ fn format_duration(seconds: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A machine whose step time is a function of the simulated time: `cost(now)` seconds
+    /// for a step begun at `now`. Evaluations and checkpoints take no simulated time.
+    struct Simulated {
+        now: std::cell::Cell<f64>,
+        cost: fn(f64) -> f64,
+    }
+
+    impl Clock for Simulated {
+        fn now(&self) -> f64 {
+            self.now.get()
+        }
+
+        fn step_took(&self, _measured: f64) -> f64 {
+            let seconds = (self.cost)(self.now.get());
+            self.now.set(self.now.get() + seconds);
+            seconds
+        }
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    /// What a simulated run did.
+    struct Ran {
+        /// (step, lr, elapsed_s) of every step line of metrics.jsonl.
+        steps: Vec<(u64, f32, f64)>,
+        /// The lengths it planned.
+        plans: Vec<u64>,
+        min_lr: f32,
+        target: u64,
+    }
+
+    /// Trains the tiny GPT with `--time 60s` on a simulated machine.
+    fn simulated_minute(cost: fn(f64) -> f64) -> Ran {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let cli = Cli::parse_from([
+            "train",
+            "--preset",
+            "tiny",
+            "--batch",
+            "2",
+            "--seq-len",
+            "16",
+            "--eval-batches",
+            "1",
+            "--time",
+            "60s",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let mut run = Run::start(&cli.args, Box::new(model::train::SingleProcess)).unwrap();
+        let clock = Simulated {
+            now: std::cell::Cell::new(0.0),
+            cost,
+        };
+        run.train_on(&clock).unwrap();
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = metrics
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let steps = lines
+            .iter()
+            .filter(|l| l.get("lr").is_some())
+            .map(|l| {
+                let step = l["step"].as_u64().unwrap();
+                (
+                    step,
+                    l["lr"].as_f64().unwrap() as f32,
+                    l["elapsed_s"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        let plans = lines
+            .iter()
+            .filter_map(|l| l.get("planned_steps").and_then(|p| p.as_u64()))
+            .collect();
+        let min_lr = run.trainer.config().schedule.min_lr;
+        Ran {
+            steps,
+            plans,
+            min_lr,
+            target: run.state.target_steps,
+        }
+    }
+
+    /// The run's last step is its planned last, ends within 5 % of the budget and runs at
+    /// --min-lr; after the warmup the learning rate never jumps by more than `jump` of its
+    /// peak from one step to the next.
+    fn ends_with_the_clock(cost: fn(f64) -> f64, jump: f32) {
+        let Ran {
+            steps,
+            plans,
+            min_lr,
+            target,
+        } = simulated_minute(cost);
+        let &(last, lr, elapsed) = steps.last().unwrap();
+        assert_eq!(last, target, "the run stopped before its plan (time up)");
+        assert!(
+            (57.0..=60.0).contains(&elapsed),
+            "{last} steps took {elapsed:.1} of 60 simulated seconds; plans: {plans:?}"
+        );
+        assert_eq!(lr, min_lr, "the last step's learning rate");
+        assert!(
+            plans.len() > 20,
+            "re-planned every 2% of the budget: {plans:?}"
+        );
+        let peak = steps.iter().map(|s| s.1).fold(0.0, f32::max);
+        let worst = steps[20..]
+            .windows(2)
+            .map(|w| (w[1].1 - w[0].1).abs() / peak)
+            .fold(0.0, f32::max);
+        assert!(
+            worst <= jump,
+            "the learning rate jumped by {worst} of its peak"
+        );
+    }
+
+    #[test]
+    fn an_evaluation_slowed_by_a_passing_load_is_not_reserved_at_that_price() {
+        // The first evaluation (16 batches) took 14.5 s under load; the steps after it, with
+        // the load gone, take 0.5 s. Its cost is bounded by 16 × 0.5 steps (4 s), not 14.5 s.
+        let mut p = Planner::new(60.0, 16);
+        p.eval_s = Some(14.5);
+        for i in 1..=10 {
+            p.timed(15.0 + 0.5 * i as f64, 0.5);
+        }
+        let target = p.plan(20.0, 10, 100, 200);
+        let left = 0.98 * 60.0 - 20.0 - 16.0 * 0.5 * 0.5;
+        assert_eq!(target, 10 + (left / (0.5 + 4.0 / 100.0)) as u64);
+        // The same evaluation under the same speed as its steps keeps its measured cost, and
+        // follows the step time: steps twice as fast, an evaluation half as long.
+        let mut p = Planner::new(60.0, 16);
+        p.eval_s = Some(2.0);
+        for i in 1..=10 {
+            p.timed(2.0 + 0.5 * i as f64, 0.5);
+        }
+        p.plan(7.0, 10, 100, 200);
+        assert_eq!(p.eval_steps, 4.0);
+        for i in 1..=40 {
+            p.timed(7.0 + 0.25 * i as f64, 0.25);
+        }
+        let target = p.plan(17.0, 50, 100, 200);
+        let left = 0.98 * 60.0 - 17.0 - 1.0;
+        assert_eq!(target, 50 + (left / (0.25 + 1.0 / 100.0)) as u64);
+    }
+
+    #[test]
+    fn a_time_run_ends_with_the_clock_when_the_first_steps_are_slow() {
+        // Another program busy for the first 15 s: steps twice as slow. Planned from the
+        // first steps alone, the run ended after about 36 s.
+        ends_with_the_clock(|now| if now < 15.0 { 0.6 } else { 0.3 }, 0.05);
+    }
+
+    #[test]
+    fn a_time_run_ends_with_the_clock_when_the_machine_slows_down() {
+        // Another program starts at 30 s and steps take 2.5 times as long: planned from the
+        // first steps alone, the run would stop (time up) long before the schedule's end.
+        // Its last 60 steps planned turn into 25, so the learning rate has to fall faster:
+        // by up to 8% of its peak at a re-plan.
+        ends_with_the_clock(|now| if now < 30.0 { 0.2 } else { 0.5 }, 0.1);
+    }
 
     #[test]
     fn durations_parse() {

@@ -10,7 +10,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -25,6 +25,22 @@ fn mpirun(ranks: usize, args: &[String]) -> Command {
     }
     cmd.args(args);
     cmd
+}
+
+/// The exit status of `job`, which must end within `seconds` (a hung job is killed: its
+/// ranks' collective calls went out of step).
+fn wait_for(job: &mut Child, seconds: u64) -> ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = job.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > Duration::from_secs(seconds) {
+            job.kill().unwrap();
+            panic!("the job hangs");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -238,14 +254,7 @@ fn a_rank_that_dies_takes_the_job_down_and_the_last_checkpoint_stays() {
             .unwrap()
             .success()
     );
-    let waited = Instant::now();
-    let status = loop {
-        if let Some(status) = job.try_wait().unwrap() {
-            break status;
-        }
-        assert!(waited.elapsed() < Duration::from_secs(60), "the job hangs");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_for(&mut job, 60);
     assert!(!status.success());
     let mut err = String::new();
     std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut err).unwrap();
@@ -256,4 +265,51 @@ fn a_rank_that_dies_takes_the_job_down_and_the_last_checkpoint_stays() {
     let mut more = strings(&["train", "--resume", "--out"]);
     more.extend([s(&out), "--steps".into(), (step + 2).to_string()]);
     ok(runner(&more.iter().map(String::as_str).collect::<Vec<_>>()));
+}
+
+/// A `--time` run re-plans its length every 2% of the budget from rank 0's clock: every rank
+/// takes the new length at the same step (one broadcast a step carries it with the stop
+/// decision), so the job neither hangs nor has ranks disagree on where the run ends.
+#[test]
+fn a_time_run_on_two_ranks_replans_in_lock_step() {
+    let root = tempfile::tempdir().unwrap();
+    let data = prepared_corpus(root.path());
+    let out = root.path().join("run");
+    let mut args = strings(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--seq-len",
+        "32",
+        "--batch",
+        "8",
+    ]);
+    args.extend(strings(&[
+        "--eval-batches",
+        "2",
+        "--time",
+        "5s",
+        "--warmup",
+        "5",
+    ]));
+    args.extend(["--shards".into(), s(&data), "--out".into(), s(&out)]);
+    let mut job = mpirun(2, &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for(&mut job, 120);
+    let output = job.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.matches("steps fit at").count(), 1, "{stdout}");
+    let plans = metrics(&out)
+        .iter()
+        .filter(|v| v["planned_steps"].is_number())
+        .count();
+    assert!(plans >= 2, "re-planned: {plans} plans\n{stdout}");
 }

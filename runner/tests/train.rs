@@ -264,11 +264,23 @@ fn time_budget_sets_the_length_and_stops() {
     ));
     assert!(stdout.contains("steps fit at"), "{stdout}");
     let st = state(&run);
-    assert_eq!(
-        st["total"], st["target_steps"],
-        "the schedule ends with the budget"
-    );
-    assert!(st["step"].as_u64().unwrap() >= 4);
+    // The schedule ends with the planned length: `total` is the index of its last update,
+    // which runs at --min-lr.
+    let target = st["target_steps"].as_u64().unwrap();
+    assert_eq!(st["total"], target - 1, "the schedule ends with the budget");
+    let step = st["step"].as_u64().unwrap();
+    assert!(step >= 4);
+    if step == target {
+        let last = metrics(&run)
+            .into_iter()
+            .rfind(|v| v["lr"].is_number())
+            .unwrap();
+        assert_eq!(last["step"], step);
+        assert_eq!(
+            last["lr"].as_f64().unwrap() as f32,
+            st["min_lr"].as_f64().unwrap() as f32
+        );
+    }
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
