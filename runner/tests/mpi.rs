@@ -4,7 +4,8 @@
 //! threads trains with the same global batch (losses printed side by side); a checkpoint from
 //! 2 ranks resumes on 2 (bit-exactly) and on 1; ranks started differently refuse with one
 //! line from rank 0 and write nothing; a rank killed mid-run takes the job down and leaves the
-//! last checkpoint loadable. Leaves out: speed (the README's measured table).
+//! last checkpoint loadable; a `--time` run re-plans its length on every rank at the same step
+//! (no hang). Leaves out: speed (the README's measured table).
 #![cfg(feature = "mpi")]
 
 mod common;
