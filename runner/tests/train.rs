@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -179,24 +179,7 @@ fn sigint_saves_and_the_resumed_run_matches_the_uninterrupted_one() {
         "--steps".into(),
         steps.to_string(),
     ]);
-    let child = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for a few steps, then interrupt.
-    let started = Instant::now();
-    while train_steps_logged(&run) < 5 {
-        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
+    let out = interrupted_after(&args, &run, 5);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(130), "{stdout}");
     assert!(stdout.contains("interrupted: saved step"), "{stdout}");
@@ -213,10 +196,66 @@ fn sigint_saves_and_the_resumed_run_matches_the_uninterrupted_one() {
     assert_eq!(val_losses(&run), val_losses(&straight));
 }
 
+/// `runner ARGS` training into `run`, sent Ctrl-C once it has logged `steps` steps.
+fn interrupted_after(args: &[String], run: &Path, steps: usize) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while train_steps_logged(run) < steps {
+        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    child.wait_with_output().unwrap()
+}
+
 fn train_steps_logged(run: &Path) -> usize {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .map(|t| t.lines().filter(|l| l.contains("train_loss")).count())
         .unwrap_or(0)
+}
+
+/// A `--time` run interrupted after its length was planned, resumed with `--steps` equal to
+/// that length, keeps its schedule (whose last update, one step before the length, runs at
+/// --min-lr): nothing is re-stretched.
+#[test]
+fn an_interrupted_time_run_resumed_with_its_own_length_keeps_its_schedule() {
+    let root = tempfile::tempdir().unwrap();
+    let data = prepared_corpus(root.path());
+    let run = root.path().join("timed");
+    let mut args: Vec<String> = ["train", "--time", "5m", "--save-every", "1000"]
+        .map(String::from)
+        .to_vec();
+    args.extend(TINY.iter().map(|a| a.to_string()));
+    args.extend(["--shards".into(), s(&data), "--out".into(), s(&run)]);
+    let out = interrupted_after(&args, &run, 15);
+    assert_eq!(out.status.code(), Some(130));
+    let st = state(&run);
+    let target = st["target_steps"].as_u64().unwrap();
+    assert_eq!(st["total"], target - 1);
+    assert!(st["step"].as_u64().unwrap() < target);
+    // Resumed with its own length (and a budget already spent, so it stops at once).
+    let stdout = ok(runner_with(
+        &["train", "--resume", "--time", "1s"],
+        &[
+            "--out".into(),
+            s(&run),
+            "--steps".into(),
+            target.to_string(),
+        ],
+    ));
+    assert!(!stdout.contains("now decays"), "{stdout}");
+    let st = state(&run);
+    assert_eq!(st["target_steps"], target);
+    assert_eq!(st["total"], target - 1, "the schedule is the one planned");
 }
 
 #[test]
