@@ -561,7 +561,7 @@ impl Report {
                 name(l.model),
                 l.lr,
                 if chosen { " (chosen)" } else { "" },
-                l.steps,
+                crate::ckpt::thousands(l.steps),
                 l.final_bpb()
                     .map_or("diverged".to_string(), |b| format!("{b:.3}")),
                 percent(l.other_work),
@@ -576,7 +576,7 @@ impl Report {
                 "| {} | {:e} | {} | {} | {} | {} |\n",
                 name(l.model),
                 l.lr,
-                l.steps,
+                crate::ckpt::thousands(l.steps),
                 crate::ckpt::thousands(tokens),
                 l.final_bpb()
                     .map_or("diverged".to_string(), |b| format!("{b:.3}")),
@@ -613,12 +613,18 @@ impl Report {
             );
             s += &format!(
                 "In the same {:.0} s the GPT saw {} tokens and the LSTM {} ({:.2}×); the GPT \
-                 ended at {g:.3} bits/byte, the LSTM at {l:.3}: a gap of {:.3} bits/byte.\n\n",
+                 ended at {g:.3} bits/byte, the LSTM at {l:.3}: {}.\n\n",
                 self.budget,
                 crate::ckpt::thousands(gt),
                 crate::ckpt::thousands(lt),
                 gt as f64 / lt.max(1) as f64,
-                l - g,
+                Standing {
+                    share: 1.0,
+                    seconds: self.budget,
+                    gpt: Some(g),
+                    lstm: Some(l)
+                }
+                .text(),
             );
         }
         s += &format!("**{}**\n", self.verdict);

@@ -242,7 +242,9 @@ pub fn run(args: Args) -> Result<()> {
             for &n in &threads {
                 // Both models back to back, so a noisy moment hits them alike.
                 for kind in KINDS {
-                    let trace = !cores.is_empty() && n == 1;
+                    // Every thread count is traced: 1 thread feeds the model, the others
+                    // show where a prediction misses.
+                    let trace = !cores.is_empty();
                     let run = measure(kind, shape, n, args.warmup, args.steps, trace, precision)?;
                     eprintln!(
                         "round {round}/{}  {:>4} {:<12} {:<10} {:>8} tokens/s",
@@ -270,16 +272,21 @@ pub fn run(args: Args) -> Result<()> {
         None
     } else {
         let overheads = Overheads::measure()?;
-        let mut profiles = Vec::new();
-        for run in runs.iter_mut().filter(|r| r.threads == 1) {
+        let (mut profiles, mut measured) = (Vec::new(), Vec::new());
+        for run in runs.iter_mut() {
             let traces = std::mem::take(&mut run.traces);
             let profile = Profile::from_traces(run.median_seconds(), &traces)?;
-            profiles.push((run.kind, run.shape, profile));
+            if run.threads == 1 {
+                profiles.push((run.kind, run.shape, profile));
+            } else {
+                measured.push((run.kind, run.shape, run.threads, profile));
+            }
         }
         Some(Projection {
             overheads,
             cores,
             profiles,
+            measured,
         })
     };
     machine.other_work[1] = other_work(WATCH);

@@ -275,6 +275,65 @@ pub(super) struct Projection {
     pub(super) cores: Vec<usize>,
     /// The 1-thread profile of each (model, shape).
     pub(super) profiles: Vec<(ModelKind, Shape, Profile)>,
+    /// The traced steps at every other thread count of the sweep: what the predictions are
+    /// checked against, launch by launch.
+    pub(super) measured: Vec<(ModelKind, Shape, usize, Profile)>,
+}
+
+/// One kernel's share of a prediction's miss: its launches summed (seconds).
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Shortfall {
+    /// `file:line` of the launch, or "outside the kernels".
+    pub(super) kernel: String,
+    pub(super) one_thread: f64,
+    pub(super) predicted: f64,
+    pub(super) measured: f64,
+}
+
+/// Where the prediction for `p` cores misses the step measured there (`many`), kernel by
+/// kernel, largest miss (measured − predicted) first. `None` when the two steps did not launch
+/// the same kernels in the same order.
+pub(super) fn shortfalls(
+    one: &Profile,
+    many: &Profile,
+    p: usize,
+    o: &Overheads,
+) -> Option<Vec<Shortfall>> {
+    if one.launches.len() != many.launches.len()
+        || one
+            .launches
+            .iter()
+            .zip(&many.launches)
+            .any(|(a, b)| a.kernel != b.kernel)
+    {
+        return None;
+    }
+    let mut rows: Vec<Shortfall> = Vec::new();
+    for (a, b) in one.launches.iter().zip(&many.launches) {
+        let i = match rows.iter().position(|r| r.kernel == a.kernel) {
+            Some(i) => i,
+            None => {
+                rows.push(Shortfall {
+                    kernel: a.kernel.clone(),
+                    one_thread: 0.0,
+                    predicted: 0.0,
+                    measured: 0.0,
+                });
+                rows.len() - 1
+            }
+        };
+        rows[i].one_thread += a.seconds;
+        rows[i].predicted += launch_seconds(a, p, o);
+        rows[i].measured += b.seconds;
+    }
+    rows.push(Shortfall {
+        kernel: "outside the kernels".into(),
+        one_thread: one.serial,
+        predicted: one.serial,
+        measured: many.serial,
+    });
+    rows.sort_by(|x, y| (y.measured - y.predicted).total_cmp(&(x.measured - x.predicted)));
+    Some(rows)
 }
 
 impl Projection {
@@ -330,6 +389,72 @@ impl Projection {
             }
         }
         rows
+    }
+
+    /// Per model, the kernels where the predictions outside the tolerance miss most, summed
+    /// over those (shape, threads) cases, from the traced steps at those thread counts.
+    fn misses_markdown(&self, rows: &[(ModelKind, Shape, usize, f64, f64)]) -> String {
+        let mut s = String::new();
+        for kind in KINDS {
+            let mut total: Vec<Shortfall> = Vec::new();
+            let mut cases = Vec::new();
+            for &(k, shape, n, measured, predicted) in rows {
+                if k != kind || n == 1 || (predicted / measured - 1.0).abs() <= TOLERANCE {
+                    continue;
+                }
+                let Some(many) = self
+                    .measured
+                    .iter()
+                    .find(|m| (m.0, m.1, m.2) == (kind, shape, n))
+                else {
+                    continue;
+                };
+                let Some(parts) =
+                    shortfalls(self.profile(kind, shape), &many.3, n, &self.overheads)
+                else {
+                    continue;
+                };
+                cases.push(format!("{} on {}", shape.label(), n));
+                for p in parts {
+                    match total.iter_mut().find(|t| t.kernel == p.kernel) {
+                        Some(t) => {
+                            t.one_thread += p.one_thread;
+                            t.predicted += p.predicted;
+                            t.measured += p.measured;
+                        }
+                        None => total.push(p),
+                    }
+                }
+            }
+            if cases.is_empty() {
+                continue;
+            }
+            total.sort_by(|x, y| (y.measured - y.predicted).total_cmp(&(x.measured - x.predicted)));
+            let miss: f64 = total.iter().map(|t| t.measured - t.predicted).sum();
+            s += &format!(
+                "\n#### Where the {} prediction misses ({})\n\n\
+                 The same launches traced in the measured steps, summed over those cases: \
+                 each kernel's time on 1 thread, as predicted, as measured, its measured \
+                 speedup, and its share of the whole miss ({:.1} ms).\n\n\
+                 | kernel (launch site) | 1 thread | predicted | measured | speedup | share of the miss |\n\
+                 |---|--:|--:|--:|--:|--:|\n",
+                display_name(kind),
+                cases.join(", "),
+                miss * 1e3,
+            );
+            for t in total.iter().take(6) {
+                s += &format!(
+                    "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}× | {:.0}% |\n",
+                    t.kernel,
+                    t.one_thread * 1e3,
+                    t.predicted * 1e3,
+                    t.measured * 1e3,
+                    t.one_thread / t.measured.max(f64::MIN_POSITIVE),
+                    100.0 * (t.measured - t.predicted) / miss,
+                );
+            }
+        }
+        s
     }
 
     /// Distinct T of the shapes, ascending: the colours of the chart.
@@ -436,6 +561,8 @@ impl Projection {
                 100.0 * worst
             )
         };
+
+        s += &self.misses_markdown(&rows);
 
         s += "\n### Projected tokens per second\n\n\
               | B | T | cores | GPT tokens/s | LSTM tokens/s | GPT / LSTM |\n\
@@ -632,6 +759,45 @@ mod tests {
         assert!(close(p.step_seconds(1, &O), 3e-3));
         // 1 ms + 1 ms / 2 + 10 · max(0.1 ms / 2, 0.1 µs) + 2 µs.
         assert!(close(p.step_seconds(2, &O), 1e-3 + 0.5e-3 + 0.5e-3 + 2e-6));
+    }
+
+    #[test]
+    fn misses_are_summed_per_kernel_and_sorted_by_size() {
+        let named = |kernel: &str, ways, seconds| LaunchCost {
+            kernel: kernel.into(),
+            ..cost(1, ways, 1, seconds)
+        };
+        // Two launches of a.rs:1 and one of b.rs:2 on 1 thread; on 2 threads the first kernel
+        // speeds up only 1.25× (predicted 2×), the second as predicted.
+        let one = Profile {
+            step: 6e-3,
+            serial: 1e-3,
+            launches: vec![
+                named("a.rs:1", 8, 2e-3),
+                named("b.rs:2", 8, 1e-3),
+                named("a.rs:1", 8, 2e-3),
+            ],
+        };
+        let two = Profile {
+            step: 5e-3,
+            serial: 1.2e-3,
+            launches: vec![
+                named("a.rs:1", 8, 1.6e-3),
+                named("b.rs:2", 8, 0.5e-3),
+                named("a.rs:1", 8, 1.6e-3),
+            ],
+        };
+        let rows = shortfalls(&one, &two, 2, &O).unwrap();
+        let kernels: Vec<&str> = rows.iter().map(|r| r.kernel.as_str()).collect();
+        assert_eq!(kernels, ["a.rs:1", "outside the kernels", "b.rs:2"]);
+        assert!(close(rows[0].one_thread, 4e-3) && close(rows[0].predicted, 2e-3));
+        assert!(close(rows[0].measured, 3.2e-3));
+        assert!(close(rows[1].predicted, 1e-3) && close(rows[1].measured, 1.2e-3));
+        assert!(close(rows[2].predicted, 0.5e-3) && close(rows[2].measured, 0.5e-3));
+        // Different launches cannot be compared.
+        let mut other = two.clone();
+        other.launches[1].kernel = "c.rs:3".into();
+        assert_eq!(shortfalls(&one, &other, 2, &O), None);
     }
 
     #[test]
