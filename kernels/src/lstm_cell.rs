@@ -79,10 +79,8 @@ pub fn lstm_cell_forward(
                 let (gf, rest) = rest.split_at_mut(h);
                 let (gg, go) = rest.split_at_mut(h);
                 for_blocks(h, |k: Block| {
-                    let (i, f) = (sigmoid(k.load(gi)), sigmoid(k.load(gf)));
-                    let (g, o) = (tanh(k.load(gg)), sigmoid(k.load(go)));
-                    let cv = f.mul_add(k.load(cp), i * g);
-                    let tcv = tanh(cv);
+                    let pre = [k.load(gi), k.load(gf), k.load(gg), k.load(go)];
+                    let ([i, f, g, o], cv, tcv) = cell_forward(pre, k.load(cp));
                     k.store(gi, i);
                     k.store(gf, f);
                     k.store(gg, g);
@@ -93,6 +91,41 @@ pub fn lstm_cell_forward(
                 });
             }
         });
+}
+
+/// One lane block of the cell forward from the pre-activations `[i, f, g, o]` and `c_prev`:
+/// the activated gates, `c` and `tanh(c)`. The one copy of the cell's forward arithmetic, used
+/// here and by the recurrence's fused step, so the two agree bit for bit.
+#[inline(always)]
+pub(crate) fn cell_forward(pre: [F32s; 4], c_prev: F32s) -> ([F32s; 4], F32s, F32s) {
+    let [ai, af, ag, ao] = pre;
+    let (i, f, g, o) = (sigmoid(ai), sigmoid(af), tanh(ag), sigmoid(ao));
+    let c = f.mul_add(c_prev, i * g);
+    ([i, f, g, o], c, tanh(c))
+}
+
+/// One lane block of the cell backward from the activated `[i, f, g, o]`, the gradients `dh`
+/// and `dc` reaching h and c, `c_prev` and `tanh_c`: the pre-activation gradients and
+/// `dc_prev`. The one copy of the cell's backward arithmetic (see [`cell_forward`]).
+#[inline(always)]
+pub(crate) fn cell_backward(
+    gates: [F32s; 4],
+    dh: F32s,
+    dc: F32s,
+    c_prev: F32s,
+    tanh_c: F32s,
+) -> ([F32s; 4], F32s) {
+    let [i, f, g, o] = gates;
+    let one = F32s::ONE;
+    // dĉ = dc + dh·o·(1 − tanh_c²)
+    let dct = (dh * o).mul_add(tanh_c.mul_neg_add(tanh_c, one), dc);
+    let dgates = [
+        dct * g * i * (one - i),
+        dct * c_prev * f * (one - f),
+        dct * i * g.mul_neg_add(g, one),
+        dh * tanh_c * o * (one - o),
+    ];
+    (dgates, dct * f)
 }
 
 /// Gradient of [`lstm_cell_forward`] from the saved activated `gates`, `c_prev` and `tanh_c`.
@@ -150,16 +183,14 @@ pub fn lstm_cell_backward(
                 let (dgf, rest) = rest.split_at_mut(h);
                 let (dgg, dgo) = rest.split_at_mut(h);
                 for_blocks(h, |k: Block| {
-                    let (i, f, g, o) = (k.load(gi), k.load(gf), k.load(gg), k.load(go));
-                    let (dhv, tcv) = (k.load(dhr), k.load(tc));
-                    let one = F32s::ONE;
-                    // dĉ = dc + dh·o·(1 − tanh_c²)
-                    let dct = (dhv * o).mul_add(tcv.mul_neg_add(tcv, one), k.load(dcr));
-                    k.store(dgi, dct * g * i * (one - i));
-                    k.store(dgf, dct * k.load(cp) * f * (one - f));
-                    k.store(dgg, dct * i * g.mul_neg_add(g, one));
-                    k.store(dgo, dhv * tcv * o * (one - o));
-                    k.store(dcp, dct * f);
+                    let gates = [k.load(gi), k.load(gf), k.load(gg), k.load(go)];
+                    let (d, dcv) =
+                        cell_backward(gates, k.load(dhr), k.load(dcr), k.load(cp), k.load(tc));
+                    k.store(dgi, d[0]);
+                    k.store(dgf, d[1]);
+                    k.store(dgg, d[2]);
+                    k.store(dgo, d[3]);
+                    k.store(dcp, dcv);
                 });
             }
         });

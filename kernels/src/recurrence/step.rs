@@ -9,7 +9,8 @@
 
 use super::{Dims, G, Saved};
 use crate::lanes::Block;
-use crate::math::{sigmoid, tanh};
+use crate::lstm_cell::{cell_backward, cell_forward};
+use crate::math::tanh;
 use crate::raw::team::{Seat, Shared};
 use crate::simd::{F32s, LANES, load};
 
@@ -269,16 +270,14 @@ fn forward_block<const R: usize, const U: usize, P: Product>(
     for r in 0..R {
         for v in 0..U {
             let k = blocks[v];
-            let [ai, af, ag, ao] = acc[r][v];
-            let (i, f, g, og) = (sigmoid(ai), sigmoid(af), tanh(ag), sigmoid(ao));
-            let c = f.mul_add(k.load(rows[r].cprev), i * g);
+            let ([i, f, g, og], c, tc) = cell_forward(acc[r][v], k.load(rows[r].cprev));
             let row = &mut *rows[r];
             k.store(row.gates[0], i);
             k.store(row.gates[1], f);
             k.store(row.gates[2], g);
             k.store(row.gates[3], og);
             k.store(row.c, c);
-            k.store(row.h, og * tanh(c));
+            k.store(row.h, og * tc);
         }
     }
 }
@@ -320,21 +319,20 @@ pub(super) fn cell_backward_step(
         );
         let dh_above = &dhs[prev + j0..][..own];
         let (c, cprev) = (&cs[next + j0..][..own], &cs[prev + j0..][..own]);
-        let one = F32s::ONE;
         for o in (0..own).step_by(LANES) {
             let k = Block {
                 i: o,
                 n: LANES.min(own - o),
             };
-            let (i, f, g, og) = (k.load(si), k.load(sf), k.load(sgg), k.load(so));
+            let gates = [k.load(si), k.load(sf), k.load(sgg), k.load(so)];
             let dhv = k.load(dh_above) + k.load(dh);
             let tc = tanh(k.load(c));
-            let dcv = (dhv * og).mul_add(one - tc * tc, k.load(dc));
-            k.store(dgi, dcv * g * i * (one - i));
-            k.store(dgf, dcv * k.load(cprev) * f * (one - f));
-            k.store(dgg, dcv * i * (one - g * g));
-            k.store(dgo, dhv * tc * og * (one - og));
-            k.store(dc, dcv * f);
+            let (d, dc_prev) = cell_backward(gates, dhv, k.load(dc), k.load(cprev), tc);
+            k.store(dgi, d[0]);
+            k.store(dgf, d[1]);
+            k.store(dgg, d[2]);
+            k.store(dgo, d[3]);
+            k.store(dc, dc_prev);
         }
     }
 }

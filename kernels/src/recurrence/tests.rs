@@ -561,3 +561,43 @@ fn a_packing_for_another_hidden_size_panics() {
         LstmDims { b, t, h },
     );
 }
+
+/// The walk's fused cell and the standalone cell kernels are one arithmetic: with W_hh = 0 the
+/// walk's pre-activations are the input projections alone and no gradient flows through W_hh,
+/// so its h, c, gates and their gradients equal, bit for bit, the cell kernels applied one time
+/// step after another (forward, then backward from the last step).
+#[test]
+fn the_walks_cell_is_the_cell_kernel_bit_for_bit() {
+    use crate::lstm_cell::{lstm_cell_backward, lstm_cell_forward};
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (b, t, h) in [(3, 4, 37), (1, 5, 16)] {
+        let mut c = case(b, t, h, 21);
+        c.w_hh.fill(0.0);
+        let (bh, bg) = (b * h, b * G * h);
+        let one = LstmDims::new(b, 1, h);
+        let (hs, cs, gates) = forward(&c, Precision::F32);
+        let (mut c_prev, mut tanh_cs) = (c.cs[..bh].to_vec(), Vec::new());
+        for s in 0..t {
+            let mut g = c.gates[s * bg..][..bg].to_vec();
+            let (mut c_t, mut h_t, mut tc) = (vec![0.0; bh], vec![0.0; bh], vec![0.0; bh]);
+            lstm_cell_forward(&mut c_t, &mut h_t, &mut tc, &mut g, &c_prev, one);
+            let at = (s + 1) * bh;
+            assert_eq!(bits(&cs[at..][..bh]), bits(&c_t), "c, step {s}");
+            assert_eq!(bits(&hs[at..][..bh]), bits(&h_t), "h, step {s}");
+            assert_eq!(bits(&gates[s * bg..][..bg]), bits(&g), "gates, step {s}");
+            tanh_cs.push(tc);
+            c_prev = c_t;
+        }
+        let [dgates, _, dc0] = backward(&c, &gates, &cs, Precision::F32);
+        let mut dc = vec![0.0; bh];
+        for s in (0..t).rev() {
+            let (mut dg, mut dc_prev) = (vec![0.0; bg], vec![0.0; bh]);
+            let (dh, g) = (&c.dhs[s * bh..][..bh], &gates[s * bg..][..bg]);
+            let cp = &cs[s * bh..][..bh];
+            lstm_cell_backward(&mut dg, &mut dc_prev, dh, &dc, g, cp, &tanh_cs[s], one);
+            assert_eq!(bits(&dgates[s * bg..][..bg]), bits(&dg), "dgates, step {s}");
+            dc = dc_prev;
+        }
+        assert_eq!(bits(&dc0), bits(&dc), "dc0");
+    }
+}
