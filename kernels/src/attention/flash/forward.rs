@@ -3,13 +3,14 @@
 //! packing (`mod.rs`), the backward (`backward.rs`).
 
 use super::{
-    Dims, F32, Packing, Part, ScoreTile, Scratch, Source, TILE, carve, carve_as, exp_shifted, hmax,
+    Dims, F32, Packing, Part, ScoreTile, Scratch, Source, TILE, carve, carve_as, exp_shifted,
     mask_above, product,
 };
 use crate::attention::exp::exp_nonpositive;
+use crate::lanes;
 use crate::precision::Precision;
 use crate::raw::tile::{Operand, Strided};
-use crate::simd::{F32s, LANES, load, store};
+use crate::simd::{LANES, load, store};
 use rayon::prelude::*;
 
 /// Forward in precision `p` (as this build runs it): see the module doc. Shapes are checked
@@ -137,7 +138,7 @@ fn forward_tile<M: Packing>(
                 mask_above(row, r);
             }
             // fl(scale·x) is monotonic in x, so this is the max of the scaled row.
-            *m_new_r = m[r].max(scale * row_max(row));
+            *m_new_r = m[r].max(scale * lanes::max(row));
         }
         for ((a, mo), mn) in alpha
             .chunks_exact_mut(LANES)
@@ -151,7 +152,7 @@ fn forward_tile<M: Packing>(
             l[r] = l[r] * alpha[r] + sum;
             // Scaling by 1 is exact, and once a row's max has settled it is the common case.
             if j > 0 && alpha[r] != 1.0 {
-                scale_row(&mut o_i[r * hsp..][..hsp], alpha[r]);
+                lanes::scale_inplace(&mut o_i[r * hsp..][..hsp], alpha[r]);
             }
         }
         m = m_new;
@@ -171,24 +172,7 @@ fn forward_tile<M: Packing>(
         );
     }
     for r in 0..TILE {
-        scale_row(&mut o_i[r * hsp..][..hsp], 1.0 / l[r]);
+        lanes::scale_inplace(&mut o_i[r * hsp..][..hsp], 1.0 / l[r]);
         lse_i[r] = m[r] + l[r].ln();
-    }
-}
-
-/// Largest entry of a row (a multiple of the lane width long).
-fn row_max(row: &[f32]) -> f32 {
-    let mut mx = F32s::splat(f32::NEG_INFINITY);
-    for chunk in row.chunks_exact(LANES) {
-        mx = mx.fast_max(load(chunk));
-    }
-    hmax(mx)
-}
-
-/// row *= alpha (a multiple of the lane width long).
-fn scale_row(row: &mut [f32], alpha: f32) {
-    let a = F32s::splat(alpha);
-    for chunk in row.chunks_exact_mut(LANES) {
-        store(chunk, load(chunk) * a);
     }
 }

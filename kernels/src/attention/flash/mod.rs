@@ -329,20 +329,6 @@ fn transpose(mut rows: [F32s; LANES]) -> [F32s; LANES] {
     rows
 }
 
-/// Largest lane of `v`, by log2(LANES) rounds of max with a rotated copy.
-#[inline(always)]
-fn hmax(mut v: F32s) -> f32 {
-    let mut h = LANES / 2;
-    while h > 0 {
-        let rot = U32s::from(std::array::from_fn::<u32, LANES, _>(|l| {
-            ((l + h) % LANES) as u32
-        }));
-        v = v.fast_max(v.shuffle(rot));
-        h /= 2;
-    }
-    v.to_array()[0]
-}
-
 /// Lane offsets 0, 1, …, LANES−1, for building masks by column index.
 fn iota() -> F32s {
     F32s::from(std::array::from_fn::<f32, LANES, _>(|i| i as f32))
