@@ -57,8 +57,8 @@ fn launched_ranks() -> Option<usize> {
 }
 
 /// Checks that every rank holds the same `mine` (a JSON description of `what`: the flags, the
-/// data's identity). On a difference, rank 0 prints one line naming the first one and every
-/// rank returns an error (rank 0's says what differs; the others' are [`Disagreed`]).
+/// data's identity). On a difference, rank 0 prints one line naming the first one, and only
+/// then does every rank return [`Disagreed`], which `main` turns into exit code 2 quietly.
 pub fn agree(c: &mut dyn Collective, what: &str, mine: &Value) -> Result<()> {
     if c.ranks() == 1 {
         return Ok(());
@@ -76,11 +76,17 @@ pub fn agree(c: &mut dyn Collective, what: &str, mine: &Value) -> Result<()> {
     }
     let mut verdict = [f64::from(u8::from(message.is_some()))];
     c.broadcast(&mut verdict);
-    match message {
-        Some(m) => bail!(m),
-        None if verdict[0] != 0.0 => Err(Disagreed.into()),
-        None => Ok(()),
+    if verdict[0] == 0.0 {
+        return Ok(());
     }
+    // Rank 0 says why before any rank returns: a rank that exits non-zero makes mpirun end the
+    // job, which could otherwise cut rank 0's line before it is written.
+    if let Some(m) = message {
+        eprintln!("error: {m}");
+        let _ = std::io::Write::flush(&mut std::io::stderr());
+    }
+    c.broadcast(&mut [0.0]);
+    Err(Disagreed.into())
 }
 
 /// Seconds of one blocking all-reduce (sum) of `floats` 4-byte values over the ranks (the
@@ -104,8 +110,8 @@ pub fn probe_allreduce(c: &mut dyn Collective, floats: usize) -> Option<f64> {
     Some(best[0])
 }
 
-/// The error of a rank other than 0 when the ranks disagree: rank 0 says why, this one exits
-/// non-zero quietly.
+/// The error of every rank when the ranks disagree: rank 0 has said why (in [`agree`]), so the
+/// process exits non-zero quietly.
 #[derive(Debug)]
 pub struct Disagreed;
 

@@ -82,7 +82,10 @@ fn main() {
         Command::Race(args) => race::run(args),
     });
     if let Err(e) = result {
-        eprintln!("error: {}", one_line(&e));
+        // Ranks that disagree on their run have been told why once, by rank 0.
+        if e.downcast_ref::<comm::Disagreed>().is_none() {
+            eprintln!("error: {}", one_line(&e));
+        }
         std::process::exit(2);
     }
 }
