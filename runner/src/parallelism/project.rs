@@ -310,21 +310,13 @@ pub(super) fn shortfalls(
     }
     let mut rows: Vec<Shortfall> = Vec::new();
     for (a, b) in one.launches.iter().zip(&many.launches) {
-        let i = match rows.iter().position(|r| r.kernel == a.kernel) {
-            Some(i) => i,
-            None => {
-                rows.push(Shortfall {
-                    kernel: a.kernel.clone(),
-                    one_thread: 0.0,
-                    predicted: 0.0,
-                    measured: 0.0,
-                });
-                rows.len() - 1
-            }
+        let part = Shortfall {
+            kernel: a.kernel.clone(),
+            one_thread: a.seconds,
+            predicted: launch_seconds(a, p, o),
+            measured: b.seconds,
         };
-        rows[i].one_thread += a.seconds;
-        rows[i].predicted += launch_seconds(a, p, o);
-        rows[i].measured += b.seconds;
+        part.add_to(&mut rows);
     }
     rows.push(Shortfall {
         kernel: "outside the kernels".into(),
@@ -332,8 +324,27 @@ pub(super) fn shortfalls(
         predicted: one.serial,
         measured: many.serial,
     });
-    rows.sort_by(|x, y| (y.measured - y.predicted).total_cmp(&(x.measured - x.predicted)));
+    Shortfall::sort(&mut rows);
     Some(rows)
+}
+
+impl Shortfall {
+    /// Adds this part to the row of its kernel in `rows`, or starts that row.
+    fn add_to(self, rows: &mut Vec<Shortfall>) {
+        match rows.iter_mut().find(|r| r.kernel == self.kernel) {
+            Some(r) => {
+                r.one_thread += self.one_thread;
+                r.predicted += self.predicted;
+                r.measured += self.measured;
+            }
+            None => rows.push(self),
+        }
+    }
+
+    /// Largest miss (measured − predicted) first.
+    fn sort(rows: &mut [Shortfall]) {
+        rows.sort_by(|x, y| (y.measured - y.predicted).total_cmp(&(x.measured - x.predicted)));
+    }
 }
 
 impl Projection {
@@ -415,21 +426,14 @@ impl Projection {
                     continue;
                 };
                 cases.push(format!("{} on {}", shape.label(), n));
-                for p in parts {
-                    match total.iter_mut().find(|t| t.kernel == p.kernel) {
-                        Some(t) => {
-                            t.one_thread += p.one_thread;
-                            t.predicted += p.predicted;
-                            t.measured += p.measured;
-                        }
-                        None => total.push(p),
-                    }
+                for part in parts {
+                    part.add_to(&mut total);
                 }
             }
             if cases.is_empty() {
                 continue;
             }
-            total.sort_by(|x, y| (y.measured - y.predicted).total_cmp(&(x.measured - x.predicted)));
+            Shortfall::sort(&mut total);
             let miss: f64 = total.iter().map(|t| t.measured - t.predicted).sum();
             s += &format!(
                 "\n#### Where the {} prediction misses ({})\n\n\
