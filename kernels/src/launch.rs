@@ -41,7 +41,7 @@
 //! outside the kernels (plain loops in the models).
 
 #[cfg(not(feature = "trace"))]
-pub(crate) use off::{start, ways};
+pub(crate) use off::{bytes, start, task, team_phase, ways};
 #[cfg(feature = "trace")]
 use std::cell::{Cell, RefCell};
 #[cfg(feature = "trace")]
@@ -64,6 +64,23 @@ mod off {
     /// States a kernel's split: nothing to do without the `trace` feature.
     #[inline(always)]
     pub(crate) fn ways(_n: usize) {}
+
+    /// States the bytes a launch moves: nothing to do without the `trace` feature.
+    #[inline(always)]
+    pub(crate) fn bytes(_n: usize) {}
+
+    /// Starts a phase of a walk's team: nothing to do without the `trace` feature.
+    #[inline(always)]
+    pub(crate) fn team_phase(_parts: usize) {}
+
+    /// A task running; holds nothing.
+    pub(crate) struct Task;
+
+    /// Starts a task: nothing to do without the `trace` feature.
+    #[inline(always)]
+    pub(crate) fn task(_part: usize) -> Task {
+        Task
+    }
 }
 
 #[cfg(feature = "trace")]
@@ -72,8 +89,56 @@ thread_local! {
     static STEPS: Cell<u64> = const { Cell::new(0) };
     /// Kernels running on this thread right now (nested calls count nothing).
     static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// Tasks running on this thread right now (a task inside a task is part of the outer one).
+    static TASK_DEPTH: Cell<u32> = const { Cell::new(0) };
     /// The launches recorded by [`trace`], while it runs on this thread.
     static TRACE: RefCell<Option<Vec<Traced>>> = const { RefCell::new(None) };
+    /// When the last outermost launch traced on this thread ended (or the trace started).
+    static LAST_END: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+#[cfg(feature = "trace")]
+/// How the tasks of a [`Phase`] are handed to threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PhaseKind {
+    /// A rayon fork-join: idle threads take the next task (work stealing), so the phase is
+    /// list-scheduled; it ends when the last task does.
+    Fork,
+    /// One step of a walk's team (`raw::team`): thread `p` of `Q` owns parts
+    /// `p·n/Q .. (p+1)·n/Q` for the whole walk, and the phase ends at a barrier.
+    Team,
+}
+
+#[cfg(feature = "trace")]
+/// One task of a phase, as run on the tracing thread.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Task {
+    /// Its wall time.
+    pub seconds: f64,
+    /// In a [`PhaseKind::Team`] phase, the first part it covers (so the thread owning that
+    /// part runs it); in a fork, its index.
+    pub part: u32,
+}
+
+#[cfg(feature = "trace")]
+/// One parallel region of a launch: a fork-join, or one step of a walk between barriers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Phase {
+    pub kind: PhaseKind,
+    /// The tasks the kernel said it splits into (a fork), or the parts its team shares out
+    /// (a walk step).
+    pub parts: u64,
+    /// The tasks that ran, in the order they ran. Complete only when the trace runs on a
+    /// pool of one thread (on more, tasks that other threads ran are missing).
+    pub tasks: Vec<Task>,
+}
+
+#[cfg(feature = "trace")]
+impl Phase {
+    /// The tasks' time added up.
+    pub fn work(&self) -> f64 {
+        self.tasks.iter().map(|t| t.seconds).sum()
+    }
 }
 
 #[cfg(feature = "trace")]
@@ -92,12 +157,63 @@ pub struct Traced {
     pub joins: u64,
     /// Wall time of the whole launch.
     pub seconds: f64,
+    /// Wall time on the tracing thread between the end of the launch before (or the start
+    /// of the trace) and this one's start: work outside the kernels.
+    pub gap: f64,
+    /// Bytes the launch must move to or from memory at least, from its shapes (its operands
+    /// read once and its results written once); 0 where the kernel states none.
+    pub bytes: u64,
+    /// Its parallel regions in order; the time of the launch outside their tasks runs on
+    /// the launching thread alone.
+    pub phases: Vec<Phase>,
+}
+
+#[cfg(feature = "trace")]
+impl Traced {
+    /// The time of the launch outside any task: on one thread whatever the pool.
+    pub fn serial(&self) -> f64 {
+        (self.seconds - self.phases.iter().map(Phase::work).sum::<f64>()).max(0.0)
+    }
+}
+
+#[cfg(feature = "trace")]
+/// Every outermost launch of a traced computation, and the time around them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Trace {
+    pub launches: Vec<Traced>,
+    /// Wall time of the whole computation.
+    pub seconds: f64,
+    /// Time after the last launch ended (work outside the kernels, with each launch's
+    /// [`Traced::gap`]).
+    pub tail: f64,
+}
+
+#[cfg(feature = "trace")]
+impl Trace {
+    /// Time outside every kernel: the gaps between launches and the tail.
+    pub fn outside(&self) -> f64 {
+        self.tail + self.launches.iter().map(|l| l.gap).sum::<f64>()
+    }
 }
 
 #[cfg(feature = "trace")]
 /// A kernel running on this thread; dropping it ends the launch. Holds the start time of an
 /// outermost launch being traced.
 pub(crate) struct Launch(Option<Instant>);
+
+#[cfg(feature = "trace")]
+/// Runs `f` on the launch being traced on this thread, if any, when no task is running here
+/// (a task's nested kernels and phases belong to the task).
+fn with_current(f: impl FnOnce(&mut Traced)) {
+    if DEPTH.with(Cell::get) == 0 || TASK_DEPTH.with(Cell::get) > 0 {
+        return;
+    }
+    TRACE.with(|t| {
+        if let Some(last) = t.borrow_mut().as_mut().and_then(|l| l.last_mut()) {
+            f(last);
+        }
+    });
+}
 
 #[cfg(feature = "trace")]
 /// Starts a launch of `steps` dependent steps: 1 for a kernel whose work all runs in parallel,
@@ -113,21 +229,28 @@ pub(crate) fn start(steps: u64) -> Launch {
         depth.set(depth.get() + 1);
         outermost
     });
+    let now = Instant::now();
     let traced = outermost
         && TRACE.with(|t| match t.borrow_mut().as_mut() {
             Some(launches) => {
+                let gap = LAST_END
+                    .with(Cell::get)
+                    .map_or(0.0, |e| now.duration_since(e).as_secs_f64());
                 launches.push(Traced {
                     kernel,
                     steps,
                     ways: None,
                     joins: 0,
                     seconds: 0.0,
+                    gap,
+                    bytes: 0,
+                    phases: Vec::new(),
                 });
                 true
             }
             None => false,
         });
-    Launch(traced.then(Instant::now))
+    Launch(traced.then_some(now))
 }
 
 #[cfg(feature = "trace")]
@@ -135,10 +258,83 @@ impl Drop for Launch {
     fn drop(&mut self) {
         DEPTH.with(|depth| depth.set(depth.get() - 1));
         if let Some(started) = self.0 {
-            let seconds = started.elapsed().as_secs_f64();
+            let end = Instant::now();
             TRACE.with(|t| {
                 if let Some(last) = t.borrow_mut().as_mut().and_then(|l| l.last_mut()) {
-                    last.seconds = seconds;
+                    last.seconds = end.duration_since(started).as_secs_f64();
+                }
+            });
+            LAST_END.with(|e| e.set(Some(end)));
+        }
+    }
+}
+
+#[cfg(feature = "trace")]
+/// States that the running kernel splits its work into `n` independent tasks (1 for one that
+/// does not split) and, when `n > 1`, hands them to the pool: a fork-join, which opens a
+/// [`PhaseKind::Fork`] phase for the [`task`]s that follow. Called on the kernel's own
+/// thread, where it decides the split; the outermost launch keeps the largest number any
+/// nested kernel states. Records nothing unless [`trace`] runs, or inside a task.
+pub(crate) fn ways(n: usize) {
+    with_current(|last| {
+        let n = n.max(1) as u64;
+        last.ways = Some(last.ways.map_or(n, |w| w.max(n)));
+        if n > 1 {
+            last.joins += 1;
+            last.phases.push(Phase {
+                kind: PhaseKind::Fork,
+                parts: n,
+                tasks: Vec::new(),
+            });
+        }
+    });
+}
+
+#[cfg(feature = "trace")]
+/// States that the running launch moves `n` more bytes to or from memory (see
+/// [`Traced::bytes`]).
+pub(crate) fn bytes(n: usize) {
+    with_current(|last| last.bytes += n as u64);
+}
+
+#[cfg(feature = "trace")]
+/// Opens the next phase of a walk whose team shares out `parts` (at its start and after each
+/// barrier).
+pub(crate) fn team_phase(parts: usize) {
+    with_current(|last| {
+        last.phases.push(Phase {
+            kind: PhaseKind::Team,
+            parts: parts as u64,
+            tasks: Vec::new(),
+        });
+    });
+}
+
+#[cfg(feature = "trace")]
+/// A task running on this thread; dropping it records its time in the current phase.
+pub(crate) struct TaskGuard(Option<(Instant, u32)>);
+
+#[cfg(feature = "trace")]
+/// Starts one task of the current phase: `part` is its index in a fork, or the first part it
+/// covers in a team phase. Wrap the whole body of each task: `let _task = task(i);`.
+pub(crate) fn task(part: usize) -> TaskGuard {
+    let mut recording = false;
+    with_current(|last| recording = !last.phases.is_empty());
+    if recording {
+        TASK_DEPTH.with(|d| d.set(d.get() + 1));
+    }
+    TaskGuard(recording.then(|| (Instant::now(), part as u32)))
+}
+
+#[cfg(feature = "trace")]
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if let Some((started, part)) = self.0 {
+            let seconds = started.elapsed().as_secs_f64();
+            TASK_DEPTH.with(|d| d.set(d.get() - 1));
+            with_current(|last| {
+                if let Some(phase) = last.phases.last_mut() {
+                    phase.tasks.push(Task { seconds, part });
                 }
             });
         }
@@ -146,40 +342,36 @@ impl Drop for Launch {
 }
 
 #[cfg(feature = "trace")]
-/// States that the running kernel splits each of its steps into `n` independent tasks (1 for
-/// one that does not split); each call with `n > 1` counts one fork-join. Called on the kernel's own thread, where it decides the split;
-/// the outermost launch keeps the largest number any nested kernel states. Records nothing
-/// unless [`trace`] runs.
-pub(crate) fn ways(n: usize) {
-    if DEPTH.with(Cell::get) == 0 {
-        return;
-    }
-    TRACE.with(|t| {
-        if let Some(last) = t.borrow_mut().as_mut().and_then(|l| l.last_mut()) {
-            let n = n.max(1) as u64;
-            last.ways = Some(last.ways.map_or(n, |w| w.max(n)));
-            last.joins += u64::from(n > 1);
-        }
-    });
-}
-
-#[cfg(feature = "trace")]
 /// Runs `f` and returns its result with every outermost kernel launch it made on this thread,
-/// in order. Not reentrant: a `trace` inside `f` takes the launches from there on.
-pub fn trace<R>(f: impl FnOnce() -> R) -> (R, Vec<Traced>) {
+/// in order, their phases and tasks, and the time between them. Not reentrant: a `trace`
+/// inside `f` takes the launches from there on. Run it on a pool of one thread to record
+/// every task (with [`crate::parallel::plan`] to split as a larger pool would).
+pub fn trace<R>(f: impl FnOnce() -> R) -> (R, Trace) {
     /// Ends the trace even when `f` panics.
     struct Stop;
     impl Drop for Stop {
         fn drop(&mut self) {
             TRACE.with(|t| t.borrow_mut().take());
+            LAST_END.with(|e| e.set(None));
         }
     }
+    let begin = Instant::now();
     TRACE.with(|t| *t.borrow_mut() = Some(Vec::new()));
+    LAST_END.with(|e| e.set(Some(begin)));
     let stop = Stop;
     let result = f();
+    let end = Instant::now();
     let launches = TRACE.with(|t| t.borrow_mut().take()).unwrap_or_default();
+    let tail = LAST_END
+        .with(Cell::get)
+        .map_or(0.0, |e| end.duration_since(e).as_secs_f64());
     drop(stop);
-    (result, launches)
+    let trace = Trace {
+        launches,
+        seconds: end.duration_since(begin).as_secs_f64(),
+        tail,
+    };
+    (result, trace)
 }
 
 #[cfg(feature = "trace")]
@@ -227,7 +419,7 @@ mod tests {
 
     #[test]
     fn a_trace_records_outermost_launches_with_their_ways() {
-        let ((), launches) = trace(|| {
+        let ((), Trace { launches, .. }) = trace(|| {
             {
                 let _outer = start(1);
                 ways(3);
@@ -246,12 +438,83 @@ mod tests {
         // Outside a trace nothing is kept.
         drop(start(1));
         ways(9);
-        assert!(trace(|| ()).1.is_empty());
+        assert!(trace(|| ()).1.launches.is_empty());
+    }
+
+    #[test]
+    fn a_trace_records_phases_tasks_gaps_and_bytes() {
+        let spin = |us: u64| {
+            let t = Instant::now();
+            while t.elapsed().as_micros() < us as u128 {
+                std::hint::spin_loop();
+            }
+        };
+        let ((), tr) = trace(|| {
+            spin(300);
+            {
+                let _l = start(1);
+                bytes(100);
+                ways(3);
+                for i in 0..3 {
+                    let _t = task(i);
+                    // A kernel inside a task: its split and bytes are the task's own.
+                    let _inner = start(1);
+                    ways(7);
+                    bytes(5);
+                    spin(200);
+                }
+                spin(100);
+            }
+            {
+                let _walk = start(2);
+                team_phase(4);
+                for part in [0, 2] {
+                    let _t = task(part);
+                    spin(50);
+                }
+                team_phase(4);
+            }
+            spin(200);
+        });
+        let [fork, walk] = &tr.launches[..] else {
+            panic!("{tr:?}")
+        };
+        assert_eq!(fork.bytes, 100);
+        assert_eq!(fork.phases.len(), 1);
+        let phase = &fork.phases[0];
+        assert_eq!(
+            (phase.kind, phase.parts, phase.tasks.len()),
+            (PhaseKind::Fork, 3, 3)
+        );
+        assert_eq!(
+            phase.tasks.iter().map(|t| t.part).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert!(phase.tasks.iter().all(|t| t.seconds >= 200e-6), "{phase:?}");
+        assert!(fork.serial() >= 100e-6 && fork.serial() < fork.seconds);
+        assert!(fork.gap >= 300e-6, "{fork:?}");
+        assert_eq!(walk.phases.len(), 2);
+        assert!(
+            walk.phases
+                .iter()
+                .all(|p| p.kind == PhaseKind::Team && p.parts == 4)
+        );
+        assert_eq!(walk.phases[0].tasks.len(), 2);
+        assert_eq!(walk.phases[0].tasks[1].part, 2);
+        assert!(walk.phases[1].tasks.is_empty());
+        assert!(tr.tail >= 200e-6);
+        assert!(tr.outside() >= 500e-6 && tr.outside() < tr.seconds);
+        // A task outside any phase records nothing.
+        let ((), tr) = trace(|| {
+            let _l = start(1);
+            let _t = task(0);
+        });
+        assert!(tr.launches[0].phases.is_empty());
     }
 
     #[test]
     fn a_trace_times_its_launches() {
-        let ((), launches) = trace(|| {
+        let ((), Trace { launches, .. }) = trace(|| {
             let _l = start(1);
             std::thread::sleep(std::time::Duration::from_millis(20));
         });

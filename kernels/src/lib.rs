@@ -19,6 +19,8 @@
 //! - [`attention_pool`]: attention pooling against a learned vector (the lecture's first
 //!   attention).
 //! - [`optim`]: AdamW and SGD with momentum (PyTorch semantics), global gradient norm, clipping.
+//! - [`parallel`]: how kernels size their split, for the live pool or for one they are asked
+//!   to plan for (a trace of a 64-core split on one thread).
 //! - `launch` (feature `trace`): kernel launches counted per thread, the critical path of a
 //!   computation in kernels (the LSTM walk counts one launch per time step). Without the
 //!   feature the counting is compiled out.
@@ -95,6 +97,7 @@ pub mod layernorm;
 pub mod lstm_cell;
 pub mod math;
 pub mod optim;
+pub mod parallel;
 pub mod precision;
 mod raw;
 pub mod recurrence;

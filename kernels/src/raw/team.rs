@@ -20,10 +20,12 @@ const SPIN_LIMIT: u32 = 1 << 10;
 /// seat owns parts `p·n/P .. (p+1)·n/P` for the whole walk.
 pub(crate) fn on_team(parts: usize, walk: impl Fn(&mut Seat<'_>) + Sync) {
     crate::launch::ways(parts);
+    crate::launch::team_phase(parts);
     let parties = rayon::current_num_threads().min(parts).max(1);
     let barrier = SpinBarrier::new(parties);
     let seat = |p: usize| Seat {
         own: p * parts / parties..(p + 1) * parts / parties,
+        parts,
         barrier: &barrier,
     };
     if parties == 1 {
@@ -40,6 +42,8 @@ pub(crate) fn on_team(parts: usize, walk: impl Fn(&mut Seat<'_>) + Sync) {
 /// One thread's place in a walk: its own parts and the barrier.
 pub(crate) struct Seat<'b> {
     own: Range<usize>,
+    /// The parts of the whole team.
+    parts: usize,
     barrier: &'b SpinBarrier,
 }
 
@@ -53,6 +57,7 @@ impl Seat<'_> {
     /// visible after; taking the seat mutably ends every slice borrowed in the phase before.
     pub(crate) fn wait(&mut self) {
         self.barrier.wait();
+        crate::launch::team_phase(self.parts);
     }
 }
 
