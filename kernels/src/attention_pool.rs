@@ -92,6 +92,7 @@ pub fn attention_pool_forward(
         .zip(weights.par_chunks_mut(rpt * n))
         .enumerate()
         .for_each(|(task, (out, weights))| {
+            let _task = crate::launch::task(0);
             let mut scores = vec![0.0f32; n];
             for (j, o) in out.chunks_exact_mut(d).enumerate() {
                 let set = &x[(task * rpt + j) * n * d..][..n * d];
@@ -142,6 +143,7 @@ pub fn attention_pool_backward(
         .zip(partials.par_chunks_mut(d))
         .enumerate()
         .for_each(|(task, (dx, dw_part))| {
+            let _task = crate::launch::task(0);
             let mut ds = vec![0.0f32; n];
             for (j, dxs) in dx.chunks_exact_mut(n * d).enumerate() {
                 let set_idx = task * rpt + j;

@@ -102,11 +102,13 @@ pub fn cross_entropy_forward(
     ignore_index: Option<u32>,
 ) -> f32 {
     let _launch = crate::launch::start(1);
+    crate::launch::bytes(4 * (n * v + 2 * n));
     let k = "cross_entropy_forward";
     let valid = check_args(k, losses.len(), logits.len(), targets, n, v, ignore_index);
     let rpt = rows_per_task(v);
     crate::launch::ways(losses.len().div_ceil(rpt));
     losses.par_chunks_mut(rpt).enumerate().for_each(|(c, ls)| {
+        let _task = crate::launch::task(0);
         for (j, l) in ls.iter_mut().enumerate() {
             let r = c * rpt + j;
             let t = targets[r];
@@ -137,6 +139,7 @@ pub fn cross_entropy_fused(
     ignore_index: Option<u32>,
 ) -> f32 {
     let _launch = crate::launch::start(1);
+    crate::launch::bytes(4 * (2 * n * v + 2 * n));
     let k = "cross_entropy_fused";
     let valid = check_args(k, losses.len(), logits.len(), targets, n, v, ignore_index);
     lanes::check_len(
@@ -180,6 +183,7 @@ pub fn cross_entropy_fused_inplace(
     ignore_index: Option<u32>,
 ) -> f32 {
     let _launch = crate::launch::start(1);
+    crate::launch::bytes(4 * (2 * n * v + 2 * n));
     let k = "cross_entropy_fused_inplace";
     let valid = check_args(k, losses.len(), logits.len(), targets, n, v, ignore_index);
     let inv_n = 1.0 / valid.max(1) as f32;

@@ -1,5 +1,7 @@
 //! The simplest layers: the residual add and its gradient's accumulation, and a broadcast bias
-//! and its gradient (the column sums), each beside a scalar reference.
+//! and its gradient (the column sums), each beside a scalar reference; and the copies and fills
+//! a training step makes ([`copy`], [`fill`]), parallel and traced like any launch, so that no
+//! part of a step stays on one core for want of a kernel.
 //!
 //! All are memory-bound streams; they run in parallel over fixed chunks (elementwise) or fixed
 //! groups of rows with partial sums added in group order (the bias gradient), so results do
@@ -28,6 +30,39 @@ pub fn residual_forward(out: &mut [f32], inp1: &[f32], inp2: &[f32]) {
     par_map2(out, inp1, inp2, |a, b| a + b);
 }
 
+/// `out[i] = inp[i]`: `copy_from_slice`, in parallel over fixed chunks.
+pub fn copy(out: &mut [f32], inp: &[f32]) {
+    use rayon::prelude::*;
+    let _launch = crate::launch::start(1);
+    lanes::check_len(
+        "copy",
+        "inp",
+        inp.len(),
+        out.len(),
+        format_args!("(same as out)"),
+    );
+    crate::launch::bytes(8 * out.len());
+    crate::launch::ways(out.len().div_ceil(lanes::ELEMS_PER_TASK));
+    out.par_chunks_mut(lanes::ELEMS_PER_TASK)
+        .zip(inp.par_chunks(lanes::ELEMS_PER_TASK))
+        .for_each(|(o, i)| {
+            let _task = crate::launch::task(0);
+            o.copy_from_slice(i);
+        });
+}
+
+/// `out[i] = value`: `slice::fill`, in parallel over fixed chunks (zeroing gradients).
+pub fn fill(out: &mut [f32], value: f32) {
+    use rayon::prelude::*;
+    let _launch = crate::launch::start(1);
+    crate::launch::bytes(4 * out.len());
+    crate::launch::ways(out.len().div_ceil(lanes::ELEMS_PER_TASK));
+    out.par_chunks_mut(lanes::ELEMS_PER_TASK).for_each(|o| {
+        let _task = crate::launch::task(0);
+        o.fill(value);
+    });
+}
+
 /// `acc[i] += x[i]`: where the gradient of a residual branch joins the skip path's gradient
 /// (activation gradients are otherwise overwritten), or micro-batch gradients are summed.
 pub fn add_assign(acc: &mut [f32], x: &[f32]) {
@@ -45,6 +80,7 @@ pub fn add_assign(acc: &mut [f32], x: &[f32]) {
 /// `out[r, j] += bias[j]` for each of the `n` rows of width `oc`.
 pub fn bias_forward(out: &mut [f32], bias: &[f32], n: usize, oc: usize) {
     let _launch = crate::launch::start(1);
+    crate::launch::bytes(4 * (2 * n * oc + oc));
     lanes::check_len(
         "bias_forward",
         "out",
@@ -65,6 +101,7 @@ pub fn bias_forward(out: &mut [f32], bias: &[f32], n: usize, oc: usize) {
 /// `dbias[j] += Σ_r dout[r, j]` (accumulated): the gradient of [`bias_forward`].
 pub fn bias_backward(dbias: &mut [f32], dout: &[f32], n: usize, oc: usize) {
     let _launch = crate::launch::start(1);
+    crate::launch::bytes(4 * (n * oc + oc));
     lanes::check_len(
         "bias_backward",
         "dout",
@@ -118,6 +155,22 @@ pub fn bias_backward_ref(dbias: &mut [f32], dout: &[f32], n: usize, oc: usize) {
 mod tests {
     use super::*;
     use crate::testutil::{TestRng, assert_close, awkward_lengths};
+
+    #[test]
+    fn copy_and_fill_write_every_element() {
+        let mut rng = TestRng::new(52);
+        for n in awkward_lengths()
+            .into_iter()
+            .chain([3 * lanes::ELEMS_PER_TASK + 7])
+        {
+            let a = rng.vec(n, 1.0);
+            let mut got = vec![f32::NAN; n];
+            copy(&mut got, &a);
+            assert_eq!(got, a, "copy n={n}");
+            fill(&mut got, -2.5);
+            assert!(got.iter().all(|&x| x == -2.5), "fill n={n}");
+        }
+    }
 
     #[test]
     fn residual_and_add_assign_match_reference() {

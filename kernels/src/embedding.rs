@@ -36,6 +36,7 @@ fn check_table(kernel: &str, table_name: &str, table: usize, ids: &[u32], c: usi
 /// `out[r, :] = table[ids[r], :]`: out (N, C), table (V, C), ids (N,).
 pub fn embedding_forward(out: &mut [f32], ids: &[u32], table: &[f32], c: usize) {
     let _launch = crate::launch::start(1);
+    crate::launch::bytes(4 * (2 * ids.len() * c + ids.len()));
     check_table("embedding_forward", "table", table.len(), ids, c);
     let n = ids.len();
     lanes::check_len(
@@ -55,6 +56,7 @@ pub fn embedding_forward(out: &mut [f32], ids: &[u32], table: &[f32], c: usize) 
 /// order.
 pub fn embedding_backward(dtable: &mut [f32], dout: &[f32], ids: &[u32], c: usize) {
     let _launch = crate::launch::start(1);
+    crate::launch::bytes(4 * (2 * ids.len() * c + ids.len()));
     let v = check_table("embedding_backward", "dtable", dtable.len(), ids, c);
     let n = ids.len();
     lanes::check_len(
@@ -88,6 +90,7 @@ pub fn embedding_backward(dtable: &mut [f32], dout: &[f32], ids: &[u32], c: usiz
         .par_chunks_mut(ids_per_task * c)
         .enumerate()
         .for_each(|(k, rows)| {
+            let _task = crate::launch::task(0);
             let (lo, hi) = (k * ids_per_task, ((k + 1) * ids_per_task).min(v));
             for &r in &order[start[lo] as usize..start[hi] as usize] {
                 let r = r as usize;
@@ -110,6 +113,7 @@ pub fn encoder_forward(
     c: usize,
 ) {
     let _launch = crate::launch::start(1);
+    crate::launch::bytes(4 * (3 * b * t * c + b * t));
     let k = "encoder_forward";
     check_encoder(k, out.len(), tokens, wte.len(), wpe.len(), b, t, c);
     par_rows(out, c, |r, row| {
@@ -131,6 +135,7 @@ pub fn encoder_backward(
     c: usize,
 ) {
     let _launch = crate::launch::start(1);
+    crate::launch::bytes(4 * (3 * b * t * c + b * t));
     let k = "encoder_backward";
     check_encoder(k, dout.len(), tokens, dwte.len(), dwpe.len(), b, t, c);
     embedding_backward(dwte, dout, tokens, c);

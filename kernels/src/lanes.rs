@@ -276,10 +276,15 @@ pub(crate) fn add_inplace(acc: &mut [f32], x: &[f32]) {
 
 /// [`map1`] in parallel over fixed chunks of [`ELEMS_PER_TASK`] elements.
 pub(crate) fn par_map1(out: &mut [f32], a: &[f32], f: impl Fn(F32s) -> F32s + Sync) {
+    crate::launch::bytes(4 * (out.len() + a.len()));
     crate::launch::ways(out.len().div_ceil(ELEMS_PER_TASK));
     out.par_chunks_mut(ELEMS_PER_TASK)
         .zip(a.par_chunks(ELEMS_PER_TASK))
-        .for_each(|(o, a)| map1(o, a, &f));
+        .for_each(|(o, a)| {
+            let _task = crate::launch::task(0);
+            let _task = crate::launch::task(0);
+            map1(o, a, &f)
+        });
 }
 
 /// [`map2`] in parallel over fixed chunks of [`ELEMS_PER_TASK`] elements.
@@ -289,19 +294,29 @@ pub(crate) fn par_map2(
     b: &[f32],
     f: impl Fn(F32s, F32s) -> F32s + Sync,
 ) {
+    crate::launch::bytes(4 * (out.len() + a.len() + b.len()));
     crate::launch::ways(out.len().div_ceil(ELEMS_PER_TASK));
     out.par_chunks_mut(ELEMS_PER_TASK)
         .zip(a.par_chunks(ELEMS_PER_TASK))
         .zip(b.par_chunks(ELEMS_PER_TASK))
-        .for_each(|((o, a), b)| map2(o, a, b, &f));
+        .for_each(|((o, a), b)| {
+            let _task = crate::launch::task(0);
+            let _task = crate::launch::task(0);
+            map2(o, a, b, &f)
+        });
 }
 
 /// [`map2_inplace`] in parallel over fixed chunks of [`ELEMS_PER_TASK`] elements.
 pub(crate) fn par_map2_inplace(x: &mut [f32], b: &[f32], f: impl Fn(F32s, F32s) -> F32s + Sync) {
+    crate::launch::bytes(4 * (2 * x.len() + b.len()));
     crate::launch::ways(x.len().div_ceil(ELEMS_PER_TASK));
     x.par_chunks_mut(ELEMS_PER_TASK)
         .zip(b.par_chunks(ELEMS_PER_TASK))
-        .for_each(|(x, b)| map2_inplace(x, b, &f));
+        .for_each(|(x, b)| {
+            let _task = crate::launch::task(0);
+            let _task = crate::launch::task(0);
+            map2_inplace(x, b, &f)
+        });
 }
 
 /// Calls `f(r, row)` for every row `r` of `out` (rows of `row_len` floats), in parallel tasks of
@@ -328,6 +343,7 @@ pub(crate) fn par_row_groups(
     out.par_chunks_mut(rpt * row_len)
         .enumerate()
         .for_each(|(k, chunk)| {
+            let _task = crate::launch::task(0);
             for (j, rows) in chunk.chunks_mut(group * row_len).enumerate() {
                 f(k * rpt + group * j, rows);
             }
@@ -370,7 +386,11 @@ pub(crate) fn accumulate_chunks(
     partials
         .par_chunks_mut(width)
         .enumerate()
-        .for_each(|(k, part)| f(k, part));
+        .for_each(|(k, part)| {
+            let _task = crate::launch::task(0);
+            let _task = crate::launch::task(k);
+            f(k, part)
+        });
     add_partials(&mut [acc], &partials);
 }
 

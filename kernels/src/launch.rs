@@ -93,6 +93,9 @@ thread_local! {
     static TASK_DEPTH: Cell<u32> = const { Cell::new(0) };
     /// The launches recorded by [`trace`], while it runs on this thread.
     static TRACE: RefCell<Option<Vec<Traced>>> = const { RefCell::new(None) };
+    /// Whether tasks started now belong to the launch's last phase: from a split into tasks
+    /// until a kernel states it runs unsplit (`ways(1)`).
+    static PHASE_OPEN: Cell<bool> = const { Cell::new(false) };
     /// When the last outermost launch traced on this thread ended (or the trace started).
     static LAST_END: Cell<Option<Instant>> = const { Cell::new(None) };
 }
@@ -246,6 +249,7 @@ pub(crate) fn start(steps: u64) -> Launch {
                     bytes: 0,
                     phases: Vec::new(),
                 });
+                PHASE_OPEN.with(|o| o.set(false));
                 true
             }
             None => false,
@@ -279,6 +283,7 @@ pub(crate) fn ways(n: usize) {
     with_current(|last| {
         let n = n.max(1) as u64;
         last.ways = Some(last.ways.map_or(n, |w| w.max(n)));
+        PHASE_OPEN.with(|o| o.set(n > 1));
         if n > 1 {
             last.joins += 1;
             last.phases.push(Phase {
@@ -302,6 +307,7 @@ pub(crate) fn bytes(n: usize) {
 /// barrier).
 pub(crate) fn team_phase(parts: usize) {
     with_current(|last| {
+        PHASE_OPEN.with(|o| o.set(true));
         last.phases.push(Phase {
             kind: PhaseKind::Team,
             parts: parts as u64,
@@ -319,7 +325,7 @@ pub(crate) struct TaskGuard(Option<(Instant, u32)>);
 /// covers in a team phase. Wrap the whole body of each task: `let _task = task(i);`.
 pub(crate) fn task(part: usize) -> TaskGuard {
     let mut recording = false;
-    with_current(|last| recording = !last.phases.is_empty());
+    with_current(|last| recording = !last.phases.is_empty() && PHASE_OPEN.with(Cell::get));
     if recording {
         TASK_DEPTH.with(|d| d.set(d.get() + 1));
     }
@@ -504,12 +510,17 @@ mod tests {
         assert!(walk.phases[1].tasks.is_empty());
         assert!(tr.tail >= 200e-6);
         assert!(tr.outside() >= 500e-6 && tr.outside() < tr.seconds);
-        // A task outside any phase records nothing.
+        // A task outside any phase, or after the kernel says it runs unsplit, records nothing.
         let ((), tr) = trace(|| {
             let _l = start(1);
-            let _t = task(0);
+            drop(task(0));
+            ways(2);
+            drop(task(0));
+            ways(1);
+            drop(task(1));
         });
-        assert!(tr.launches[0].phases.is_empty());
+        assert_eq!(tr.launches[0].phases.len(), 1);
+        assert_eq!(tr.launches[0].phases[0].tasks.len(), 1);
     }
 
     #[test]

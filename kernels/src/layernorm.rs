@@ -53,6 +53,7 @@ pub fn layernorm_forward(
     eps: f32,
 ) {
     let _launch = crate::launch::start(1);
+    crate::launch::bytes(4 * (2 * n * c + 2 * n + 2 * c));
     let k = "layernorm_forward";
     check_args(k, inp.len(), weight.len(), mean.len(), rstd.len(), n, c);
     lanes::check_len(k, "bias", bias.len(), c, format_args!("(C,) = ({c},)"));
@@ -76,6 +77,7 @@ pub fn layernorm_forward(
         .zip(rstd.par_chunks_mut(rpt))
         .enumerate()
         .for_each(|(task, ((out, mean), rstd))| {
+            let _task = crate::launch::task(0);
             for (j, ((y, m), rs)) in out.chunks_exact_mut(c).zip(mean).zip(rstd).enumerate() {
                 let r = task * rpt + j;
                 let x = &inp[r * c..][..c];
@@ -130,6 +132,7 @@ pub fn layernorm_backward(
     c: usize,
 ) {
     let _launch = crate::launch::start(1);
+    crate::launch::bytes(4 * (3 * n * c + 2 * n + 3 * c));
     let k = "layernorm_backward";
     check_args(k, inp.len(), weight.len(), mean.len(), rstd.len(), n, c);
     lanes::check_len(
@@ -165,6 +168,7 @@ pub fn layernorm_backward(
         .zip(partials.par_chunks_mut(2 * c))
         .enumerate()
         .for_each(|(task, (dinp, part))| {
+            let _task = crate::launch::task(0);
             let (dw, db) = part.split_at_mut(c);
             for (j, dx) in dinp.chunks_exact_mut(c).enumerate() {
                 let r = task * rpt + j;

@@ -69,6 +69,7 @@ pub fn lstm_cell_forward(
         .zip(tanh_c.par_chunks_mut(rpt * h))
         .enumerate()
         .for_each(|(task, (((gates, c_t), h_t), tanh_c))| {
+            let _task = crate::launch::task(0);
             let rows = gates.chunks_exact_mut(4 * h).zip(c_t.chunks_exact_mut(h));
             for (j, ((g4, c), (hh, tc))) in rows
                 .zip(h_t.chunks_exact_mut(h).zip(tanh_c.chunks_exact_mut(h)))
@@ -169,6 +170,7 @@ pub fn lstm_cell_backward(
         .zip(dc_prev.par_chunks_mut(rpt * h))
         .enumerate()
         .for_each(|(task, (dgates, dc_prev))| {
+            let _task = crate::launch::task(0);
             for (j, (dg4, dcp)) in dgates
                 .chunks_exact_mut(4 * h)
                 .zip(dc_prev.chunks_exact_mut(h))

@@ -95,6 +95,8 @@ pub fn adamw_step(
         F32s::splat(1.0 - cfg.beta2),
     );
     let eps = F32s::splat(cfg.eps);
+    // p, m, v read and written, g read.
+    crate::launch::bytes(4 * 7 * n);
     crate::launch::ways(params.len().div_ceil(ELEMS_PER_TASK));
     params
         .par_chunks_mut(ELEMS_PER_TASK)
@@ -102,6 +104,7 @@ pub fn adamw_step(
         .zip(v.par_chunks_mut(ELEMS_PER_TASK))
         .zip(grads.par_chunks(ELEMS_PER_TASK))
         .for_each(|(((p, m), v), g)| {
+            let _task = crate::launch::task(0);
             for_blocks(p.len(), |k: Block| {
                 let gv = k.load(g);
                 let mv = (gv - k.load(m)).mul_add(b1c, k.load(m));
@@ -149,6 +152,7 @@ pub fn sgd_step(params: &mut [f32], momentum_buf: &mut [f32], grads: &[f32], cfg
             .par_chunks_mut(ELEMS_PER_TASK)
             .zip(grads.par_chunks(ELEMS_PER_TASK))
             .for_each(|(p, g)| {
+                let _task = crate::launch::task(0);
                 lanes::map2_inplace(p, g, |p, g| lr.mul_neg_add(wd.mul_add(p, g), p));
             });
         return;
@@ -166,6 +170,7 @@ pub fn sgd_step(params: &mut [f32], momentum_buf: &mut [f32], grads: &[f32], cfg
         .zip(momentum_buf.par_chunks_mut(ELEMS_PER_TASK))
         .zip(grads.par_chunks(ELEMS_PER_TASK))
         .for_each(|((p, buf), g)| {
+            let _task = crate::launch::task(0);
             for_blocks(p.len(), |k: Block| {
                 let pv = k.load(p);
                 let d = wd.mul_add(pv, k.load(g));
@@ -189,10 +194,14 @@ pub fn global_norm(slices: &[&[f32]]) -> f32 {
         .iter()
         .flat_map(|s| s.chunks(ELEMS_PER_TASK))
         .collect();
+    crate::launch::bytes(4 * chunks.iter().map(|c| c.len()).sum::<usize>());
     crate::launch::ways(chunks.len());
     let sums: Vec<f64> = chunks
         .par_iter()
-        .map(|c| lanes::fold1(c, 0.0, F32s::ZERO, |a, x| x.mul_add(x, a)).reduce_add() as f64)
+        .map(|c| {
+            let _task = crate::launch::task(0);
+            lanes::fold1(c, 0.0, F32s::ZERO, |a, x| x.mul_add(x, a)).reduce_add() as f64
+        })
         .collect();
     sums.iter().sum::<f64>().sqrt() as f32
 }
@@ -207,8 +216,12 @@ pub fn clip_grad_norm(grads: &mut [&mut [f32]], max_norm: f32) -> f32 {
     let coef = (max_norm as f64 / (norm as f64 + 1e-6)) as f32;
     if coef < 1.0 {
         for g in grads.iter_mut() {
-            g.par_chunks_mut(ELEMS_PER_TASK)
-                .for_each(|c| lanes::scale_inplace(c, coef));
+            crate::launch::bytes(8 * g.len());
+            crate::launch::ways(g.len().div_ceil(ELEMS_PER_TASK));
+            g.par_chunks_mut(ELEMS_PER_TASK).for_each(|c| {
+                let _task = crate::launch::task(0);
+                lanes::scale_inplace(c, coef)
+            });
         }
     }
     norm

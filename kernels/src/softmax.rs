@@ -41,6 +41,7 @@ fn check_rows(kernel: &str, arg: &str, len: usize, n: usize, v: usize) {
 /// with `m_r = max_j inp[r, j]`, for each of the `n` rows of length `v`.
 pub fn softmax_forward(out: &mut [f32], inp: &[f32], n: usize, v: usize) {
     let _launch = crate::launch::start(1);
+    crate::launch::bytes(8 * n * v);
     check_rows("softmax_forward", "out", out.len(), n, v);
     check_rows("softmax_forward", "inp", inp.len(), n, v);
     if v > SHORT_ROW {
@@ -117,6 +118,7 @@ pub(crate) fn softmax_row_inplace(row: &mut [f32], scale: f32) -> (f32, f32) {
 /// (overwritten), from the forward's `out`.
 pub fn softmax_backward(dinp: &mut [f32], dout: &[f32], out: &[f32], n: usize, v: usize) {
     let _launch = crate::launch::start(1);
+    crate::launch::bytes(12 * n * v);
     check_rows("softmax_backward", "dinp", dinp.len(), n, v);
     check_rows("softmax_backward", "dout", dout.len(), n, v);
     check_rows("softmax_backward", "out", out.len(), n, v);
@@ -131,6 +133,7 @@ pub fn softmax_backward(dinp: &mut [f32], dout: &[f32], out: &[f32], n: usize, v
 /// (x − m) − ln Σ so that large logits (|x| ~ 1e4) keep their small differences.
 pub fn log_softmax_forward(out: &mut [f32], inp: &[f32], n: usize, v: usize) {
     let _launch = crate::launch::start(1);
+    crate::launch::bytes(8 * n * v);
     check_rows("log_softmax_forward", "out", out.len(), n, v);
     check_rows("log_softmax_forward", "inp", inp.len(), n, v);
     par_rows(out, v, |r, out| {
@@ -145,6 +148,7 @@ pub fn log_softmax_forward(out: &mut [f32], inp: &[f32], n: usize, v: usize) {
 /// (overwritten), from the forward's `out` (the log-probabilities).
 pub fn log_softmax_backward(dinp: &mut [f32], dout: &[f32], out: &[f32], n: usize, v: usize) {
     let _launch = crate::launch::start(1);
+    crate::launch::bytes(12 * n * v);
     check_rows("log_softmax_backward", "dinp", dinp.len(), n, v);
     check_rows("log_softmax_backward", "dout", dout.len(), n, v);
     check_rows("log_softmax_backward", "out", out.len(), n, v);

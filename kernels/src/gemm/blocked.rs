@@ -92,20 +92,21 @@ pub(crate) fn gemm_blocked(p: &Product<'_>, mut c: MatMut<'_>) {
     } = *p;
     let kc_max = depth_block(k);
     let parallel = p.parallel();
-    // Tasks: equal heights of at most MC rows (whole MR panels); with fewer than MIN_TASKS
-    // row blocks, split the columns too (whole NR panels). Equal tasks matter: rayon hands
-    // out halves of the task range, so 5 × 192 + 64 rows on two threads runs at 1.7×.
-    let row_tasks = m.div_ceil(MC);
-    let task_rows = m.div_ceil(row_tasks).div_ceil(MR) * MR;
-    let col_split = if parallel {
-        MIN_TASKS.div_ceil(row_tasks)
-    } else {
-        1
+    // Tasks: equal heights of at most MC rows (whole MR panels), the columns cut too (whole
+    // NR panels) until there are MIN_TASKS or 4 per planned worker (`task_grid`). Equal tasks
+    // matter: rayon hands out halves of the task range, so 5 × 192 + 64 rows on two threads
+    // runs at 1.7×.
+    let grid_of = |nc: usize| {
+        if parallel {
+            super::task_grid(m, nc, (MR, NR, MC), MIN_TASKS)
+        } else {
+            (m, nc)
+        }
     };
     with_scratch(&PACKED_B, packed_b_len(kc_max, NC.min(n)), |bbuf| {
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
-            let task_cols = nc.div_ceil(col_split).div_ceil(NR) * NR;
+            let (task_rows, task_cols) = grid_of(nc);
             for pc in (0..k).step_by(kc_max) {
                 let kc = kc_max.min(k - pc);
                 let up = Update {
@@ -113,12 +114,18 @@ pub(crate) fn gemm_blocked(p: &Product<'_>, mut c: MatMut<'_>) {
                     beta: if pc == 0 { beta } else { 1.0 },
                 };
                 let bp = &mut bbuf[..packed_b_len(kc, nc)];
-                // Four panels per packing task (all panels but the last are NR wide).
-                let group = 4 * kc * NR;
+                // Up to four panels per packing task (all panels but the last are NR wide),
+                // fewer where that leaves under 4 tasks per planned worker.
+                let per_task = nc
+                    .div_ceil(NR)
+                    .div_ceil(crate::parallel::target_tasks())
+                    .clamp(1, 4);
+                let group = per_task * kc * NR;
                 if parallel {
                     crate::launch::ways(bp.len().div_ceil(group));
                     bp.par_chunks_mut(group).enumerate().for_each(|(g, dst)| {
-                        pack_b(dst, b, ldb, transb, pc, kc, jc, nc, 4 * g);
+                        let _task = crate::launch::task(g);
+                        pack_b(dst, b, ldb, transb, pc, kc, jc, nc, per_task * g);
                     });
                 } else {
                     pack_b(bp, b, ldb, transb, pc, kc, jc, nc, 0);

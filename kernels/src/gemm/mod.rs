@@ -88,6 +88,46 @@ impl Product<'_> {
     }
 }
 
+/// The task grid of a product over `C` (m × n): `(task_rows, task_cols)`, whole `mr`-row and
+/// `nr`-column panels, sized for [`crate::parallel::workers`] threads (never the live pool
+/// alone, so a trace can ask for any pool's split). Rows are cut first into equal blocks of at
+/// most `mc` (an A block that stays in L2); with fewer blocks than the target
+/// (`min_tasks` or [`crate::parallel::target_tasks`], whichever is more) the columns are cut
+/// too, then shorter row blocks. Never more tasks than [`crate::parallel::max_tasks`]. The
+/// grid only partitions `C`, so it never changes a result.
+pub(crate) fn task_grid(
+    m: usize,
+    n: usize,
+    (mr, nr, mc): (usize, usize, usize),
+    min_tasks: usize,
+) -> (usize, usize) {
+    let cap = crate::parallel::max_tasks();
+    let target = min_tasks.max(crate::parallel::target_tasks()).min(cap);
+    let (row_panels, col_panels) = (m.div_ceil(mr).max(1), n.div_ceil(nr).max(1));
+    let mut rows = m.div_ceil(mc).clamp(1, row_panels);
+    let mut cols = 1;
+    if rows < target {
+        cols = target.div_ceil(rows).min(col_panels);
+    }
+    if rows * cols < target {
+        rows = target.div_ceil(cols).min(row_panels);
+    }
+    if rows * cols > cap {
+        rows = rows.min(cap);
+        cols = (cap / rows).max(1);
+    }
+    let task_rows = m.div_ceil(rows).next_multiple_of(mr).max(mr);
+    let task_cols = n.div_ceil(cols).next_multiple_of(nr).max(nr);
+    (task_rows, task_cols)
+}
+
+/// The bytes a product moves at least: op(A), op(B) read once, C written (and read when
+/// `beta ≠ 0`) once.
+pub(crate) fn product_bytes(m: usize, n: usize, k: usize, beta: f32) -> usize {
+    let c = if beta == 0.0 { m * n } else { 2 * m * n };
+    4 * (m * k + k * n + c)
+}
+
 /// Panics unless `len` holds a `rows × cols` row-major matrix with leading dimension `ld`.
 #[track_caller]
 pub(crate) fn check_operand(name: &str, len: usize, rows: usize, cols: usize, ld: usize) {
@@ -174,6 +214,7 @@ pub fn sgemm(
 ) {
     let _launch = crate::launch::start(1);
     check_args(transa, transb, m, n, k, a, lda, b, ldb, c, ldc);
+    crate::launch::bytes(product_bytes(m, n, k, beta));
     if m == 0 || n == 0 {
         return;
     }

@@ -77,6 +77,7 @@ pub(crate) fn gemv_row(p: &Product<'_>, mut c: MatMut<'_>) {
         GEMV_CHUNK
     };
     let task = |(t, c): (usize, &mut [f32])| {
+        let _task = crate::launch::task(t);
         let mut y = [0.0f32; GEMV_CHUNK];
         let w = c.len();
         gemv(&mut y, x, &b[t * width..], ldb, w);

@@ -172,3 +172,65 @@ fn blocks_partition_the_window() {
         }
     }
 }
+
+#[test]
+fn the_task_grid_is_sized_for_the_planned_workers() {
+    use super::kernel::NR;
+    use super::task_grid;
+    use crate::parallel::{Plan, plan};
+    let tasks = |m: usize, n: usize| {
+        let (r, c) = task_grid(m, n, (MR, NR, 192), 8);
+        assert!(r % MR == 0 && c % NR == 0, "whole panels: {r} × {c}");
+        m.div_ceil(r) * n.div_ceil(c)
+    };
+    // Forward products over B·T = 16384 rows: row blocks alone are enough.
+    plan(Plan::workers(64), || assert!(tasks(16384, 768) >= 256));
+    // The weight gradients (m = C_in): rows and columns both cut for 64 workers.
+    plan(Plan::workers(64), || {
+        assert!(tasks(256, 768) >= 256, "{}", tasks(256, 768));
+        assert!(tasks(1024, 256) >= 256, "{}", tasks(1024, 256));
+    });
+    plan(Plan::workers(16), || assert!(tasks(256, 1024) >= 64));
+    // Two workers keep today's grid: MIN_TASKS = 8; a shape with fewer tiles gives what it has.
+    plan(Plan::workers(2), || assert_eq!(tasks(256, 768), 8));
+    plan(Plan::workers(64), || assert_eq!(tasks(MR, NR), 1));
+    // A cap gives exactly that many equal row blocks.
+    let cap = |max_tasks| Plan {
+        workers: 2,
+        max_tasks,
+    };
+    plan(cap(3), || {
+        assert_eq!(task_grid(576, 512, (MR, NR, 192), 8), (192, 512))
+    });
+    plan(cap(5), || {
+        assert_eq!(task_grid(960, 512, (MR, NR, 192), 8), (192, 512))
+    });
+}
+
+#[test]
+fn products_are_bitwise_the_same_for_any_planned_split() {
+    use crate::parallel::{Plan, plan};
+    let mut rng = TestRng::new(77);
+    // A weight-gradient shape (TN over a long depth) and a forward one (NN).
+    for (ta, tb, m, n, k) in [
+        (Transpose::Yes, Transpose::No, 200, 300, 1500),
+        (Transpose::No, Transpose::No, 700, 200, 300),
+    ] {
+        let (ar, ac) = if ta == Transpose::No { (m, k) } else { (k, m) };
+        let (a, b) = (rng.vec(ar * ac, 1.0), rng.vec(k * n, 1.0));
+        let run = |workers| {
+            let mut c = vec![0.5; m * n];
+            plan(Plan::workers(workers), || {
+                crate::sgemm(ta, tb, m, n, k, 1.0, &a, ac, &b, n, 1.0, &mut c, n)
+            });
+            c
+        };
+        let one = run(1);
+        for workers in [2, 3, 16, 64] {
+            assert!(
+                run(workers) == one,
+                "{m}×{n}×{k} split for {workers} workers"
+            );
+        }
+    }
+}

@@ -140,6 +140,7 @@ impl<'a> Blocks<'a> {
     /// asked for twice.
     pub(crate) fn for_each(self, parallel: bool, f: impl Fn(usize, usize, MatMut<'a>) + Sync) {
         let run = |t: usize| {
+            let _task = crate::launch::task(t);
             // SAFETY: every t in 0..len() is visited exactly once, by this loop alone.
             let (i0, j0, view) = unsafe { self.block(t) };
             f(i0, j0, view)

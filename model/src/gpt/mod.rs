@@ -221,7 +221,7 @@ fn matmul_residual_forward(
     oc: usize,
     pk: Option<&PackedPair>,
 ) {
-    out.copy_from_slice(residual);
+    kernels::elementwise::copy(out, residual);
     bias_forward(out, b, n, oc);
     match pk {
         Some(pk) => gemm_packed(No, n, 1.0, inp, ic, &pk.fwd, 1.0, out, oc),
@@ -464,7 +464,7 @@ impl LanguageModel for Gpt {
     }
 
     fn zero_grad(&mut self) {
-        self.grads.fill(0.0);
+        kernels::elementwise::fill(&mut self.grads, 0.0);
     }
 
     /// The precision of the matrix products: fp32 (the default), or bf16 operands with fp32

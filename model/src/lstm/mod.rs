@@ -318,7 +318,7 @@ impl LanguageModel for Lstm {
     }
 
     fn zero_grad(&mut self) {
-        self.grads.fill(0.0);
+        kernels::elementwise::fill(&mut self.grads, 0.0);
     }
 
     /// The precision of the matrix products: fp32 (the default), or bf16 operands with fp32

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use kernels::launch::Traced;
+use kernels::launch::Trace;
 use serde_json::json;
 
 use super::{LR, Shape, build};
@@ -30,7 +30,7 @@ pub(super) struct Run {
     pub(super) forward_launches: u64,
     pub(super) backward_launches: u64,
     /// Every kernel launch of each timed step, when traced (for the projection).
-    pub(super) traces: Vec<Vec<Traced>>,
+    pub(super) traces: Vec<Trace>,
 }
 
 impl Run {

@@ -26,7 +26,7 @@
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
-use kernels::launch::Traced;
+use kernels::launch::{Trace, Traced};
 use model::ModelKind;
 use rayon::prelude::*;
 use serde_json::json;
@@ -182,9 +182,10 @@ pub(super) struct Profile {
 impl Profile {
     /// From the traces of several timed steps (the same launches in the same order each time)
     /// and the median step time: each launch's median time.
-    pub(super) fn from_traces(step: f64, traces: &[Vec<Traced>]) -> Result<Profile> {
+    pub(super) fn from_traces(step: f64, traces: &[Trace]) -> Result<Profile> {
+        let traces: Vec<&Vec<Traced>> = traces.iter().map(|t| &t.launches).collect();
         ensure!(!traces.is_empty(), "no traced steps to project from");
-        let first = &traces[0];
+        let first = traces[0];
         ensure!(
             traces.iter().all(|t| t.len() == first.len()
                 && t.iter()

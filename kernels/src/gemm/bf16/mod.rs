@@ -91,6 +91,7 @@ impl PackedB {
         };
         check_operand("b", b.len(), br, bc, ldb);
         let _launch = crate::launch::start(1);
+        crate::launch::bytes(4 * k * n + 2 * k * n.next_multiple_of(32));
         self.k = k;
         self.n = n;
         self.transb = transb;
@@ -147,6 +148,8 @@ pub fn gemm_packed(
     };
     check_operand("a", a.len(), ar, ac, lda);
     check_operand("c", c.len(), m, n, ldc);
+    // The packed B is read once as bf16 pairs: 2 bytes an element.
+    crate::launch::bytes(super::product_bytes(m, n, k, beta) - 2 * k * n);
     imp::gemm_packed(transa, m, alpha, a, lda, b, beta, c, ldc);
 }
 
@@ -185,6 +188,7 @@ pub fn gemm(
     }
     let _launch = crate::launch::start(1);
     check_args(transa, transb, m, n, k, a, lda, b, ldb, c, ldc);
+    crate::launch::bytes(super::product_bytes(m, n, k, beta));
     imp::gemm_unpacked(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 

@@ -18,8 +18,6 @@ const KC: usize = 256;
 const KC_ONE_BLOCK: usize = 384;
 /// Rows of C per task (whole 12-row panels): the A block (MC × KC bf16 = 96 KiB) stays in L2.
 const MC: usize = 192;
-/// Tasks per parallel product at least (when the shape allows), for work stealing to even out.
-const MIN_TASKS: usize = 8;
 /// Panels packed per task: rows of B are read 1 KiB at a time, not 128 bytes a page apart.
 const PACK_GROUP: usize = 8;
 /// Below this many elements of B, packing runs on the calling thread.
@@ -87,14 +85,22 @@ pub(super) fn pack_b(
     if panel == 0 {
         return;
     }
+    // Panels per task: up to PACK_GROUP, fewer where that leaves under 4 tasks per planned
+    // worker (the packing only copies, so the split never changes a result).
+    let npanels = n.div_ceil(NRB);
+    let per_task = npanels
+        .div_ceil(crate::parallel::target_tasks())
+        .clamp(1, PACK_GROUP);
     let group = |(g, dst): (usize, &mut [u32])| {
-        let j0 = g * PACK_GROUP * NRB;
-        let cols = (n - j0).min(PACK_GROUP * NRB);
+        let _task = crate::launch::task(g);
+        let j0 = g * per_task * NRB;
+        let cols = (n - j0).min(per_task * NRB);
         pack_panels(dst, transb, b, ldb, 0, k, j0, cols);
     };
-    let chunks = data.chunks_mut(PACK_GROUP * panel).enumerate();
+    let chunks = data.chunks_mut(per_task * panel).enumerate();
     if k * n >= PACK_PAR_MIN {
-        data.par_chunks_mut(PACK_GROUP * panel)
+        crate::launch::ways(data.len().div_ceil(per_task * panel));
+        data.par_chunks_mut(per_task * panel)
             .enumerate()
             .for_each(group);
     } else {
@@ -221,18 +227,16 @@ fn run(
     }
     let flops = (2 * m).saturating_mul(n).saturating_mul(k);
     let parallel = flops >= PAR_MIN_FLOPS;
-    // Tasks: equal heights of at most MC rows; with fewer than MIN_TASKS row blocks and more
-    // than one thread, split the columns too (whole 32-column panels). Each task packs its
-    // rows of A once per depth block, so on one thread the columns stay whole. (The split
-    // never changes a result: every element is reduced the same way in any task.)
-    let row_tasks = m.div_ceil(MC);
-    let task_rows = m.div_ceil(row_tasks).next_multiple_of(MRB);
-    let col_split = if parallel && rayon::current_num_threads() > 1 {
-        MIN_TASKS.div_ceil(row_tasks)
+    // Tasks: equal heights of at most MC rows; with fewer blocks than 4 per planned worker
+    // (`task_grid`), the columns are cut too (whole 32-column panels), then shorter rows.
+    // Each task packs its rows of A once per depth block, so on one worker the columns stay
+    // whole. (The split never changes a result: every element is reduced the same way in
+    // any task.)
+    let (task_rows, task_cols) = if parallel {
+        crate::gemm::task_grid(m, n, (MRB, NRB, MC), 1)
     } else {
-        1
+        (m.next_multiple_of(MRB), n.next_multiple_of(NRB))
     };
-    let task_cols = n.div_ceil(col_split).next_multiple_of(NRB);
     let kc_max = depth_block(k);
     let up = Update { alpha, beta };
     cv.blocks(task_rows, task_cols)
