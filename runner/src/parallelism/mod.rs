@@ -410,7 +410,7 @@ mod tests {
         for kind in KINDS {
             let run = measure(kind, Shape { b: 2, t: 16 }, 1, 1, 2, true, Precision::F32).unwrap();
             assert_eq!(run.traces.len(), 2);
-            let launches = &run.traces[0];
+            let launches = &run.traces[0].launches;
             assert!(launches.len() > 10, "{kind:?}: {launches:?}");
             for l in launches {
                 assert!(
