@@ -30,9 +30,8 @@ pub fn residual_forward(out: &mut [f32], inp1: &[f32], inp2: &[f32]) {
     par_map2(out, inp1, inp2, |a, b| a + b);
 }
 
-/// `out[i] = inp[i]`: `copy_from_slice`, in parallel over fixed chunks.
+/// `out[i] = inp[i]`: `copy_from_slice`, in parallel over fixed chunks ([`lanes::par_map1`]).
 pub fn copy(out: &mut [f32], inp: &[f32]) {
-    use rayon::prelude::*;
     let _launch = crate::launch::start(1);
     lanes::check_len(
         "copy",
@@ -41,14 +40,7 @@ pub fn copy(out: &mut [f32], inp: &[f32]) {
         out.len(),
         format_args!("(same as out)"),
     );
-    crate::launch::bytes(8 * out.len());
-    crate::launch::ways(out.len().div_ceil(lanes::ELEMS_PER_TASK));
-    out.par_chunks_mut(lanes::ELEMS_PER_TASK)
-        .zip(inp.par_chunks(lanes::ELEMS_PER_TASK))
-        .for_each(|(o, i)| {
-            let _task = crate::launch::task(0);
-            o.copy_from_slice(i);
-        });
+    lanes::par_map1(out, inp, |x| x);
 }
 
 /// `out[i] = value`: `slice::fill`, in parallel over fixed chunks (zeroing gradients).

@@ -282,7 +282,6 @@ pub(crate) fn par_map1(out: &mut [f32], a: &[f32], f: impl Fn(F32s) -> F32s + Sy
         .zip(a.par_chunks(ELEMS_PER_TASK))
         .for_each(|(o, a)| {
             let _task = crate::launch::task(0);
-            let _task = crate::launch::task(0);
             map1(o, a, &f)
         });
 }
@@ -301,7 +300,6 @@ pub(crate) fn par_map2(
         .zip(b.par_chunks(ELEMS_PER_TASK))
         .for_each(|((o, a), b)| {
             let _task = crate::launch::task(0);
-            let _task = crate::launch::task(0);
             map2(o, a, b, &f)
         });
 }
@@ -313,7 +311,6 @@ pub(crate) fn par_map2_inplace(x: &mut [f32], b: &[f32], f: impl Fn(F32s, F32s) 
     x.par_chunks_mut(ELEMS_PER_TASK)
         .zip(b.par_chunks(ELEMS_PER_TASK))
         .for_each(|(x, b)| {
-            let _task = crate::launch::task(0);
             let _task = crate::launch::task(0);
             map2_inplace(x, b, &f)
         });
@@ -387,7 +384,6 @@ pub(crate) fn accumulate_chunks(
         .par_chunks_mut(width)
         .enumerate()
         .for_each(|(k, part)| {
-            let _task = crate::launch::task(0);
             let _task = crate::launch::task(k);
             f(k, part)
         });

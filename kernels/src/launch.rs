@@ -155,9 +155,6 @@ pub struct Traced {
     /// Independent tasks each step splits into, the most any of its (nested) kernels stated;
     /// `None` when no kernel said.
     pub ways: Option<u64>,
-    /// Times it handed work to the pool (a split into more than one task): each costs a
-    /// fork-join, or for a walk the start of its team.
-    pub joins: u64,
     /// Wall time of the whole launch.
     pub seconds: f64,
     /// Wall time on the tracing thread between the end of the launch before (or the start
@@ -173,6 +170,15 @@ pub struct Traced {
 
 #[cfg(feature = "trace")]
 impl Traced {
+    /// Times it handed work to the pool (a split into more than one task): each costs a
+    /// fork-join, or for a walk the start of its team. One per [`PhaseKind::Fork`] phase.
+    pub fn joins(&self) -> u64 {
+        self.phases
+            .iter()
+            .filter(|p| p.kind == PhaseKind::Fork)
+            .count() as u64
+    }
+
     /// The time of the launch outside any task: on one thread whatever the pool.
     pub fn serial(&self) -> f64 {
         (self.seconds - self.phases.iter().map(Phase::work).sum::<f64>()).max(0.0)
@@ -243,7 +249,6 @@ pub(crate) fn start(steps: u64) -> Launch {
                     kernel,
                     steps,
                     ways: None,
-                    joins: 0,
                     seconds: 0.0,
                     gap,
                     bytes: 0,
@@ -285,7 +290,6 @@ pub(crate) fn ways(n: usize) {
         last.ways = Some(last.ways.map_or(n, |w| w.max(n)));
         PHASE_OPEN.with(|o| o.set(n > 1));
         if n > 1 {
-            last.joins += 1;
             last.phases.push(Phase {
                 kind: PhaseKind::Fork,
                 parts: n,
@@ -437,7 +441,7 @@ mod tests {
         });
         assert_eq!(launches.len(), 2, "{launches:?}");
         assert_eq!((launches[0].steps, launches[0].ways), (1, Some(5)));
-        assert_eq!(launches[0].joins, 3);
+        assert_eq!(launches[0].joins(), 3);
         assert_eq!((launches[1].steps, launches[1].ways), (4, None));
         assert_eq!(launches[0].kernel.file(), file!());
         assert!(launches.iter().all(|l| l.seconds >= 0.0));

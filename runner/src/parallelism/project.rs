@@ -203,7 +203,7 @@ impl Profile {
                     kernel: kernel_name(l),
                     steps: l.steps,
                     ways: l.ways.unwrap_or(1),
-                    joins: l.joins,
+                    joins: l.joins(),
                     seconds: s[s.len() / 2],
                 }
             })
