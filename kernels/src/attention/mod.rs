@@ -168,6 +168,8 @@ pub fn attention_forward(
 ) {
     let _launch = crate::launch::start(1);
     check_forward(out, lse, qkv, dims);
+    // qkv read, out and lse written, once each.
+    crate::launch::bytes(std::mem::size_of::<f32>() * (qkv.len() + out.len() + lse.len()));
     if dims.b * dims.t > 0 {
         flash::forward(out, lse, qkv, flash::Dims::new(dims), precision);
     }
@@ -202,6 +204,10 @@ pub fn attention_backward(
 ) {
     let _launch = crate::launch::start(1);
     check_backward(dqkv, dout, qkv, out, lse, dims);
+    // dout, qkv, out and lse read, dqkv written, once each.
+    crate::launch::bytes(
+        std::mem::size_of::<f32>() * (dout.len() + qkv.len() + out.len() + lse.len() + dqkv.len()),
+    );
     if dims.b * dims.t > 0 {
         flash::backward(dqkv, dout, qkv, out, lse, flash::Dims::new(dims), precision);
     }

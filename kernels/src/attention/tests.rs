@@ -236,6 +236,128 @@ fn results_do_not_depend_on_thread_count() {
     }
 }
 
+/// Results must not depend on the pool a kernel plans for either: the forward chooses
+/// between pairs of query tiles and single tiles by `workers()`, which must change no bit, and
+/// the backward's groups (which fix the dQ summation order) must depend on the shape alone. At
+/// B = 16, T = 256, NH = 4 the forward splits into pairs at 16 workers and into single tiles at
+/// 64; fp32 is also checked against the reference.
+#[test]
+fn results_do_not_depend_on_the_planned_pool() {
+    use crate::parallel::{Plan, plan};
+    for cs in [
+        Case::new(16, 256, 4, 16, 1.0, 7),
+        Case::new(3, 300, 2, 24, 1.0, 8),
+    ] {
+        let (out_ref, lse_ref) = cs.forward_ref();
+        let dqkv_ref = cs.backward_ref(&out_ref, &lse_ref);
+        for p in [F32, Bf16] {
+            let run = |workers: usize| {
+                in_pool(2, || {
+                    plan(Plan::workers(workers), || {
+                        let (out, lse) = cs.forward(p);
+                        let dqkv = cs.backward(&out, &lse, p);
+                        (out, lse, dqkv)
+                    })
+                })
+            };
+            let (out, lse, dqkv) = run(1);
+            if p == F32 {
+                let name = cs.name();
+                assert_close(&out, &out_ref, 1e-4, 2e-6, &format!("out {name}"));
+                assert_close(&lse, &lse_ref, 1e-5, 1e-5, &format!("lse {name}"));
+                assert_close(&dqkv, &dqkv_ref, 1e-3, 5e-5, &format!("dqkv {name}"));
+            }
+            let one = (bits(&out), bits(&lse), bits(&dqkv));
+            for workers in [2, 16, 64] {
+                let (out, lse, dqkv) = run(workers);
+                assert!(
+                    one == (bits(&out), bits(&lse), bits(&dqkv)),
+                    "{} {p}: planned for {workers} workers differs from 1",
+                    cs.name()
+                );
+            }
+        }
+    }
+}
+
+/// A training shape (B = 16, C = 256, NH = 4) traced on one thread as a pool of P would split
+/// it: each launch's tile phase has at least 4·P tasks at P = 16 and 64, every task is
+/// recorded, and the tile tasks cost the same (the largest at most twice the median). T = 512
+/// (8 tiles) rather than 1024 keeps the test fast and shows the same split: the forward's
+/// 64 heads × 4 pairs of query tiles and the backward's 64 heads × 4 groups (one snake pair
+/// each) are 256 tasks of 9 key·query tiles each (at T = 1024: 512 forward pairs and 256
+/// groups of two pairs). Timing is noisy on a shared machine, so the balance has three tries.
+#[cfg(feature = "trace")]
+#[test]
+fn a_traced_step_has_balanced_tasks_for_64_workers() {
+    use crate::launch::trace;
+    use crate::parallel::{Plan, plan};
+    let cs = Case::new(16, 512, 4, 64, 1.0, 9);
+    let bytes = std::mem::size_of::<f32>();
+    let (qkv, bt_c, lse) = (cs.qkv.len(), cs.dout.len(), 16 * 4 * 512);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let step = |workers: usize| {
+        pool.install(|| {
+            plan(Plan::workers(workers), || {
+                trace(|| {
+                    let (out, lse) = cs.forward(F32);
+                    cs.backward(&out, &lse, F32);
+                })
+                .1
+            })
+        })
+    };
+    // Each task's least time over the runs: a task preempted by another process in one run
+    // is not counted against the split.
+    let mut least = [vec![f64::INFINITY; 256], vec![f64::INFINITY; 256]];
+    for run in 0..5 {
+        for workers in [16, 64] {
+            let tr = step(workers);
+            let [fwd, bwd] = &tr.launches[..] else {
+                panic!("two launches expected: {tr:?}")
+            };
+            assert_eq!(fwd.bytes as usize, bytes * (qkv + bt_c + lse));
+            assert_eq!(bwd.bytes as usize, bytes * (bt_c + qkv + bt_c + lse + qkv));
+            for (l, least) in [fwd, bwd].into_iter().zip(&mut least) {
+                let name = l.kernel;
+                assert_eq!(l.phases.len(), 3, "{name}: pack, tiles, scatter");
+                for ph in &l.phases {
+                    assert_eq!(ph.tasks.len() as u64, ph.parts, "{name}: every task traced");
+                }
+                let largest = l.phases.iter().map(|ph| ph.parts).max().unwrap();
+                let tiles = &l.phases[1];
+                assert!(
+                    largest >= 4 * workers as u64 && tiles.parts >= 4 * workers as u64,
+                    "{name} at P = {workers}: phases of {:?} tasks",
+                    l.phases.iter().map(|ph| ph.parts).collect::<Vec<_>>()
+                );
+                if workers == 64 {
+                    assert_eq!(tiles.parts, 256, "{name}");
+                    for t in &tiles.tasks {
+                        let x = &mut least[t.part as usize];
+                        *x = x.min(t.seconds);
+                    }
+                }
+            }
+        }
+        let ratio = |t: &[f64]| {
+            let mut t = t.to_vec();
+            t.sort_by(f64::total_cmp);
+            t[t.len() - 1] / t[t.len() / 2]
+        };
+        let ratios = least.each_ref().map(|t| ratio(t));
+        if run >= 2 && ratios.iter().all(|&r| r <= 2.0) {
+            return;
+        }
+        if run == 4 {
+            panic!("tile tasks unbalanced: max / median of (forward, backward) = {ratios:?}");
+        }
+    }
+}
+
 /// B = 0 or T = 0: every buffer is empty, so "no-op" means each call still checks its
 /// arguments, returns after one launch, and sizes no workspace (the size is what it would
 /// allocate).

@@ -3,8 +3,8 @@
 //! Leaves out: the workspace and packing (`mod.rs`), the forward (`forward.rs`).
 
 use super::{
-    Dims, F32, Packing, Part, ScoreTile, Scratch, Source, TILE, carve, carve_as, exp_shifted,
-    mask_above, product,
+    Dims, F32, Packing, Part, SCATTER_ROWS, ScoreTile, Scratch, Source, TILE, carve, carve_as,
+    exp_shifted, mask_above, product,
 };
 use crate::precision::Precision;
 use crate::raw::tile::{Operand, Strided};
@@ -134,6 +134,7 @@ pub(super) fn backward_in<M: Packing>(
         .enumerate()
         .for_each(
             |(idx, (((((((q, k), kr), v), dov), (qbt, dobt)), ddv), lpv))| {
+                let _task = crate::launch::task(idx);
                 let (bh, i) = (idx / d.nt, idx % d.nt);
                 M::pack_a(q, src(0), &d, bh, i);
                 M::pack_bt(k, src(1), &d, bh, i);
@@ -170,6 +171,7 @@ pub(super) fn backward_in<M: Packing>(
         .zip(dq.par_chunks_mut(d.tp * d.hsp))
         .enumerate()
         .for_each(|(idx, ((dk_g, dv_g), dq_g))| {
+            let _task = crate::launch::task(idx);
             let (bh, gi) = (idx / g, idx % g);
             let part = |x| head_of(x, bh, head);
             let h = BackwardHead {
@@ -188,37 +190,43 @@ pub(super) fn backward_in<M: Packing>(
 
     let head = d.tp * d.hsp;
     let (dk, dv, dq) = (&*dk, &*dv, &*dq);
-    crate::launch::ways(dqkv.len().div_ceil(16 * 3 * d.c));
-    dqkv.par_chunks_mut(3 * d.c)
-        .with_min_len(16)
+    // One row of dqkv: dQ summed over the groups, dK, dV.
+    let scatter_row = |dst: &mut [f32], row: usize| {
+        let (b, t) = (row / d.t, row % d.t);
+        let (i, r) = (t / TILE, t % TILE);
+        let (gj, slot) = group_of(i, g);
+        for h in 0..d.nh {
+            let bh = b * d.nh + h;
+            // dQ = (1/√HS) Σ_groups dS·K, summed in group order; group gi wrote rows of
+            // query tiles ≥ gi only.
+            let dq_row = &mut dst[h * d.hs..][..d.hs];
+            let part = |gi: usize| &dq[(bh * g + gi) * head + t * d.hsp..][..d.hsp];
+            for c0 in (0..d.hs).step_by(LANES) {
+                let mut acc = load(&part(0)[c0..]);
+                for gi in 1..g.min(i + 1) {
+                    acc += load(&part(gi)[c0..]);
+                }
+                let n = LANES.min(d.hs - c0);
+                dq_row[c0..][..n].copy_from_slice(&(acc * F32s::splat(scale)).to_array()[..n]);
+            }
+            // dK = (1/√HS) dSᵀ·Q; dV as summed.
+            let kv = ((bh * g + gj) * slots + slot) * tl + r * d.hsp;
+            let dk_row = &mut dst[d.c + h * d.hs..][..d.hs];
+            for c0 in (0..d.hs).step_by(LANES) {
+                let n = LANES.min(d.hs - c0);
+                let x = load(&dk[kv + c0..]) * F32s::splat(scale);
+                dk_row[c0..][..n].copy_from_slice(&x.to_array()[..n]);
+            }
+            dst[2 * d.c + h * d.hs..][..d.hs].copy_from_slice(&dv[kv..][..d.hs]);
+        }
+    };
+    crate::launch::ways(dqkv.len().div_ceil(SCATTER_ROWS * 3 * d.c));
+    dqkv.par_chunks_mut(SCATTER_ROWS * 3 * d.c)
         .enumerate()
-        .for_each(|(row, dst)| {
-            let (b, t) = (row / d.t, row % d.t);
-            let (i, r) = (t / TILE, t % TILE);
-            let (gj, slot) = group_of(i, g);
-            for h in 0..d.nh {
-                let bh = b * d.nh + h;
-                // dQ = (1/√HS) Σ_groups dS·K, summed in group order; group gi wrote rows of
-                // query tiles ≥ gi only.
-                let dq_row = &mut dst[h * d.hs..][..d.hs];
-                let part = |gi: usize| &dq[(bh * g + gi) * head + t * d.hsp..][..d.hsp];
-                for c0 in (0..d.hs).step_by(LANES) {
-                    let mut acc = load(&part(0)[c0..]);
-                    for gi in 1..g.min(i + 1) {
-                        acc += load(&part(gi)[c0..]);
-                    }
-                    let n = LANES.min(d.hs - c0);
-                    dq_row[c0..][..n].copy_from_slice(&(acc * F32s::splat(scale)).to_array()[..n]);
-                }
-                // dK = (1/√HS) dSᵀ·Q; dV as summed.
-                let kv = ((bh * g + gj) * slots + slot) * tl + r * d.hsp;
-                let dk_row = &mut dst[d.c + h * d.hs..][..d.hs];
-                for c0 in (0..d.hs).step_by(LANES) {
-                    let n = LANES.min(d.hs - c0);
-                    let x = load(&dk[kv + c0..]) * F32s::splat(scale);
-                    dk_row[c0..][..n].copy_from_slice(&x.to_array()[..n]);
-                }
-                dst[2 * d.c + h * d.hs..][..d.hs].copy_from_slice(&dv[kv..][..d.hs]);
+        .for_each(|(k, rows)| {
+            let _task = crate::launch::task(k);
+            for (r, dst) in rows.chunks_exact_mut(3 * d.c).enumerate() {
+                scatter_row(dst, k * SCATTER_ROWS + r);
             }
         });
 }

@@ -1,10 +1,10 @@
-//! The flash forward: one task per (batch, head, query tile), the online softmax over the
+//! The flash forward: one task per (batch, head, pair of query tiles i and NT−1−i), the online softmax over the
 //! key tiles up to the diagonal, O and the log-sum-exp per row. Leaves out: the workspace and
 //! packing (`mod.rs`), the backward (`backward.rs`).
 
 use super::{
-    Dims, F32, Packing, Part, ScoreTile, Scratch, Source, TILE, carve, carve_as, exp_shifted,
-    mask_above, product,
+    Dims, F32, Packing, Part, SCATTER_ROWS, ScoreTile, Scratch, Source, TILE, carve, carve_as,
+    exp_shifted, mask_above, product,
 };
 use crate::attention::exp::exp_nonpositive;
 use crate::lanes;
@@ -59,6 +59,7 @@ pub(super) fn forward_in<M: Packing>(
         .zip(vs.par_chunks_mut(te))
         .enumerate()
         .for_each(|(idx, ((q, k), v))| {
+            let _task = crate::launch::task(idx);
             let (bh, i) = (idx / d.nt, idx % d.nt);
             M::pack_a(q, src(0), &d, bh, i);
             M::pack_bt(k, src(1), &d, bh, i);
@@ -67,27 +68,58 @@ pub(super) fn forward_in<M: Packing>(
 
     let (qs, kt, vs) = (&*qs, &*kt, &*vs);
     let head = d.nt * te;
-    crate::launch::ways(d.bh * d.nt);
-    o.par_chunks_mut(d.tile_len())
-        .zip(lp.par_chunks_mut(TILE))
+    // Query tile i costs i + 1 key tiles: paired with tile NT−1−i, every task costs NT + 1
+    // (one diagonal tile each). Where the pairs are too few for the pool, tiles alone (twice
+    // as many tasks, of unequal cost). No task sums with another, so the split changes no
+    // result.
+    let mut tiles: Vec<_> = o
+        .chunks_mut(d.tile_len())
+        .zip(lp.chunks_mut(TILE))
         .enumerate()
-        .for_each(|(idx, (o_i, lse_i))| {
+        .map(Some)
+        .collect();
+    let per_head = if d.bh * d.nt.div_ceil(2) >= crate::parallel::target_tasks() {
+        d.nt.div_ceil(2)
+    } else {
+        d.nt
+    };
+    let tasks: Vec<Vec<_>> = (0..d.bh * per_head)
+        .map(|k| {
+            let (bh, i) = (k / per_head, k % per_head);
+            let mine = if per_head == d.nt {
+                vec![i]
+            } else {
+                vec![i, d.nt - 1 - i]
+            };
+            mine.into_iter()
+                .filter_map(|i| tiles[bh * d.nt + i].take())
+                .collect()
+        })
+        .collect();
+    crate::launch::ways(tasks.len());
+    tasks.into_par_iter().enumerate().for_each(|(k, tiles)| {
+        let _task = crate::launch::task(k);
+        for (idx, (o_i, lse_i)) in tiles {
             let (bh, i) = (idx / d.nt, idx % d.nt);
             let q_i = &qs[bh * head + i * te..][..te];
             let kt_h = &kt[bh * head..][..head];
             let v_h = &vs[bh * head..][..head];
             forward_tile::<M>(o_i, lse_i, q_i, kt_h, v_h, i, &d);
-        });
+        }
+    });
 
     let o = &*o;
-    crate::launch::ways(out.len().div_ceil(16 * d.c));
-    out.par_chunks_mut(d.c)
-        .with_min_len(16)
+    crate::launch::ways(out.len().div_ceil(SCATTER_ROWS * d.c));
+    out.par_chunks_mut(SCATTER_ROWS * d.c)
         .enumerate()
-        .for_each(|(row, out_row)| {
-            let (b, t) = (row / d.t, row % d.t);
-            for (h, dst) in out_row.chunks_exact_mut(d.hs).enumerate() {
-                dst.copy_from_slice(&o[((b * d.nh + h) * d.tp + t) * d.hsp..][..d.hs]);
+        .for_each(|(k, rows)| {
+            let _task = crate::launch::task(k);
+            for (r, out_row) in rows.chunks_exact_mut(d.c).enumerate() {
+                let row = k * SCATTER_ROWS + r;
+                let (b, t) = (row / d.t, row % d.t);
+                for (h, dst) in out_row.chunks_exact_mut(d.hs).enumerate() {
+                    dst.copy_from_slice(&o[((b * d.nh + h) * d.tp + t) * d.hsp..][..d.hs]);
+                }
             }
         });
     for (bh, dst) in lse.chunks_exact_mut(d.t).enumerate() {

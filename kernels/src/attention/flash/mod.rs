@@ -13,10 +13,12 @@
 //!    the diagonal compute only their causal half ([`Part`]). The scores leave their product
 //!    unscaled; 1/√HS is applied as the softmax reads them (and to dQ, dK when they are
 //!    scattered), so the packed q is q itself.
-//! 3. **Scatter** (parallel over rows): results go back into the (B, T, C) / (B, T, 3C) layout.
+//! 3. **Scatter** (parallel over blocks of rows): results go back into the (B, T, C) / (B, T, 3C) layout.
 //!
-//! Forward, one task per (batch, head, query tile i): for key tiles j = 0..=i (tiles above the
-//! diagonal are fully masked and skipped), S = Q_i·K_jᵀ, mask the diagonal tile, update each
+//! Forward, one task per (batch, head, pair of query tiles i and NT−1−i), so that every task
+//! covers NT + 1 key tiles of the causal triangle (on a pool too large for the pairs, one task
+//! per query tile; no two tasks share a sum, so this choice changes no result). For each
+//! query tile i and key tiles j = 0..=i (tiles above the diagonal are fully masked and skipped), S = Q_i·K_jᵀ, mask the diagonal tile, update each
 //! row's running max m and sum l, rescale O by e^(m_old − m_new), O += P·V_j. At the end
 //! O /= l and lse = m + ln l is saved for the backward.
 //!
@@ -26,7 +28,12 @@
 //! dK_j and dV_j are owned by their task. dQ_i gets contributions from every key tile, so each
 //! group sums into its own dQ buffer and the scatter adds the groups in a fixed order. Groups
 //! take key tiles in a snake order (g, 2G−1−g, 2G+g, …) so that early tiles (long query runs)
-//! pair with late ones (short runs) and the groups carry equal work.
+//! pair with late ones (short runs) and the groups carry equal work. The group count G is
+//! fixed by the shapes ([`Dims::groups`]): up to 4 per head, for 256 tasks (64 threads)
+//! where B·NH ≥ 64 and T ≥ 8 tiles.
+//!
+//! Every phase (pack, tiles, scatter) states its task count (`launch::ways`) and times each
+//! task (`launch::task`); the scatter runs in tasks of [`SCATTER_ROWS`] rows.
 //!
 //! Every split depends only on the shapes, never on the thread count, and every sum runs in a
 //! fixed order, so results are bitwise identical on any pool size.
@@ -67,8 +74,21 @@ pub(super) use forward::forward;
 /// Rows of a query tile and of a key/value tile (Br = Bc, so only diagonal tiles need a mask).
 pub(super) const TILE: usize = 64;
 
-/// Backward tasks to aim for when B·NH is small (see [`Dims::groups`]).
-const TARGET_TASKS: usize = 16;
+/// Backward tasks always aimed for, however few the heads (see [`Dims::groups`]).
+const MIN_TASKS: usize = 16;
+
+/// Backward tasks aimed for where the heads allow it with at most [`MAX_GROUPS`] groups
+/// each: [`TASKS_PER_WORKER`](crate::parallel::TASKS_PER_WORKER) per thread of the largest
+/// pool planned for (64). A constant, not `target_tasks()`: the groups fix the order of the dQ
+/// sums, so they must not depend on the pool.
+const POOL_TASKS: usize = 256;
+
+/// Groups per head beyond which more tasks are not worth another dQ partial sum (a (Tp, HSp)
+/// buffer written and read again) unless fewer than [`MIN_TASKS`] would run.
+const MAX_GROUPS: usize = 4;
+
+/// Rows of (B, T, ·) one scatter task writes.
+const SCATTER_ROWS: usize = 16;
 
 /// The shapes of one call and everything derived from them.
 #[derive(Clone, Copy, Debug)]
@@ -117,13 +137,16 @@ impl Dims {
     }
 
     /// Groups of key tiles per head in the backward, each with its own dQ partial sum (a
-    /// (Tp, HSp) buffer): enough for `TARGET_TASKS` tasks in all when B·NH is small, one when
-    /// the heads alone give every core work, and never fewer than two tiles (one snake pair)
-    /// per group. A function of the shapes only, never of the thread count.
+    /// (Tp, HSp) buffer): enough for [`MIN_TASKS`] tasks in all, and for [`POOL_TASKS`] where
+    /// that takes at most [`MAX_GROUPS`] per head; never fewer than two tiles (one snake pair)
+    /// per group. A function of the shapes only, never of the thread count (nor of
+    /// [`crate::parallel::workers`]): the groups fix the order in which dQ is summed.
     pub fn groups(&self) -> usize {
         // bh = 0 (an empty batch) has no tasks to share out; 1 group, of 0 slots.
-        TARGET_TASKS
-            .div_ceil(self.bh.max(1))
+        let bh = self.bh.max(1);
+        MIN_TASKS
+            .div_ceil(bh)
+            .max(POOL_TASKS.div_ceil(bh).min(MAX_GROUPS))
             .min(self.nt / 2)
             .max(1)
     }
