@@ -14,7 +14,7 @@
 //! ## Layout and threads
 //!
 //! - W_hh (4H, H) is packed by the caller, once per forward (or per decoder), into panels of
-//!   [`LANES`] hidden units ([`lstm_pack_forward`]): panel u holds, for every input index k,
+//!   [`LANES`](crate::simd::LANES) hidden units ([`lstm_pack_forward`]): panel u holds, for every input index k,
 //!   the four gate rows of its units side by side, `[k][gate][lane]`. A step streams each
 //!   panel once, front to back, keeping four accumulators (i, f, g, o) per row of the batch in
 //!   registers, and applies the cell to them before they leave the registers: the gates never
@@ -63,23 +63,24 @@ use crate::lanes::check_len;
 #[cfg(any(test, all(target_arch = "x86_64", target_feature = "avx512bf16")))]
 use crate::precision::Precision;
 use crate::raw::team::{Shared, on_team};
-use crate::simd::LANES;
 
 mod pack;
 mod reference;
+mod split;
 mod step;
 #[cfg(test)]
 mod tests;
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
-use pack::panels_of;
+use pack::for_each_panel;
 pub use pack::{PackedWhh, lstm_pack_backward, lstm_pack_forward};
 #[cfg(test)]
 use reference::{backward_ref_carried, dh_rec_ref};
 pub use reference::{lstm_backward_ref, lstm_forward_ref};
+use split::Grid;
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
 use step::Acc;
-use step::{F32, Product, cell_backward_step, forward_step, recurrent_backward_step};
+use step::{F32, Operand, Product, backward_first_step, backward_step, forward_step};
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
 mod bf16;
@@ -200,11 +201,13 @@ pub fn lstm_forward(
     let _launch = crate::launch::start(t as u64);
     check_forward(K, hs, cs, gates, dims);
     w_hh_packed.check(K, h);
+    // The states (row 0 read, rows 1..=T written), the gates read and written, W_hh once.
+    crate::launch::bytes(4 * (2 * (t + 1) * b * h + 2 * t * b * G * h) + w_hh_packed.bytes());
     if b * t * h == 0 {
         return;
     }
     let (hs, cs, gates) = (Shared::new(hs), Shared::new(cs), Shared::new(gates));
-    let dims = Dims { b, h };
+    let dims = Dims::new(b, h);
     match w_hh_packed.precision {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
         Precision::Bf16 => {
@@ -223,8 +226,8 @@ fn forward_walk<P: Product>(
     dims: Dims,
     t: usize,
 ) {
-    on_team(dims.h.div_ceil(LANES), |seat| {
-        let mut operand = Vec::new();
+    on_team(dims.grid.parts(), |seat| {
+        let mut operand = Operand::new();
         for step in 0..t {
             forward_step::<P>(hs, cs, gates, packed, dims, step, seat, &mut operand);
             // h_t is complete before anyone reads it as h_{t-1}.
@@ -283,6 +286,9 @@ pub fn lstm_backward(
         dims,
     );
     w_hh_packed.check(K, h);
+    // dgates, dh0 and dc0 written; dhs, gates and cs read; W_hh once.
+    let f32s = t * b * G * h + 2 * b * h + t * b * h + t * b * G * h + (t + 1) * b * h;
+    crate::launch::bytes(4 * f32s + w_hh_packed.bytes());
     // dh0 and dc0 carry dh_rec and dc_rec through the walk, starting from zero at t = T.
     dh0.fill(0.0);
     dc0.fill(0.0);
@@ -296,7 +302,7 @@ pub fn lstm_backward(
         dc: &dc,
     };
     let saved = Saved { dhs, gates, cs };
-    let dims = Dims { b, h };
+    let dims = Dims::new(b, h);
     match w_hh_packed.precision {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
         Precision::Bf16 => backward_walk::<bf16::Bf16>(bufs, saved, &w_hh_packed.data, dims, t),
@@ -314,28 +320,38 @@ struct BwdBufs<'s, 'a> {
 
 /// The backward walk with the recurrent product of `P`.
 fn backward_walk<P: Product>(
-    BwdBufs { dgates, dh, dc }: BwdBufs,
+    bufs: BwdBufs,
     saved: Saved,
     packed: &[P::Elem],
     dims: Dims,
     t: usize,
 ) {
-    on_team(dims.h.div_ceil(LANES), |seat| {
-        let mut operand = Vec::new();
+    on_team(dims.grid.parts(), |seat| {
+        let mut operand = Operand::new();
+        backward_first_step(bufs, saved, dims, t - 1, seat);
         for step in (0..t).rev() {
-            cell_backward_step(dgates, dh, dc, saved, dims, step, seat);
             // dgates_t is complete before anyone multiplies it by W_hh.
             seat.wait();
-            recurrent_backward_step::<P>(dh, dgates, packed, dims, step, seat, &mut operand);
+            // dh_rec from dgates_t, and the cell backward of step t - 1, part by part.
+            backward_step::<P>(bufs, saved, packed, dims, step, seat, &mut operand);
         }
     });
 }
 
-/// Batch size and hidden size of a walk.
+/// Batch size and hidden size of a walk, and how its steps are cut into parts.
 #[derive(Clone, Copy)]
 struct Dims {
     b: usize,
     h: usize,
+    grid: Grid,
+}
+
+impl Dims {
+    /// The walk's dimensions, its steps split for the pool it plans for.
+    fn new(b: usize, h: usize) -> Self {
+        let grid = Grid::new(b, h, crate::parallel::workers());
+        Dims { b, h, grid }
+    }
 }
 
 /// What the backward walk reads from the forward pass and from above.
