@@ -19,18 +19,24 @@
 //!   panel once, front to back, keeping four accumulators (i, f, g, o) per row of the batch in
 //!   registers, and applies the cell to them before they leave the registers: the gates never
 //!   make a round trip through memory between the product and the activation.
-//! - The hidden units are split between the threads for the whole walk (contiguous panel
-//!   ranges): each thread owns its units' panels, which stay in its core's L2 from one step to
-//!   the next (W_hh of the 360-unit model is 2 MiB; half of it per core fits a 1 MiB L2 much
+//! - A step is cut into parts, blocks of batch rows × blocks of panels (`split.rs`), sized
+//!   for the pool the walk plans for ([`crate::parallel::workers`]): one part on one worker,
+//!   halves of the panels on two, rows cut only where the panels are too few (B = 16, H = 360
+//!   on 64 workers: 4 rows × one panel, 180 parts on 8 lanes). Each part is one task of a
+//!   trace (`crate::launch::task`). The parts are split between the threads for the whole
+//!   walk (contiguous ranges, numbered panel-major, so a thread's parts cover few panels):
+//!   each thread owns its parts' panels, which stay in its core's L2 from one step to the
+//!   next (W_hh of the 360-unit model is 2 MiB; half of it per core fits a 1 MiB L2 much
 //!   better than all of it re-read from L3 every step). A step needs all of h_{t-1}, so the
 //!   threads meet at a spin barrier once per step — one cache line handed between cores —
 //!   instead of a rayon fork/join per step, which costs microseconds and would move panels
 //!   between cores. Panels are swept in alternating order from step to step (boustrophedon),
 //!   so when a thread's panels do not all fit in L2, those it touched last are touched first.
-//! - Backward through time, per step: (A) the cell backward for the thread's own units gives
-//!   dgates_t; barrier; (B) `dh_{t-1} = dgates_t·W_hh` for the thread's own units, from panels
+//! - Backward through time, per step: (A) the cell backward for the thread's own parts gives
+//!   dgates_t; barrier; (B) `dh_{t-1} = dgates_t·W_hh` for the thread's own parts, from panels
 //!   packed by [`lstm_pack_backward`] (`[j][gate][lane]` over the output index). B writes
-//!   exactly the units the same thread reads in the next A, so one barrier per step suffices.
+//!   exactly the rows × units the same part reads in the next A, so one barrier per step
+//!   suffices, and each part runs B of step t and then A of step t − 1 as one task.
 //! - A barrier per step needs the threads to own their cores: on a machine with more runnable
 //!   threads than cores, a descheduled partner stalls every step, and 2 threads can be slower
 //!   than 1.
@@ -52,7 +58,8 @@
 //! and adds them as (i + f) + (g + o)), so results are bitwise identical on any pool size.
 //!
 //! Files: this one holds the entry points, the shapes and the two walks; `pack.rs` packs W_hh,
-//! `step.rs` is one step of one thread (the fused product and cell), `reference.rs` the scalar
+//! `split.rs` cuts a step into parts, `step.rs` is one step of one thread's parts (the fused
+//! product and cell), `reference.rs` the scalar
 //! references; the team of threads and its barrier are `crate::raw::team`.
 //!
 //! Leaves out: peephole connections, projections (LSTMP), dropout, and the gradient with
@@ -184,8 +191,8 @@ mod sealed {
 ///   `hs[t]·W_hhᵀ` runs in its [`PackedWhh::precision`] (bf16: both operands rounded to
 ///   bfloat16, products summed in fp32; all the rest fp32).
 ///
-/// Runs on the current rayon pool, one thread per panel range (see the module docs); results
-/// do not depend on the pool size. Every one of those threads must join the walk, so a pool
+/// Runs on the current rayon pool, one thread per range of parts (see the module docs);
+/// results do not depend on the pool size or the split. Every one of those threads must join the walk, so a pool
 /// thread blocked elsewhere (on a lock or a channel the caller holds) stalls it. Walks started
 /// concurrently on one pool, or from inside its parallel iterators, take turns (tested).
 pub fn lstm_forward(

@@ -14,12 +14,17 @@
 //! contiguous run of parts a seat of the team owns covers few panels: each thread keeps about
 //! 1/Q of W_hh in its cache, however the rows are cut.
 //!
-//! The choice: among the splits into at least P parts, P the workers (where the shape has
-//! that many), the one whose slowest seat, owning `ceil(parts / P)` parts of the largest
-//! size, has the least work; ties go to the larger row blocks. On one worker that is all rows
-//! × one panel per part (two for B ≤ 2), the blocks the walk always ran. The split changes
-//! no result: every element is computed by the same operations in the same order in any
-//! part.
+//! The choice, for P workers: among the splits into at least P parts (where the shape has
+//! that many) and at least P panel blocks (where there are that many panels), those whose
+//! slowest seat, owning `ceil(parts / P)` parts of the largest size, has within 1/16 of the
+//! least work; of those the fewest parts, then the fewest row blocks. A part costs a little
+//! outside its product (the backward cell step of a small part touches its rows' gates in
+//! short pieces), so on one worker the step is one part, on two it is two halves of the
+//! panels (the walk's split before it cut rows), and rows are cut only where the panels are
+//! too few for the workers or the seats would otherwise be uneven: B = 16, H = 360 on 8
+//! lanes is 45 parts (all rows × one panel) for P = 16 and 180 (4 rows × one panel) for P =
+//! 64. The split changes no result: every element is computed by the same operations in the
+//! same order in any part.
 //!
 //! Leaves out: what a part computes (`step.rs`), the team (`crate::raw::team`).
 
@@ -43,38 +48,44 @@ impl Grid {
     pub(super) fn new(b: usize, h: usize, workers: usize) -> Grid {
         let (b1, panels) = (b.max(1), h.div_ceil(LANES).max(1));
         let workers = workers.max(1);
-        // B ≤ 2 blocks two panels at a time (step.rs); keep the pairs while they are enough.
-        let panels_per = if b1 <= 2 && panels.div_ceil(2) >= workers {
-            2
-        } else {
-            1
-        };
-        let panel_blocks = panels.div_ceil(panels_per);
-        let grid = |rows_per: usize| Grid {
+        let grid = |rows_per: usize, panels_per: usize| Grid {
             b: b1,
             panels,
             rows_per,
             row_blocks: b1.div_ceil(rows_per),
             panels_per,
-            panel_blocks,
+            panel_blocks: panels.div_ceil(panels_per),
+        };
+        // Enough parts for the workers, where the shape has them, and at least as many panel
+        // blocks, so that each seat's parts cover about 1/P of the panels.
+        let need = workers.min(b1 * panels);
+        let fits = |g: &Grid| g.parts() >= need && g.panel_blocks >= workers.min(panels);
+        let splits = |rows: &[usize]| -> Vec<Grid> {
+            let all = rows.iter().flat_map(|&r| (1..=panels).map(move |u| (r, u)));
+            all.map(|(r, u)| grid(r, u)).filter(fits).collect()
         };
         // Row blocks that read no weight more often than the whole batch: all rows, or a
-        // multiple of the 4-row register block.
-        let whole = std::iter::once(b1).chain((4..b1).step_by(4).rev());
-        let enough = |g: &Grid| g.parts() >= workers;
-        // The slowest seat's work, in row-panels; ties (`min_by_key` keeps the first) go to
-        // the larger row blocks, listed first.
+        // multiple of the 4-row register block; smaller ones only where those are too few.
+        let whole: Vec<usize> = std::iter::once(b1)
+            .chain((4..b1).step_by(4).rev())
+            .collect();
+        let mut candidates = splits(&whole);
+        if candidates.is_empty() {
+            candidates = splits(&(1..b1.min(4)).rev().collect::<Vec<_>>());
+        }
+        // The slowest seat's work, in row × panels (a part of the largest size per part).
         let span = |g: &Grid| g.parts().div_ceil(workers) * g.rows_per * g.panels_per;
-        let best = whole.map(grid).filter(enough).min_by_key(span);
-        // Too few panels and batch rows for the workers in whole register blocks: the
-        // largest smaller row blocks that give enough parts, else one row per block.
-        best.unwrap_or_else(|| {
-            (1..b1.min(4))
-                .rev()
-                .map(grid)
-                .find(enough)
-                .unwrap_or_else(|| grid(1))
-        })
+        let least = candidates
+            .iter()
+            .map(span)
+            .min()
+            .expect("one row × one panel fits");
+        // Within 1/16 of the least: the fewest parts, then the fewest row blocks.
+        let near = candidates
+            .into_iter()
+            .filter(|g| span(g) * 16 <= least * 17);
+        near.min_by_key(|g| (g.parts(), g.row_blocks))
+            .expect("the least is near itself")
     }
 
     /// The parts of a step.
@@ -106,12 +117,23 @@ mod tests {
     }
 
     #[test]
-    fn one_or_two_workers_keep_whole_rows() {
+    fn one_worker_gets_one_part_and_two_get_halves_of_the_panels() {
+        for (b, h) in [(16, 360), (1, 360), (2, 37), (5, 1)] {
+            assert_eq!(shape(b, h, 1), (1, 1), "B={b} H={h}");
+        }
+        assert_eq!(shape(16, 360, 2), (1, 2));
+        assert_eq!(shape(1, 360, 2), (1, 2));
+    }
+
+    #[test]
+    fn the_small_lstm_splits_as_documented() {
+        // 45 panels of 8 lanes, 23 of 16.
         let panels = 360usize.div_ceil(LANES);
-        assert_eq!(shape(16, 360, 1), (1, panels));
-        assert_eq!(shape(1, 360, 1), (1, panels.div_ceil(2)));
-        assert_eq!(shape(2, 360, 2), (1, panels.div_ceil(2)));
-        assert_eq!(shape(5, 37, 1), (1, 37usize.div_ceil(LANES)));
+        assert_eq!(shape(16, 360, 64), (4, panels));
+        assert_eq!(shape(1, 360, 64), (1, panels));
+        if LANES == 8 {
+            assert_eq!(shape(16, 360, 16), (1, 45));
+        }
     }
 
     #[test]

@@ -163,17 +163,22 @@ impl Product for F32 {
 /// (B ≤ 2, or a part's short last row block): two panels at a time, so that 8 independent
 /// accumulator chains hide the FMA latency. More rows: one panel against blocks of 4 rows (16
 /// accumulators), panels outermost so that each panel is fetched into L1/L2 once per step.
-/// (A macro because the kernels are const-generic in R and U and take different row types.)
+///
+/// `reverse` sweeps the panels last to first (see [`sweep`]). (A macro because the kernels
+/// are const-generic in R and U and take different row types.)
 macro_rules! drive_blocks {
-    ($kernel:ident::<$p:ty>, $row:ident, $rows:expr, $nu:expr, $packed:expr, $own:expr, $h:expr) => {{
-        let (rows, nu, own, h, packed): (Range<usize>, usize, usize, usize, &[_]) =
-            ($rows, $nu, $own, $h, $packed);
+    ($kernel:ident::<$p:ty>, $row:ident, $rows:expr, $nu:expr, $packed:expr, $own:expr, $h:expr, $reverse:expr) => {{
+        let (rows, nu, own, h, packed, reverse): (Range<usize>, usize, usize, usize, &[_], bool) =
+            ($rows, $nu, $own, $h, $packed, $reverse);
         let (r0, b) = (rows.start, rows.len());
         let panel = <$p>::depth(h) * G * LANES;
+        let order = |i: usize, n: usize| if reverse { n - 1 - i } else { i };
         if b <= 2 {
             let mut x0 = $row(r0);
             let mut x1 = (b == 2).then(|| $row(r0 + 1));
-            for u in (0..nu).step_by(2) {
+            let pairs = nu.div_ceil(2);
+            for i in 0..pairs {
+                let u = 2 * order(i, pairs);
                 let p = &packed[u * panel..];
                 match (&mut x1, nu - u >= 2) {
                     (None, true) => $kernel::<1, 2, $p>(&mut [&mut x0], p, u, own, h),
@@ -183,7 +188,8 @@ macro_rules! drive_blocks {
                 }
             }
         } else {
-            for u in 0..nu {
+            for i in 0..nu {
+                let u = order(i, nu);
                 let p = &packed[u * panel..];
                 let mut b0 = r0;
                 while b0 + 4 <= rows.end {
@@ -205,13 +211,18 @@ macro_rules! drive_blocks {
     }};
 }
 
-/// The parts a thread owns, in the order step `step` visits them: ascending, or on odd steps
-/// with `alternate` descending (boustrophedon), so when a thread's panels do not all fit in
-/// L2, those a step touched last are the ones the next step touches first. The order of parts
-/// changes no element's arithmetic.
+/// Whether step `step` sweeps the panels last to first: on odd steps (boustrophedon), so when
+/// a thread's panels do not all fit in L2, those a step touched last are the ones the next
+/// step touches first. The order of parts and panels changes no element's arithmetic.
+fn reversed(step: usize) -> bool {
+    step % 2 == 1
+}
+
+/// The parts a thread owns, in the order step `step` visits them: ascending, or, where
+/// `alternate` and [`reversed`], descending (each part's panels then descending too).
 fn sweep(seat: &Seat, step: usize, alternate: bool) -> impl Iterator<Item = usize> + use<> {
     let own = seat.own();
-    let reverse = alternate && step % 2 == 1;
+    let reverse = alternate && reversed(step);
     (0..own.len()).map(move |i| {
         if reverse {
             own.end - 1 - i
@@ -245,50 +256,61 @@ pub(super) fn forward_step<P: Product>(
     cs: &Shared,
     gates: &Shared,
     packed: &[P::Elem],
-    Dims { b, h, grid }: Dims,
+    dims: Dims,
     step: usize,
     seat: &Seat,
     operand: &mut Operand<P::Elem>,
 ) {
-    let depth = P::depth(h);
-    let panel = depth * G * LANES;
+    let Dims { b, h, grid } = dims;
     // SAFETY: row `step` of hs (all B rows) was completed before the last barrier and is only
     // read during this step.
     let x = unsafe { hs.get(seat, step * b * h, b * h) };
     operand.clear();
     for part in sweep(seat, step, true) {
         let _task = crate::launch::task(part);
-        let (rows, panels) = (grid.rows(part), grid.panels(part));
-        let (j0, j1) = units_of(&panels, h);
-        let hprev = P::operand(operand, x, h, rows.clone());
-        let row = |bi: usize| {
-            let (prev, next) = (step * b * h + bi * h, (step + 1) * b * h + bi * h);
-            let g0 = (step * b + bi) * G * h;
-            // SAFETY: during a step, rows `step` of hs and cs are only read (they were
-            // completed before the last barrier); row `step + 1` and `gates[step]` are written
-            // part by part, each (rows × units `j0..j1`) by the one thread that owns the part
-            // and in one part only, and no thread reads them before the barrier.
-            unsafe {
-                FwdRow {
-                    gates: std::array::from_fn(|g| gates.get_mut(seat, g0 + g * h + j0, j1 - j0)),
-                    c: cs.get_mut(seat, next + j0, j1 - j0),
-                    h: hs.get_mut(seat, next + j0, j1 - j0),
-                    cprev: cs.get(seat, prev + j0, j1 - j0),
-                    hprev: &hprev[bi * depth..][..depth],
-                }
-            }
-        };
-        let packed = &packed[panels.start * panel..panels.end * panel];
-        drive_blocks!(
-            forward_block::<P>,
-            row,
-            rows,
-            panels.len(),
-            packed,
-            j1 - j0,
-            h
-        );
+        let hprev = P::operand(operand, x, h, grid.rows(part));
+        forward_part::<P>([hs, cs, gates], hprev, packed, dims, step, seat, part);
     }
+}
+
+/// Forward step `step` for part `part` (its rows × units), `hprev` being h_{t-1} as `P`'s
+/// operand (at least the part's rows). Not inlined: the micro-kernels' registers are
+/// allocated best in a function of their own.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn forward_part<P: Product>(
+    [hs, cs, gates]: [&Shared; 3],
+    hprev: &[P::Elem],
+    packed: &[P::Elem],
+    Dims { b, h, grid }: Dims,
+    step: usize,
+    seat: &Seat,
+    part: usize,
+) {
+    let (rows, panels) = (grid.rows(part), grid.panels(part));
+    let (j0, j1) = units_of(&panels, h);
+    let depth = P::depth(h);
+    let row = |bi: usize| {
+        let (prev, next) = (step * b * h + bi * h, (step + 1) * b * h + bi * h);
+        let g0 = (step * b + bi) * G * h;
+        // SAFETY: during a step, rows `step` of hs and cs are only read (they were completed
+        // before the last barrier); row `step + 1` and `gates[step]` are written part by part,
+        // each (rows × units `j0..j1`) by the one thread that owns the part and in one part
+        // only, and no thread reads them before the barrier.
+        unsafe {
+            FwdRow {
+                gates: std::array::from_fn(|g| gates.get_mut(seat, g0 + g * h + j0, j1 - j0)),
+                c: cs.get_mut(seat, next + j0, j1 - j0),
+                h: hs.get_mut(seat, next + j0, j1 - j0),
+                cprev: cs.get(seat, prev + j0, j1 - j0),
+                hprev: &hprev[bi * depth..][..depth],
+            }
+        }
+    };
+    let panel = depth * G * LANES;
+    let packed = &packed[panels.start * panel..panels.end * panel];
+    let (nu, own, reverse) = (panels.len(), j1 - j0, reversed(step));
+    drive_blocks!(forward_block::<P>, row, rows, nu, packed, own, h, reverse);
 }
 
 /// The micro-kernel: R rows × U panels (starting at panel `u` of the part, whose units span
@@ -373,7 +395,7 @@ pub(super) fn backward_step<P: Product>(
     operand.clear();
     for part in sweep(seat, step, true) {
         let _task = crate::launch::task(part);
-        recurrent_backward_part::<P>(bufs.dh, dg, packed, dims, seat, part, operand);
+        recurrent_backward_part::<P>(bufs.dh, dg, packed, dims, step, seat, part, operand);
         if step > 0 {
             cell_backward_part(bufs, saved, dims, step - 1, seat, part);
         }
@@ -442,6 +464,7 @@ fn recurrent_backward_part<P: Product>(
     dg: &[f32],
     packed: &[P::Elem],
     Dims { h, grid, .. }: Dims,
+    step: usize,
     seat: &Seat,
     part: usize,
     operand: &mut Operand<P::Elem>,
@@ -459,7 +482,8 @@ fn recurrent_backward_part<P: Product>(
     };
     let panel = depth * G * LANES;
     let packed = &packed[panels.start * panel..panels.end * panel];
-    drive_blocks!(backward_block::<P>, row, rows, panels.len(), packed, own, h);
+    let (nu, reverse) = (panels.len(), reversed(step));
+    drive_blocks!(backward_block::<P>, row, rows, nu, packed, own, h, reverse);
 }
 
 /// One row at one backward step: all of its dgates (4H, as operand elements: the G gates'
