@@ -25,11 +25,10 @@
 
 use std::arch::x86_64::*;
 
-use rayon::prelude::*;
-
-use super::{Acc, G, Product, panels_of};
+use super::{Acc, G, Operand, Product, for_each_panel};
 use crate::bf16::{bits_bh, pairs_of_row, pairs_of_two_rows};
 use crate::simd::LANES;
+use std::ops::Range;
 
 const _: () = assert!(LANES == 16, "a bf16 build has AVX-512: 16 fp32 lanes");
 
@@ -40,7 +39,7 @@ pub(super) struct Bf16;
 /// `ceil(H / 16)` panels of `k2·4·16` pairs.
 pub(super) fn pack_forward(data: &mut [u32], w_hh: &[f32], h: usize) {
     let k2 = h.div_ceil(2);
-    panels_of(data, k2 * G * LANES).for_each(|(u, panel)| {
+    for_each_panel(data, k2 * G * LANES, |u, panel| {
         let mut row = vec![0u32; k2];
         for g in 0..G {
             for l in 0..LANES {
@@ -60,7 +59,7 @@ pub(super) fn pack_forward(data: &mut [u32], w_hh: &[f32], h: usize) {
 /// Packs W_hh for the backward walk (layout in the module docs).
 pub(super) fn pack_backward(data: &mut [u32], w_hh: &[f32], h: usize) {
     let k2 = h.div_ceil(2);
-    panels_of(data, k2 * G * LANES).for_each(|(q, panel)| {
+    for_each_panel(data, k2 * G * LANES, |q, panel| {
         let k0 = q * LANES;
         let n = LANES.min(h - k0);
         for (p, depth) in panel.chunks_exact_mut(G * LANES).enumerate() {
@@ -112,13 +111,22 @@ impl Product for Bf16 {
         n.div_ceil(2)
     }
 
-    fn operand<'s>(scratch: &'s mut Vec<u32>, x: &'s [f32], n: usize) -> &'s [u32] {
-        let k2 = n.div_ceil(2);
-        scratch.resize(x.len() / n * k2, 0);
-        for (dst, src) in scratch.chunks_exact_mut(k2).zip(x.chunks_exact(n)) {
-            pairs_of_row(dst, src);
+    fn operand<'s>(
+        buf: &'s mut Operand<u32>,
+        x: &'s [f32],
+        n: usize,
+        rows: Range<usize>,
+    ) -> &'s [u32] {
+        let (k2, all) = (n.div_ceil(2), x.len() / n);
+        buf.elems.resize(all * k2, 0);
+        buf.ready.resize(all, false);
+        for r in rows {
+            if !buf.ready[r] {
+                pairs_of_row(&mut buf.elems[r * k2..][..k2], &x[r * n..][..n]);
+                buf.ready[r] = true;
+            }
         }
-        scratch
+        &buf.elems
     }
 
     #[inline(always)]

@@ -14,23 +14,29 @@
 //! ## Layout and threads
 //!
 //! - W_hh (4H, H) is packed by the caller, once per forward (or per decoder), into panels of
-//!   [`LANES`] hidden units ([`lstm_pack_forward`]): panel u holds, for every input index k,
+//!   [`LANES`](crate::simd::LANES) hidden units ([`lstm_pack_forward`]): panel u holds, for every input index k,
 //!   the four gate rows of its units side by side, `[k][gate][lane]`. A step streams each
 //!   panel once, front to back, keeping four accumulators (i, f, g, o) per row of the batch in
 //!   registers, and applies the cell to them before they leave the registers: the gates never
 //!   make a round trip through memory between the product and the activation.
-//! - The hidden units are split between the threads for the whole walk (contiguous panel
-//!   ranges): each thread owns its units' panels, which stay in its core's L2 from one step to
-//!   the next (W_hh of the 360-unit model is 2 MiB; half of it per core fits a 1 MiB L2 much
+//! - A step is cut into parts, blocks of batch rows × blocks of panels (`split.rs`), sized
+//!   for the pool the walk plans for ([`crate::parallel::workers`]): one part on one worker,
+//!   halves of the panels on two, rows cut only where the panels are too few (B = 16, H = 360
+//!   on 64 workers: 4 rows × one panel, 180 parts on 8 lanes). Each part is one task of a
+//!   trace (`crate::launch::task`). The parts are split between the threads for the whole
+//!   walk (contiguous ranges, numbered panel-major, so a thread's parts cover few panels):
+//!   each thread owns its parts' panels, which stay in its core's L2 from one step to the
+//!   next (W_hh of the 360-unit model is 2 MiB; half of it per core fits a 1 MiB L2 much
 //!   better than all of it re-read from L3 every step). A step needs all of h_{t-1}, so the
 //!   threads meet at a spin barrier once per step — one cache line handed between cores —
 //!   instead of a rayon fork/join per step, which costs microseconds and would move panels
 //!   between cores. Panels are swept in alternating order from step to step (boustrophedon),
 //!   so when a thread's panels do not all fit in L2, those it touched last are touched first.
-//! - Backward through time, per step: (A) the cell backward for the thread's own units gives
-//!   dgates_t; barrier; (B) `dh_{t-1} = dgates_t·W_hh` for the thread's own units, from panels
+//! - Backward through time, per step: (A) the cell backward for the thread's own parts gives
+//!   dgates_t; barrier; (B) `dh_{t-1} = dgates_t·W_hh` for the thread's own parts, from panels
 //!   packed by [`lstm_pack_backward`] (`[j][gate][lane]` over the output index). B writes
-//!   exactly the units the same thread reads in the next A, so one barrier per step suffices.
+//!   exactly the rows × units the same part reads in the next A, so one barrier per step
+//!   suffices, and each part runs B of step t and then A of step t − 1 as one task.
 //! - A barrier per step needs the threads to own their cores: on a machine with more runnable
 //!   threads than cores, a descheduled partner stalls every step, and 2 threads can be slower
 //!   than 1.
@@ -52,7 +58,8 @@
 //! and adds them as (i + f) + (g + o)), so results are bitwise identical on any pool size.
 //!
 //! Files: this one holds the entry points, the shapes and the two walks; `pack.rs` packs W_hh,
-//! `step.rs` is one step of one thread (the fused product and cell), `reference.rs` the scalar
+//! `split.rs` cuts a step into parts, `step.rs` is one step of one thread's parts (the fused
+//! product and cell), `reference.rs` the scalar
 //! references; the team of threads and its barrier are `crate::raw::team`.
 //!
 //! Leaves out: peephole connections, projections (LSTMP), dropout, and the gradient with
@@ -63,23 +70,24 @@ use crate::lanes::check_len;
 #[cfg(any(test, all(target_arch = "x86_64", target_feature = "avx512bf16")))]
 use crate::precision::Precision;
 use crate::raw::team::{Shared, on_team};
-use crate::simd::LANES;
 
 mod pack;
 mod reference;
+mod split;
 mod step;
 #[cfg(test)]
 mod tests;
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
-use pack::panels_of;
+use pack::for_each_panel;
 pub use pack::{PackedWhh, lstm_pack_backward, lstm_pack_forward};
 #[cfg(test)]
 use reference::{backward_ref_carried, dh_rec_ref};
 pub use reference::{lstm_backward_ref, lstm_forward_ref};
+use split::Grid;
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
 use step::Acc;
-use step::{F32, Product, cell_backward_step, forward_step, recurrent_backward_step};
+use step::{F32, Operand, Product, backward_first_step, backward_step, forward_step};
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
 mod bf16;
@@ -183,8 +191,8 @@ mod sealed {
 ///   `hs[t]·W_hhᵀ` runs in its [`PackedWhh::precision`] (bf16: both operands rounded to
 ///   bfloat16, products summed in fp32; all the rest fp32).
 ///
-/// Runs on the current rayon pool, one thread per panel range (see the module docs); results
-/// do not depend on the pool size. Every one of those threads must join the walk, so a pool
+/// Runs on the current rayon pool, one thread per range of parts (see the module docs);
+/// results do not depend on the pool size or the split. Every one of those threads must join the walk, so a pool
 /// thread blocked elsewhere (on a lock or a channel the caller holds) stalls it. Walks started
 /// concurrently on one pool, or from inside its parallel iterators, take turns (tested).
 pub fn lstm_forward(
@@ -200,11 +208,13 @@ pub fn lstm_forward(
     let _launch = crate::launch::start(t as u64);
     check_forward(K, hs, cs, gates, dims);
     w_hh_packed.check(K, h);
+    // The states (row 0 read, rows 1..=T written), the gates read and written, W_hh once.
+    crate::launch::bytes(4 * (2 * (t + 1) * b * h + 2 * t * b * G * h) + w_hh_packed.bytes());
     if b * t * h == 0 {
         return;
     }
     let (hs, cs, gates) = (Shared::new(hs), Shared::new(cs), Shared::new(gates));
-    let dims = Dims { b, h };
+    let dims = Dims::new(b, h);
     match w_hh_packed.precision {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
         Precision::Bf16 => {
@@ -223,8 +233,8 @@ fn forward_walk<P: Product>(
     dims: Dims,
     t: usize,
 ) {
-    on_team(dims.h.div_ceil(LANES), |seat| {
-        let mut operand = Vec::new();
+    on_team(dims.grid.parts(), |seat| {
+        let mut operand = Operand::new();
         for step in 0..t {
             forward_step::<P>(hs, cs, gates, packed, dims, step, seat, &mut operand);
             // h_t is complete before anyone reads it as h_{t-1}.
@@ -283,6 +293,9 @@ pub fn lstm_backward(
         dims,
     );
     w_hh_packed.check(K, h);
+    // dgates, dh0 and dc0 written; dhs, gates and cs read; W_hh once.
+    let f32s = t * b * G * h + 2 * b * h + t * b * h + t * b * G * h + (t + 1) * b * h;
+    crate::launch::bytes(4 * f32s + w_hh_packed.bytes());
     // dh0 and dc0 carry dh_rec and dc_rec through the walk, starting from zero at t = T.
     dh0.fill(0.0);
     dc0.fill(0.0);
@@ -296,7 +309,7 @@ pub fn lstm_backward(
         dc: &dc,
     };
     let saved = Saved { dhs, gates, cs };
-    let dims = Dims { b, h };
+    let dims = Dims::new(b, h);
     match w_hh_packed.precision {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx512bf16"))]
         Precision::Bf16 => backward_walk::<bf16::Bf16>(bufs, saved, &w_hh_packed.data, dims, t),
@@ -314,28 +327,38 @@ struct BwdBufs<'s, 'a> {
 
 /// The backward walk with the recurrent product of `P`.
 fn backward_walk<P: Product>(
-    BwdBufs { dgates, dh, dc }: BwdBufs,
+    bufs: BwdBufs,
     saved: Saved,
     packed: &[P::Elem],
     dims: Dims,
     t: usize,
 ) {
-    on_team(dims.h.div_ceil(LANES), |seat| {
-        let mut operand = Vec::new();
+    on_team(dims.grid.parts(), |seat| {
+        let mut operand = Operand::new();
+        backward_first_step(bufs, saved, dims, t - 1, seat);
         for step in (0..t).rev() {
-            cell_backward_step(dgates, dh, dc, saved, dims, step, seat);
             // dgates_t is complete before anyone multiplies it by W_hh.
             seat.wait();
-            recurrent_backward_step::<P>(dh, dgates, packed, dims, step, seat, &mut operand);
+            // dh_rec from dgates_t, and the cell backward of step t - 1, part by part.
+            backward_step::<P>(bufs, saved, packed, dims, step, seat, &mut operand);
         }
     });
 }
 
-/// Batch size and hidden size of a walk.
+/// Batch size and hidden size of a walk, and how its steps are cut into parts.
 #[derive(Clone, Copy)]
 struct Dims {
     b: usize,
     h: usize,
+    grid: Grid,
+}
+
+impl Dims {
+    /// The walk's dimensions, its steps split for the pool it plans for.
+    fn new(b: usize, h: usize) -> Self {
+        let grid = Grid::new(b, h, crate::parallel::workers());
+        Dims { b, h, grid }
+    }
 }
 
 /// What the backward walk reads from the forward pass and from above.

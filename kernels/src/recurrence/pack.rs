@@ -89,6 +89,7 @@ impl<D: Layout> PackedWhh<D> {
             G * h * h,
             format_args!("(4H, H)"),
         );
+        // One task per panel (`for_each_panel`).
         crate::launch::ways(h.div_ceil(LANES));
         self.h = h;
         self.precision = precision.effective();
@@ -98,6 +99,8 @@ impl<D: Layout> PackedWhh<D> {
         };
         // Every element is written by the packing, so the old contents need not be cleared.
         self.data.resize(h.div_ceil(LANES) * depth * G * LANES, 0);
+        // W_hh read once, the packing written once.
+        crate::launch::bytes(4 * w_hh.len() + self.bytes());
     }
 
     /// Panics unless this packing is for hidden size `h` (a walk's argument).
@@ -117,14 +120,20 @@ impl<D: Layout> PackedWhh<D> {
     }
 }
 
-/// The packing's panels (one per LANES hidden units, `panel` elements each), in parallel,
-/// with their index.
-pub(super) fn panels_of<T: Send>(
+/// Runs `f(u, panel)` on each of the packing's panels (one per LANES hidden units, `panel`
+/// elements each), in parallel: one task each, of the fork the packing stated (`prepare`).
+pub(super) fn for_each_panel<T: Send>(
     data: &mut [T],
     panel: usize,
-) -> rayon::iter::Enumerate<rayon::slice::ChunksMut<'_, T>> {
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
     // h = 0 has no panels; chunks of 0 elements would panic.
-    data.par_chunks_mut(panel.max(1)).enumerate()
+    data.par_chunks_mut(panel.max(1))
+        .enumerate()
+        .for_each(|(u, panel)| {
+            let _task = crate::launch::task(u);
+            f(u, panel)
+        });
 }
 
 /// Packs W_hh (4H, H), PyTorch layout (row `g·H + j` holds gate g of unit j), for
@@ -144,7 +153,7 @@ pub fn lstm_pack_forward(
         Precision::Bf16 => super::bf16::pack_forward(&mut packed.data, w_hh, h),
         _ => {
             let data = bytemuck::cast_slice_mut(&mut packed.data);
-            panels_of(data, h * G * LANES).for_each(|(u, panel)| {
+            for_each_panel(data, h * G * LANES, |u, panel| {
                 for g in 0..G {
                     for l in 0..LANES {
                         let j = u * LANES + l;
@@ -179,7 +188,7 @@ pub fn lstm_pack_backward(
         Precision::Bf16 => super::bf16::pack_backward(&mut packed.data, w_hh, h),
         _ => {
             let data = bytemuck::cast_slice_mut(&mut packed.data);
-            panels_of(data, h * G * LANES).for_each(|(q, panel)| {
+            for_each_panel(data, h * G * LANES, |q, panel| {
                 let k0 = q * LANES;
                 let n = LANES.min(h - k0);
                 for (j, unit) in panel.chunks_exact_mut(G * LANES).enumerate() {

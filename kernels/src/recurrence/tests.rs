@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::precision::HAS_BF16;
+use crate::simd::LANES;
 use crate::testutil::{TestRng, assert_close};
 
 /// Random inputs for a walk: initial state, input projections, W_hh, output gradients.
@@ -436,6 +437,115 @@ fn results_do_not_depend_on_the_thread_count() {
                 );
             }
         }
+    }
+}
+
+/// The bits of every output of a forward + backward walk.
+fn walk_bits(c: &Case, p: Precision) -> Vec<u32> {
+    let (hs, cs, gates) = forward(c, p);
+    let grads = backward(c, &gates, &cs, p);
+    [hs, cs, gates]
+        .iter()
+        .chain(&grads)
+        .flat_map(|v| v.iter().map(|x| x.to_bits()))
+        .collect()
+}
+
+/// The split a walk plans for (row blocks × panel blocks, `parallel::plan`) changes no bit,
+/// on pools of 1 and 2 threads.
+#[test]
+fn results_do_not_depend_on_the_planned_workers() {
+    use crate::parallel::{Plan, plan};
+    for p in [Precision::F32, Precision::Bf16] {
+        for (b, t, h) in [(16, 4, 360), (2, 5, 3 * LANES + 5), (9, 3, 45), (1, 4, 100)] {
+            let c = case(b, t, h, 7);
+            let one = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap();
+            let want = one.install(|| walk_bits(&c, p));
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                for workers in [1, 2, 16, 64] {
+                    let got = pool.install(|| plan(Plan::workers(workers), || walk_bits(&c, p)));
+                    assert!(
+                        got == want,
+                        "{p} B={b} T={t} H={h}: plan {workers} on {threads} threads differs"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Traced on one thread as 64 would split it, each team phase of both walks at the small
+/// LSTM's shape (B = 16, H = 360) has at least 64 parts and one task per part, and the parts
+/// are balanced: no part takes more than twice the median part, a part's time being its
+/// median over the walk's phases (so that tasks slowed by other work on the machine do not
+/// decide).
+#[cfg(feature = "trace")]
+#[test]
+fn a_traced_walk_records_one_balanced_task_per_part_for_64_workers() {
+    use crate::launch::{PhaseKind, trace};
+    use crate::parallel::{Plan, plan};
+    let (b, t, h) = (16, 32, 360);
+    let c = case(b, t, h, 5);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let ((), tr) = pool.install(|| {
+        plan(Plan::workers(64), || {
+            trace(|| {
+                let (_, cs, gates) = forward(&c, Precision::F32);
+                backward(&c, &gates, &cs, Precision::F32);
+            })
+        })
+    });
+    let walks: Vec<_> = tr.launches.iter().filter(|l| l.steps == t as u64).collect();
+    assert_eq!(walks.len(), 2, "{:?}", tr.launches);
+    for walk in walks {
+        let phases: Vec<_> = walk.phases.iter().filter(|p| !p.tasks.is_empty()).collect();
+        // Forward: a phase per step; backward: one more (the first cell backward alone).
+        assert!(phases.len() >= t, "{walk:?}");
+        let parts = phases[0].parts as usize;
+        assert!(parts >= 64, "{parts} parts");
+        let mut per_part = vec![Vec::new(); parts];
+        for phase in &phases {
+            assert_eq!((phase.kind, phase.parts as usize), (PhaseKind::Team, parts));
+            let mut seen: Vec<_> = phase.tasks.iter().map(|task| task.part as usize).collect();
+            seen.sort_unstable();
+            assert!(seen == (0..parts).collect::<Vec<_>>(), "{seen:?}");
+            for task in &phase.tasks {
+                per_part[task.part as usize].push(task.seconds);
+            }
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let per_part: Vec<f64> = per_part.into_iter().map(median).collect();
+        let mut sorted = per_part.clone();
+        sorted.sort_by(f64::total_cmp);
+        let (median, max) = (sorted[parts / 2], sorted[parts - 1]);
+        assert!(
+            max <= 2.0 * median,
+            "max {max} median {median}: {per_part:?}"
+        );
+    }
+    // The packings fork one task per panel.
+    let packs: Vec<_> = tr.launches.iter().filter(|l| l.steps == 1).collect();
+    assert_eq!(packs.len(), 2);
+    for pack in packs {
+        let [fork] = &pack.phases[..] else {
+            panic!("{pack:?}")
+        };
+        assert_eq!(fork.kind, PhaseKind::Fork);
+        assert_eq!(fork.tasks.len() as u64, fork.parts);
+        assert!(pack.bytes > 0);
     }
 }
 
