@@ -229,6 +229,7 @@ fn fused_rows(
         .zip(losses.par_chunks_mut(rpt))
         .enumerate()
         .for_each_init(Vec::new, |shifts, (c, (dl, ls))| {
+            let _task = crate::launch::task(c);
             for (j, (row, loss)) in dl.chunks_exact_mut(v).zip(ls).enumerate() {
                 f(c * rpt + j, row, loss, shifts);
             }

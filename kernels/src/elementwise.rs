@@ -48,8 +48,9 @@ pub fn fill(out: &mut [f32], value: f32) {
     use rayon::prelude::*;
     let _launch = crate::launch::start(1);
     crate::launch::bytes(4 * out.len());
-    crate::launch::ways(out.len().div_ceil(lanes::ELEMS_PER_TASK));
-    out.par_chunks_mut(lanes::ELEMS_PER_TASK).for_each(|o| {
+    let chunk = lanes::map_chunk(out.len());
+    crate::launch::ways(out.len().div_ceil(chunk));
+    out.par_chunks_mut(chunk).for_each(|o| {
         let _task = crate::launch::task(0);
         o.fill(value);
     });

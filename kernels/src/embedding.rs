@@ -82,9 +82,11 @@ pub fn embedding_backward(dtable: &mut [f32], dout: &[f32], ids: &[u32], c: usiz
         start[id as usize] -= 1;
         order[start[id as usize] as usize] = r as u32;
     }
-    // A fixed number of tasks, each owning a contiguous range of table rows, so every row is
-    // summed by one task in row order. Tasks visit only the rows that occur.
-    let ids_per_task = v.div_ceil(EMBEDDING_TASKS).max(1);
+    // At least EMBEDDING_TASKS tasks, or the planned pool's target where that is more (as
+    // many as the table has rows at most), each owning a contiguous range of table rows, so
+    // every row is summed by one task in row order whatever the split. Tasks visit only the
+    // rows that occur.
+    let ids_per_task = (v / EMBEDDING_TASKS.max(crate::parallel::target_tasks())).max(1);
     crate::launch::ways(v.div_ceil(ids_per_task));
     dtable
         .par_chunks_mut(ids_per_task * c)

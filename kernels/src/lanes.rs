@@ -14,9 +14,26 @@ pub(crate) use crate::raw::vector::{load_tail, reduce_max, store_tail};
 use crate::simd::{F32s, LANES, load, store};
 use rayon::prelude::*;
 
-/// Elements one rayon task handles in a streaming kernel: large enough that the task overhead
-/// (about a microsecond) is noise, small enough to balance many threads on big tensors.
-pub(crate) const ELEMS_PER_TASK: usize = 1 << 15;
+/// Elements one rayon task handles in a streaming kernel: large enough that handing a task
+/// out (about a microsecond) is small beside its work (32 KiB of each operand), small enough
+/// that a training step's activations (B·T = 16,384 rows of 256) split into 512 tasks, 4 per
+/// worker for 128. rayon runs neighbouring chunks as one piece on a thread that steals
+/// nothing, so a small pool pays little for the finer cut.
+pub(crate) const ELEMS_PER_TASK: usize = 1 << 13;
+
+/// Fewest elements a task of a parallel map gets (4 KiB of each operand).
+const MIN_MAP_CHUNK: usize = 1 << 10;
+
+/// Elements per task of a parallel map over `n` elements, where no element's result depends
+/// on the cut (no reduction): [`ELEMS_PER_TASK`], or fewer where that would leave fewer tasks
+/// than the planned pool's target ([`crate::parallel::target_tasks`]), down to
+/// [`MIN_MAP_CHUNK`]; a whole number of vectors.
+pub(crate) fn map_chunk(n: usize) -> usize {
+    let want = n
+        .div_ceil(crate::parallel::target_tasks())
+        .next_multiple_of(LANES);
+    want.clamp(MIN_MAP_CHUNK, ELEMS_PER_TASK)
+}
 
 /// Rows of length `row_len` per rayon task (at least one), from [`ELEMS_PER_TASK`].
 pub(crate) fn rows_per_task(row_len: usize) -> usize {
@@ -274,19 +291,20 @@ pub(crate) fn add_inplace(acc: &mut [f32], x: &[f32]) {
     map2_inplace(acc, x, |a, b| a + b);
 }
 
-/// [`map1`] in parallel over fixed chunks of [`ELEMS_PER_TASK`] elements.
+/// [`map1`] in parallel over chunks of [`map_chunk`] elements.
 pub(crate) fn par_map1(out: &mut [f32], a: &[f32], f: impl Fn(F32s) -> F32s + Sync) {
     crate::launch::bytes(4 * (out.len() + a.len()));
-    crate::launch::ways(out.len().div_ceil(ELEMS_PER_TASK));
-    out.par_chunks_mut(ELEMS_PER_TASK)
-        .zip(a.par_chunks(ELEMS_PER_TASK))
+    let chunk = map_chunk(out.len());
+    crate::launch::ways(out.len().div_ceil(chunk));
+    out.par_chunks_mut(chunk)
+        .zip(a.par_chunks(chunk))
         .for_each(|(o, a)| {
             let _task = crate::launch::task(0);
             map1(o, a, &f)
         });
 }
 
-/// [`map2`] in parallel over fixed chunks of [`ELEMS_PER_TASK`] elements.
+/// [`map2`] in parallel over chunks of [`map_chunk`] elements.
 pub(crate) fn par_map2(
     out: &mut [f32],
     a: &[f32],
@@ -294,22 +312,24 @@ pub(crate) fn par_map2(
     f: impl Fn(F32s, F32s) -> F32s + Sync,
 ) {
     crate::launch::bytes(4 * (out.len() + a.len() + b.len()));
-    crate::launch::ways(out.len().div_ceil(ELEMS_PER_TASK));
-    out.par_chunks_mut(ELEMS_PER_TASK)
-        .zip(a.par_chunks(ELEMS_PER_TASK))
-        .zip(b.par_chunks(ELEMS_PER_TASK))
+    let chunk = map_chunk(out.len());
+    crate::launch::ways(out.len().div_ceil(chunk));
+    out.par_chunks_mut(chunk)
+        .zip(a.par_chunks(chunk))
+        .zip(b.par_chunks(chunk))
         .for_each(|((o, a), b)| {
             let _task = crate::launch::task(0);
             map2(o, a, b, &f)
         });
 }
 
-/// [`map2_inplace`] in parallel over fixed chunks of [`ELEMS_PER_TASK`] elements.
+/// [`map2_inplace`] in parallel over chunks of [`map_chunk`] elements.
 pub(crate) fn par_map2_inplace(x: &mut [f32], b: &[f32], f: impl Fn(F32s, F32s) -> F32s + Sync) {
     crate::launch::bytes(4 * (2 * x.len() + b.len()));
-    crate::launch::ways(x.len().div_ceil(ELEMS_PER_TASK));
-    x.par_chunks_mut(ELEMS_PER_TASK)
-        .zip(b.par_chunks(ELEMS_PER_TASK))
+    let chunk = map_chunk(x.len());
+    crate::launch::ways(x.len().div_ceil(chunk));
+    x.par_chunks_mut(chunk)
+        .zip(b.par_chunks(chunk))
         .for_each(|(x, b)| {
             let _task = crate::launch::task(0);
             map2_inplace(x, b, &f)

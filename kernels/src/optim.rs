@@ -1,7 +1,8 @@
 //! Optimizers as kernels over flat parameter slices: AdamW and SGD with momentum with
 //! PyTorch's semantics, the global gradient L2 norm over many slices, and clip-by-norm.
 //!
-//! Each update is one pass over (param, grad, state) in lanes, in parallel over fixed chunks;
+//! Each update is one pass over (param, grad, state) in lanes, in parallel over chunks sized
+//! for the planned pool (`lanes::map_chunk`: no element depends on the cut);
 //! the arithmetic follows `torch.optim`'s single-tensor code step by step (listed in each
 //! doc), so a PyTorch run and a Lanes run agree to rounding. The norm sums squares per fixed
 //! chunk and adds the chunk sums in f64 in order, so it is bitwise the same on any number of
@@ -97,12 +98,13 @@ pub fn adamw_step(
     let eps = F32s::splat(cfg.eps);
     // p, m, v read and written, g read.
     crate::launch::bytes(4 * 7 * n);
-    crate::launch::ways(params.len().div_ceil(ELEMS_PER_TASK));
+    let chunk = lanes::map_chunk(params.len());
+    crate::launch::ways(params.len().div_ceil(chunk));
     params
-        .par_chunks_mut(ELEMS_PER_TASK)
-        .zip(m.par_chunks_mut(ELEMS_PER_TASK))
-        .zip(v.par_chunks_mut(ELEMS_PER_TASK))
-        .zip(grads.par_chunks(ELEMS_PER_TASK))
+        .par_chunks_mut(chunk)
+        .zip(m.par_chunks_mut(chunk))
+        .zip(v.par_chunks_mut(chunk))
+        .zip(grads.par_chunks(chunk))
         .for_each(|(((p, m), v), g)| {
             let _task = crate::launch::task(0);
             for_blocks(p.len(), |k: Block| {
@@ -146,11 +148,12 @@ pub fn sgd_step(params: &mut [f32], momentum_buf: &mut [f32], grads: &[f32], cfg
         F32s::splat(cfg.momentum),
     );
     let damp = F32s::splat(1.0 - cfg.dampening);
-    crate::launch::ways(params.len().div_ceil(ELEMS_PER_TASK));
+    let chunk = lanes::map_chunk(params.len());
+    crate::launch::ways(params.len().div_ceil(chunk));
     if cfg.momentum == 0.0 {
         params
-            .par_chunks_mut(ELEMS_PER_TASK)
-            .zip(grads.par_chunks(ELEMS_PER_TASK))
+            .par_chunks_mut(chunk)
+            .zip(grads.par_chunks(chunk))
             .for_each(|(p, g)| {
                 let _task = crate::launch::task(0);
                 lanes::map2_inplace(p, g, |p, g| lr.mul_neg_add(wd.mul_add(p, g), p));
@@ -166,9 +169,9 @@ pub fn sgd_step(params: &mut [f32], momentum_buf: &mut [f32], grads: &[f32], cfg
     );
     let (first, nesterov) = (t == 1, cfg.nesterov);
     params
-        .par_chunks_mut(ELEMS_PER_TASK)
-        .zip(momentum_buf.par_chunks_mut(ELEMS_PER_TASK))
-        .zip(grads.par_chunks(ELEMS_PER_TASK))
+        .par_chunks_mut(chunk)
+        .zip(momentum_buf.par_chunks_mut(chunk))
+        .zip(grads.par_chunks(chunk))
         .for_each(|((p, buf), g)| {
             let _task = crate::launch::task(0);
             for_blocks(p.len(), |k: Block| {
@@ -217,8 +220,9 @@ pub fn clip_grad_norm(grads: &mut [&mut [f32]], max_norm: f32) -> f32 {
     if coef < 1.0 {
         for g in grads.iter_mut() {
             crate::launch::bytes(8 * g.len());
-            crate::launch::ways(g.len().div_ceil(ELEMS_PER_TASK));
-            g.par_chunks_mut(ELEMS_PER_TASK).for_each(|c| {
+            let chunk = lanes::map_chunk(g.len());
+            crate::launch::ways(g.len().div_ceil(chunk));
+            g.par_chunks_mut(chunk).for_each(|c| {
                 let _task = crate::launch::task(0);
                 lanes::scale_inplace(c, coef)
             });

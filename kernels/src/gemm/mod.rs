@@ -116,9 +116,25 @@ pub(crate) fn task_grid(
         rows = rows.min(cap);
         cols = (cap / rows).max(1);
     }
-    let task_rows = m.div_ceil(rows).next_multiple_of(mr).max(mr);
-    let task_cols = n.div_ceil(cols).next_multiple_of(nr).max(nr);
-    (task_rows, task_cols)
+    // Tasks are whole panels, so rounding can leave fewer than asked for (16 column panels
+    // cut 11 ways are 8 tasks of 2): narrow the tasks, columns first, until the target is met,
+    // without passing the cap.
+    let (mut row_per, mut col_per) = (row_panels.div_ceil(rows), col_panels.div_ceil(cols));
+    let count = |rp: usize, cp: usize| row_panels.div_ceil(rp) * col_panels.div_ceil(cp);
+    while count(row_per, col_per) < target {
+        let (rp, cp) = if col_per > 1 {
+            (row_per, col_per - 1)
+        } else if row_per > 1 {
+            (row_per - 1, col_per)
+        } else {
+            break;
+        };
+        if count(rp, cp) > cap {
+            break;
+        }
+        (row_per, col_per) = (rp, cp);
+    }
+    (row_per * mr, col_per * nr)
 }
 
 /// The bytes a product moves at least: op(A), op(B) read once, C written (and read when

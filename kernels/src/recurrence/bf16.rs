@@ -39,17 +39,20 @@ pub(super) struct Bf16;
 /// `ceil(H / 16)` panels of `k2·4·16` pairs.
 pub(super) fn pack_forward(data: &mut [u32], w_hh: &[f32], h: usize) {
     let k2 = h.div_ceil(2);
-    for_each_panel(data, k2 * G * LANES, |u, panel| {
-        let mut row = vec![0u32; k2];
+    for_each_panel(data, k2, |u, q0, rows| {
+        // This task's pairs q0.. of each row: columns 2·q0.. of W_hh.
+        let n = rows.len() / (G * LANES);
+        let mut row = vec![0u32; n];
         for g in 0..G {
             for l in 0..LANES {
                 let j = u * LANES + l;
                 if j < h {
-                    pairs_of_row(&mut row, &w_hh[(g * h + j) * h..][..h]);
+                    let cols = &w_hh[(g * h + j) * h..][..h];
+                    pairs_of_row(&mut row, &cols[(2 * q0).min(h)..h.min(2 * (q0 + n))]);
                 } else {
                     row.fill(0);
                 }
-                let dst = panel[g * LANES + l..].iter_mut().step_by(G * LANES);
+                let dst = rows[g * LANES + l..].iter_mut().step_by(G * LANES);
                 dst.zip(&row).for_each(|(d, &pair)| *d = pair);
             }
         }
@@ -59,10 +62,10 @@ pub(super) fn pack_forward(data: &mut [u32], w_hh: &[f32], h: usize) {
 /// Packs W_hh for the backward walk (layout in the module docs).
 pub(super) fn pack_backward(data: &mut [u32], w_hh: &[f32], h: usize) {
     let k2 = h.div_ceil(2);
-    for_each_panel(data, k2 * G * LANES, |q, panel| {
+    for_each_panel(data, k2, |q, p0, rows| {
         let k0 = q * LANES;
         let n = LANES.min(h - k0);
-        for (p, depth) in panel.chunks_exact_mut(G * LANES).enumerate() {
+        for (p, depth) in (p0..).zip(rows.chunks_exact_mut(G * LANES)) {
             for (g, dst) in depth.chunks_exact_mut(LANES).enumerate() {
                 let r0 = &w_hh[(g * h + 2 * p) * h + k0..][..n];
                 let r1 = if 2 * p + 1 < h {

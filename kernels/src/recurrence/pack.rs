@@ -89,14 +89,15 @@ impl<D: Layout> PackedWhh<D> {
             G * h * h,
             format_args!("(4H, H)"),
         );
-        // One task per panel (`for_each_panel`).
-        crate::launch::ways(h.div_ceil(LANES));
         self.h = h;
         self.precision = precision.effective();
         let depth = match self.precision {
             Precision::F32 => h,
             Precision::Bf16 => h.div_ceil(2),
         };
+        // The tasks of `for_each_panel`.
+        let panels = h.div_ceil(LANES);
+        crate::launch::ways(panels * depth.div_ceil(rows_per_task(panels, depth)));
         // Every element is written by the packing, so the old contents need not be cleared.
         self.data.resize(h.div_ceil(LANES) * depth * G * LANES, 0);
         // W_hh read once, the packing written once.
@@ -120,19 +121,44 @@ impl<D: Layout> PackedWhh<D> {
     }
 }
 
-/// Runs `f(u, panel)` on each of the packing's panels (one per LANES hidden units, `panel`
-/// elements each), in parallel: one task each, of the fork the packing stated (`prepare`).
+/// Depth rows (of `G·LANES` elements) per task when `panels` panels of `depth` rows each are
+/// packed: whole panels where they are enough tasks for the planned pool
+/// ([`crate::parallel::target_tasks`]), else each panel cut into equal runs of rows.
+pub(super) fn rows_per_task(panels: usize, depth: usize) -> usize {
+    let pieces = crate::parallel::target_tasks()
+        .div_ceil(panels.max(1))
+        .clamp(1, depth.max(1));
+    depth.div_ceil(pieces).max(1)
+}
+
+/// Runs `f(u, d0, rows)` on runs of depth rows of the packing's panels (one panel per LANES
+/// hidden units, `depth` rows of `G·LANES` elements each): `rows` holds rows `d0..` of panel
+/// `u`, [`rows_per_task`] of them (fewer at a panel's end). In parallel, one task per run, in
+/// the fork the packing stated (`prepare`). Every element is written by exactly one task, so
+/// the cut changes nothing in the packing.
 pub(super) fn for_each_panel<T: Send>(
     data: &mut [T],
-    panel: usize,
-    f: impl Fn(usize, &mut [T]) + Sync + Send,
+    depth: usize,
+    f: impl Fn(usize, usize, &mut [T]) + Sync + Send,
 ) {
-    // h = 0 has no panels; chunks of 0 elements would panic.
-    data.par_chunks_mut(panel.max(1))
+    let row = G * LANES;
+    let panel = depth * row;
+    if panel == 0 {
+        // h = 0 has no panels.
+        return;
+    }
+    let per = rows_per_task(data.len() / panel, depth);
+    let mut runs: Vec<(usize, usize, &mut [T])> = Vec::new();
+    for (u, p) in data.chunks_mut(panel).enumerate() {
+        for (i, rows) in p.chunks_mut(per * row).enumerate() {
+            runs.push((u, i * per, rows));
+        }
+    }
+    runs.into_par_iter()
         .enumerate()
-        .for_each(|(u, panel)| {
-            let _task = crate::launch::task(u);
-            f(u, panel)
+        .for_each(|(i, (u, d0, rows))| {
+            let _task = crate::launch::task(i);
+            f(u, d0, rows)
         });
 }
 
@@ -153,13 +179,13 @@ pub fn lstm_pack_forward(
         Precision::Bf16 => super::bf16::pack_forward(&mut packed.data, w_hh, h),
         _ => {
             let data = bytemuck::cast_slice_mut(&mut packed.data);
-            for_each_panel(data, h * G * LANES, |u, panel| {
+            for_each_panel(data, h, |u, k0, rows| {
                 for g in 0..G {
                     for l in 0..LANES {
                         let j = u * LANES + l;
-                        let dst = panel[g * LANES + l..].iter_mut().step_by(G * LANES);
+                        let dst = rows[g * LANES + l..].iter_mut().step_by(G * LANES);
                         if j < h {
-                            let row = &w_hh[(g * h + j) * h..][..h];
+                            let row = &w_hh[(g * h + j) * h + k0..(g * h + j + 1) * h];
                             dst.zip(row).for_each(|(d, &w)| *d = w);
                         } else {
                             dst.for_each(|d| *d = 0.0);
@@ -188,10 +214,10 @@ pub fn lstm_pack_backward(
         Precision::Bf16 => super::bf16::pack_backward(&mut packed.data, w_hh, h),
         _ => {
             let data = bytemuck::cast_slice_mut(&mut packed.data);
-            for_each_panel(data, h * G * LANES, |q, panel| {
+            for_each_panel(data, h, |q, j0, rows| {
                 let k0 = q * LANES;
                 let n = LANES.min(h - k0);
-                for (j, unit) in panel.chunks_exact_mut(G * LANES).enumerate() {
+                for (j, unit) in (j0..).zip(rows.chunks_exact_mut(G * LANES)) {
                     for (g, dst) in unit.chunks_exact_mut(LANES).enumerate() {
                         dst[..n].copy_from_slice(&w_hh[(g * h + j) * h + k0..][..n]);
                         dst[n..].fill(0.0);

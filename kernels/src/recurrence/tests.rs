@@ -711,3 +711,30 @@ fn the_walks_cell_is_the_cell_kernel_bit_for_bit() {
         assert_eq!(bits(&dc0), bits(&dc), "dc0");
     }
 }
+
+/// Packing W_hh cuts its panels into runs of rows for the planned pool; every cut writes the
+/// same packing, for both layouts and an H that ends in a part-filled panel.
+#[test]
+fn packings_do_not_depend_on_the_planned_workers() {
+    use crate::parallel::{Plan, plan};
+    let mut rng = TestRng::new(31);
+    for h in [360, 2 * LANES + 3, 1] {
+        let w_hh = rng.vec(G * h * h, 1.0);
+        let pack = |workers| {
+            plan(Plan::workers(workers), || {
+                let mut f = PackedWhh::<Forward>::new();
+                let mut b = PackedWhh::<Backward>::new();
+                lstm_pack_forward(&mut f, &w_hh, h, Precision::F32);
+                lstm_pack_backward(&mut b, &w_hh, h, Precision::F32);
+                (f.fp32().to_vec(), b.fp32().to_vec())
+            })
+        };
+        let want = pack(1);
+        for workers in [2, 16, 64, 256] {
+            assert!(
+                pack(workers) == want,
+                "H = {h}: plan {workers} packs differently"
+            );
+        }
+    }
+}

@@ -65,6 +65,56 @@ impl Run {
     }
 }
 
+/// One model set up to train at one shape on random tokens: what every measurement steps.
+pub(super) struct Trainer {
+    pub(super) lm: Box<dyn LanguageModel>,
+    inputs: Vec<u32>,
+    targets: Vec<u32>,
+    opt: Optimizer,
+    pub(super) shape: Shape,
+}
+
+impl Trainer {
+    pub(super) fn new(kind: ModelKind, shape: Shape, precision: model::Precision) -> Trainer {
+        let lm = build(kind, shape.t, precision);
+        let v = lm.vocab_size();
+        let opt = Optimizer::new(OptimizerConfig::AdamW(AdamWConfig::default()), lm.layout());
+        Trainer {
+            inputs: random_tokens(shape.tokens(), v, 1),
+            targets: random_tokens(shape.tokens(), v, 2),
+            lm,
+            opt,
+            shape,
+        }
+    }
+
+    /// One training step (forward, zero_grad, backward, AdamW) on the current pool; returns
+    /// the sequential kernel launches of its forward and its backward.
+    pub(super) fn step(&mut self) -> (u64, u64) {
+        let Shape { b, t } = self.shape;
+        let lm = &mut self.lm;
+        let (_, forward) = kernels::launch::count(|| lm.forward(&self.inputs, &self.targets, b, t));
+        lm.zero_grad();
+        let ((), backward) = kernels::launch::count(|| lm.backward());
+        let (params, grads) = lm.params_and_grads();
+        self.opt.step(params, grads, LR);
+        (forward, backward)
+    }
+
+    /// One step traced launch by launch ([`kernels::launch::trace`]).
+    pub(super) fn traced_step(&mut self) -> Trace {
+        kernels::launch::trace(|| self.step()).1
+    }
+}
+
+/// A rayon pool of `threads`, or an error that says so.
+pub(super) fn pool(threads: usize) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .with_context(|| format!("cannot start {threads} threads; hint: try fewer --threads"))
+}
+
 /// Trains `kind` at `shape` on a pool of `threads`: `warmup` untimed steps (the first counts
 /// the launches), then `steps` timed ones, each with its launches traced when `trace`.
 pub(super) fn measure(
@@ -76,37 +126,20 @@ pub(super) fn measure(
     trace: bool,
     precision: model::Precision,
 ) -> Result<Run> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .with_context(|| format!("cannot start {threads} threads; hint: try fewer --threads"))?;
-    pool.install(|| {
-        let mut lm = build(kind, shape.t, precision);
-        let v = lm.vocab_size();
-        let inputs = random_tokens(shape.tokens(), v, 1);
-        let targets = random_tokens(shape.tokens(), v, 2);
-        let mut opt = Optimizer::new(OptimizerConfig::AdamW(AdamWConfig::default()), lm.layout());
-        let mut step = |lm: &mut Box<dyn LanguageModel>| {
-            let (_, forward) =
-                kernels::launch::count(|| lm.forward(&inputs, &targets, shape.b, shape.t));
-            lm.zero_grad();
-            let ((), backward) = kernels::launch::count(|| lm.backward());
-            let (params, grads) = lm.params_and_grads();
-            opt.step(params, grads, LR);
-            (forward, backward)
-        };
-        let (forward_launches, backward_launches) = step(&mut lm);
+    pool(threads)?.install(|| {
+        let mut trainer = Trainer::new(kind, shape, precision);
+        let (forward_launches, backward_launches) = trainer.step();
         for _ in 1..warmup {
-            step(&mut lm);
+            trainer.step();
         }
         let mut traces = Vec::new();
         let step_seconds = (0..steps)
             .map(|_| {
                 let start = Instant::now();
                 if trace {
-                    traces.push(kernels::launch::trace(|| step(&mut lm)).1);
+                    traces.push(trainer.traced_step());
                 } else {
-                    step(&mut lm);
+                    trainer.step();
                 }
                 start.elapsed().as_secs_f64()
             })
@@ -115,7 +148,7 @@ pub(super) fn measure(
             kind,
             shape,
             threads,
-            params: lm.params().len(),
+            params: trainer.lm.params().len(),
             step_seconds,
             forward_launches,
             backward_launches,

@@ -16,11 +16,11 @@
 //! Leaves out: data loading and checkpoints (random tokens, no files read), and the GPT-2
 //! vocabulary (the byte vocabulary keeps the head small, so the comparison is about the body).
 
+mod cases;
 mod chart;
 mod measure;
 mod project;
 mod report;
-#[allow(dead_code)] // callers come with the lead's integration
 mod simulate;
 
 use std::path::PathBuf;
@@ -33,7 +33,8 @@ use measure::{Machine, Run, WATCH, measure, other_work};
 use model::{Gpt, GptConfig, LanguageModel, Lstm, LstmConfig, ModelKind, Precision, TokenizerKind};
 
 use crate::precision::PrecisionArg;
-use project::{Overheads, Profile, Projection};
+use cases::{Bandwidth, Case, Forced, Pools};
+use project::Projection;
 use report::{Report, display_name, thousands};
 
 #[derive(ClapArgs)]
@@ -55,11 +56,21 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', value_parser = parse_shape, value_name = "BxT")]
     shapes: Vec<Shape>,
 
-    /// Also project tokens/s onto these core counts (e.g. 1,2,4,8,16,32,64,128,256) with a
-    /// work-span model of the step built from the 1-thread measurements, validated against
-    /// the measured thread counts; needs 1 in --threads. Writes projection.svg too.
+    /// Also simulate tokens/s on these core counts (e.g. 1,2,4,8,16,32,64,128,256) from each
+    /// step traced task by task on 1 thread as that many threads would split it, checked
+    /// first against traced 2-thread steps. Writes projection.svg too.
     #[arg(long, value_delimiter = ',', value_name = "CORES")]
     project: Vec<usize>,
+
+    /// Interleaved pairs (a 1-thread step, then a 2-thread one) per model and shape that
+    /// check the simulation on 2 threads.
+    #[arg(long, default_value_t = 20)]
+    pairs: usize,
+
+    /// Total memory bandwidth of the machine simulated by --project, GB/s (a stated
+    /// parameter: no more cores than this machine's were measured).
+    #[arg(long, default_value_t = 200.0, value_name = "GB/S")]
+    bandwidth: f64,
 
     /// Thread counts to measure, each on its own rayon pool (e.g. 1,2,4,8,16); 0 = one per
     /// core.
@@ -189,6 +200,46 @@ pub(super) fn lstm_small() -> LstmConfig {
 
 pub(super) const KINDS: [ModelKind; 2] = [ModelKind::Gpt, ModelKind::Lstm];
 
+/// The measurements of `--project` (see `cases.rs`), each case reported as it finishes.
+fn simulate_cores(
+    args: &Args,
+    shapes: &[Shape],
+    cores: &[usize],
+    precision: Precision,
+) -> Result<Projection> {
+    let pools = Pools::new()?;
+    let bandwidth = Bandwidth::measure(&pools);
+    let here = cases::costs_here(&pools, bandwidth);
+    let forced = [3, 5]
+        .map(|tasks| Forced::measure(tasks, args.pairs, &pools))
+        .into();
+    let mut all = Vec::new();
+    for &shape in shapes {
+        for kind in KINDS {
+            let start = std::time::Instant::now();
+            all.push(Case::measure(
+                kind, shape, args.pairs, cores, precision, &pools,
+            )?);
+            eprintln!(
+                "traced {:>4} {:<12} {} pairs and {} notional steps in {:.0} s",
+                display_name(kind),
+                shape.label(),
+                args.pairs,
+                cores.iter().filter(|&&p| p != 2).count(),
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(Projection {
+        here,
+        bandwidth,
+        bw_total: args.bandwidth * 1e9,
+        cores: cores.to_vec(),
+        cases: all,
+        forced,
+    })
+}
+
 pub fn run(args: Args) -> Result<()> {
     let shapes = shapes(&args)?;
     let precision = args.precision.or(Precision::fastest()).effective();
@@ -210,9 +261,9 @@ pub fn run(args: Args) -> Result<()> {
     cores.sort_unstable();
     cores.dedup();
     ensure!(
-        cores.is_empty() || (threads.contains(&1) && cores[0] > 0),
-        "--project needs 1 in --threads (the model starts from one thread's launches) and \
-         core counts of at least 1; hint: e.g. --threads 1,2 --project 1,2,4,8,16"
+        cores.is_empty() || (cores[0] > 0 && args.pairs > 0 && args.bandwidth > 0.0),
+        "--project needs core counts of at least 1, --pairs of at least 1 and a positive \
+         --bandwidth; hint: e.g. --project 1,2,4,8,16 --pairs 20 --bandwidth 200"
     );
     ensure!(
         args.steps > 0 && args.rounds > 0,
@@ -244,10 +295,7 @@ pub fn run(args: Args) -> Result<()> {
             for &n in &threads {
                 // Both models back to back, so a noisy moment hits them alike.
                 for kind in KINDS {
-                    // Every thread count is traced: 1 thread feeds the model, the others
-                    // show where a prediction misses.
-                    let trace = !cores.is_empty();
-                    let run = measure(kind, shape, n, args.warmup, args.steps, trace, precision)?;
+                    let run = measure(kind, shape, n, args.warmup, args.steps, false, precision)?;
                     eprintln!(
                         "round {round}/{}  {:>4} {:<12} {:<10} {:>8} tokens/s",
                         args.rounds,
@@ -273,23 +321,7 @@ pub fn run(args: Args) -> Result<()> {
     let projection = if cores.is_empty() {
         None
     } else {
-        let overheads = Overheads::measure()?;
-        let (mut profiles, mut measured) = (Vec::new(), Vec::new());
-        for run in runs.iter_mut() {
-            let traces = std::mem::take(&mut run.traces);
-            let profile = Profile::from_traces(run.median_seconds(), &traces)?;
-            if run.threads == 1 {
-                profiles.push((run.kind, run.shape, profile));
-            } else {
-                measured.push((run.kind, run.shape, run.threads, profile));
-            }
-        }
-        Some(Projection {
-            overheads,
-            cores,
-            profiles,
-            measured,
-        })
+        Some(simulate_cores(&args, &shapes, &cores, precision)?)
     };
     machine.other_work[1] = other_work(WATCH);
     let report = Report {
@@ -366,6 +398,8 @@ mod tests {
             b1_seq_lens: b1.to_vec(),
             shapes: Vec::new(),
             project: Vec::new(),
+            pairs: 1,
+            bandwidth: 200.0,
             threads: vec![1],
             steps: 1,
             rounds: 1,
@@ -408,7 +442,6 @@ mod tests {
 
     #[test]
     fn every_launch_of_a_training_step_says_how_it_splits() {
-        let h = lstm_small().hidden_size;
         for kind in KINDS {
             let run = measure(kind, Shape { b: 2, t: 16 }, 1, 1, 2, true, Precision::F32).unwrap();
             assert_eq!(run.traces.len(), 2);
@@ -422,7 +455,8 @@ mod tests {
                     l.kernel.line()
                 );
             }
-            // The LSTM's walks split each time step into its panels of hidden units.
+            // The LSTM's walks: on one thread each time step is one part
+            // (kernels/src/recurrence/split.rs).
             let walks: Vec<_> = launches.iter().filter(|l| l.steps > 1).collect();
             match kind {
                 ModelKind::Gpt => assert!(walks.is_empty()),
@@ -430,7 +464,7 @@ mod tests {
                     assert!(!walks.is_empty());
                     for w in walks {
                         assert_eq!(w.steps, 16);
-                        assert_eq!(w.ways, Some(h.div_ceil(kernels::simd::LANES) as u64));
+                        assert_eq!(w.ways, Some(1));
                     }
                 }
             }
@@ -438,7 +472,7 @@ mod tests {
     }
 
     #[test]
-    fn extra_shapes_parse_and_the_projection_needs_one_thread() {
+    fn extra_shapes_parse_and_the_projection_checks_its_flags() {
         assert_eq!(parse_shape("16x1024"), Ok(Shape { b: 16, t: 1024 }));
         assert!(parse_shape("16").unwrap_err().contains("hint:"));
         assert!(parse_shape("0x8").is_err());
@@ -450,10 +484,12 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         a.out = dir.path().to_path_buf();
-        a.threads = vec![2];
-        a.project = vec![1, 4];
+        a.project = vec![0, 4];
         let e = run(a).unwrap_err().to_string();
-        assert!(e.contains("--project needs 1 in --threads"), "{e}");
+        assert!(
+            e.contains("--project needs core counts of at least 1"),
+            "{e}"
+        );
     }
 
     /// A report over made-up timings: the GPT at 10,000 tokens/s on 1 thread and 1.9× that on

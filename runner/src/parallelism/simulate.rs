@@ -374,36 +374,43 @@ pub(super) fn crossover_of(
     crossover(cores, &rates(&gpt), &rates(&lstm))
 }
 
-/// The tasks a launch offers a pool at most: those of its largest phase.
+/// The tasks a launch offers a pool in its main phase: the phase with the most work (not
+/// the one with the most tasks, which can be a short one beside a coarse main phase).
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct TaskCount {
     /// Its index among the trace's launches.
     pub(super) launch: usize,
     /// Its site ([`site`]).
     pub(super) kernel: String,
-    /// The kind of its largest phase; `None` for a launch that never splits (it runs as one
+    /// The kind of its main phase; `None` for a launch that never splits (it runs as one
     /// task).
     pub(super) kind: Option<PhaseKind>,
-    /// The tasks of its largest phase (the first of the largest); 1 when it never splits.
+    /// The tasks of its main phase (the first of the phases with the most work); 1 when it
+    /// never splits.
     pub(super) tasks: usize,
     /// That phase's parts: the tasks a fork said it splits into, or the parts a team shares
     /// out; 1 when it never splits.
     pub(super) parts: u64,
+    /// The launch's 1-thread seconds and the bytes it states.
+    pub(super) seconds: f64,
+    pub(super) bytes: u64,
 }
 
 impl TaskCount {
     /// Of one launch, the `launch`-th of its trace.
     pub(super) fn of(launch: usize, l: &Traced) -> TaskCount {
-        let largest = l
+        let main = l
             .phases
             .iter()
-            .reduce(|a, b| if b.tasks.len() > a.tasks.len() { b } else { a });
+            .reduce(|a, b| if b.work() > a.work() { b } else { a });
         TaskCount {
             launch,
             kernel: site(l),
-            kind: largest.map(|ph| ph.kind),
-            tasks: largest.map_or(1, |ph| ph.tasks.len()),
-            parts: largest.map_or(1, |ph| ph.parts),
+            kind: main.map(|ph| ph.kind),
+            tasks: main.map_or(1, |ph| ph.tasks.len()),
+            parts: main.map_or(1, |ph| ph.parts),
+            seconds: l.seconds,
+            bytes: l.bytes,
         }
     }
 }
@@ -425,7 +432,7 @@ impl TaskCounts {
         )
     }
 
-    /// The launches whose largest phase has fewer than `target` tasks ([`target_tasks`]):
+    /// The launches whose main phase has fewer than `target` tasks ([`target_tasks`]):
     /// empty when every launch meets it.
     pub(super) fn meets(&self, target: usize) -> Vec<&TaskCount> {
         self.0.iter().filter(|c| c.tasks < target).collect()
@@ -493,7 +500,6 @@ mod tests {
             kernel,
             steps: 1,
             ways: None,
-            joins: 0,
             seconds: serial + phases.iter().map(Phase::work).sum::<f64>(),
             gap: 0.0,
             bytes: 0,
