@@ -127,18 +127,23 @@ fn the_projection_adds_its_section_json_and_chart() {
         "--threads",
         "1,2",
         "--project",
-        "4,1,256",
+        "4,1,16,256",
+        "--pairs",
+        "2",
         "--out",
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let md = std::fs::read_to_string(out.join("parallelism.md")).unwrap();
     for part in [
-        "## Projection to more cores (a work-span model, not a measurement)",
-        "| LSTM | 2 | 16 | 2 |",
+        "## Simulated on more cores (a work-span simulation, checked on 2 threads)",
+        "| LSTM | 2 | 16 | whole step | 100% |",
         "| 2 | 16 | 256 |",
+        "### GEMMs forced into 3 and 5 tasks, on 2 threads",
+        "| 3 | 576×512×1024 |",
+        "### Tasks per launch: GPT B=2 T=16",
         "### Where the transformer overtakes the LSTM",
-        "- B=1 T=16: ",
+        "| 1 | 16 | ",
     ] {
         assert!(md.contains(part), "{part:?} missing:\n{md}");
     }
@@ -146,17 +151,29 @@ fn the_projection_adds_its_section_json_and_chart() {
         serde_json::from_str(&std::fs::read_to_string(out.join("parallelism.json")).unwrap())
             .unwrap();
     let p = &v["projection"];
-    assert_eq!(p["cores"], serde_json::json!([1, 4, 256]));
-    assert_eq!(p["validation"].as_array().unwrap().len(), 8);
+    assert_eq!(p["cores"], serde_json::json!([1, 4, 16, 256]));
+    // Both models at both shapes, each with its whole-step check first.
+    let validation = p["validation"].as_array().unwrap();
+    assert_eq!(validation.len(), 4);
+    for case in validation {
+        assert_eq!(case["checks"][0]["what"], "whole step");
+    }
+    assert_eq!(p["forced"].as_array().unwrap().len(), 2);
     let shapes = p["shapes"].as_array().unwrap();
     assert_eq!(shapes.len(), 2);
     for s in shapes {
-        assert_eq!(s["gpt_tokens_per_s"].as_array().unwrap().len(), 3);
-        assert!(s["lstm_profile"]["kernels"].as_array().unwrap().len() > 3);
+        assert_eq!(s["gpt_tokens_per_s"].as_array().unwrap().len(), 4);
+        assert_eq!(s["sensitivity"].as_array().unwrap().len(), 6);
     }
-    assert!(p["overheads"]["barrier_2_s"].as_f64().unwrap() >= 0.0);
+    assert!(p["costs_here"]["barrier_2_s"].as_f64().unwrap() >= 0.0);
+    assert!(
+        p["costs_here"]["bandwidth_1_thread_bytes_per_s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
     let svg = std::fs::read_to_string(out.join("projection.svg")).unwrap();
-    assert!(svg.contains("Projection, B = 2") && svg.contains("cores P"));
+    assert!(svg.contains("Simulated, B = 2") && svg.contains("cores P"));
 }
 
 #[test]
@@ -169,10 +186,7 @@ fn bad_flags_fail_with_a_hint() {
         (vec!["--steps", "0"], "at least 1"),
         (vec!["--rounds", "0"], "at least 1"),
         (vec!["--seq-lens", "--b1-seq-lens"], "nothing to measure"),
-        (
-            vec!["--threads", "2", "--project", "1,4"],
-            "needs 1 in --threads",
-        ),
+        (vec!["--project", "0,4"], "needs core counts of at least 1"),
         (vec!["--shapes", "16by8"], "is not B×T"),
     ] {
         let mut all = vec!["parallelism", "--out", d];
