@@ -457,6 +457,16 @@ struct Run {
     estimate_steps: bool,
 }
 
+/// The global batch must split evenly over the ranks.
+fn check_batch_split(batch: u64, ranks: usize) -> Result<()> {
+    if !(batch as usize).is_multiple_of(ranks) {
+        bail!(
+            "--batch {batch} cannot be split evenly over {ranks} ranks; hint: --batch is the global batch, each rank takes batch / ranks windows: use a multiple of {ranks}"
+        );
+    }
+    Ok(())
+}
+
 pub fn run(mut args: Args, matches: &ArgMatches) -> Result<()> {
     let mut collective = comm::world()?;
     let rank = collective.rank();
@@ -471,6 +481,12 @@ pub fn run(mut args: Args, matches: &ArgMatches) -> Result<()> {
         // rank 0, the only one that writes there.
         let out = args.out.clone().unwrap_or_else(|| default_run_dir(&args));
         args.out = Some(out.clone());
+        // Before the lock creates the run folder (a rank that stops here may take the others
+        // down before rank 0 could remove it again); `Run::start` checks it as well.
+        let ranks = collective.ranks();
+        if !args.resume {
+            check_batch_split(args.batch, ranks)?;
+        }
         let _lock = (rank == 0 && (!args.resume || out.is_dir()))
             .then(|| crate::lock::RunLock::acquire(&out))
             .transpose()?;
@@ -528,12 +544,7 @@ impl Run {
             bail!("--grad-clip and --weight-decay must be >= 0; hint: 0 turns either off");
         }
         let ranks = collective.ranks();
-        if !(args.batch as usize).is_multiple_of(ranks) {
-            bail!(
-                "--batch {} cannot be split evenly over {ranks} ranks; hint: --batch is the global batch, each rank takes batch / ranks windows: use a multiple of {ranks}",
-                args.batch
-            );
-        }
+        check_batch_split(args.batch, ranks)?;
         let data_dir = match &args.shards {
             Some(dir) => dir.clone(),
             None => {
