@@ -424,18 +424,8 @@ impl TaskCount {
 /// a few tasks descheduled or faulting pages (a pack phase 1/100 of its GEMM's products, with
 /// one task preempted for 3 ms, sums to more than the products it feeds).
 pub(super) fn typical_work(phase: &Phase) -> f64 {
-    let mut seconds: Vec<f64> = phase.tasks.iter().map(|t| t.seconds).collect();
-    if seconds.is_empty() {
-        return 0.0;
-    }
-    seconds.sort_by(f64::total_cmp);
-    let n = seconds.len();
-    let median = if n % 2 == 1 {
-        seconds[n / 2]
-    } else {
-        0.5 * (seconds[n / 2 - 1] + seconds[n / 2])
-    };
-    median * n as f64
+    let seconds: Vec<f64> = phase.tasks.iter().map(|t| t.seconds).collect();
+    Spread::of(&seconds).map_or(0.0, |s| s.median * seconds.len() as f64)
 }
 
 /// Every launch's [`TaskCount`] of one trace, for the report.
